@@ -1,0 +1,42 @@
+"""Entry point: `python launch.py [flags]` serves the WebUI; `python launch.py TOOL ...` runs a command-line tool.
+
+Tools: `merge` (bake LoRAs into a checkpoint copy; see extensions-builtin/Lora/merge_tool.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+TOOLS = {
+    "merge": ROOT / "extensions-builtin" / "Lora" / "merge_tool.py",
+}
+
+
+def run_tool(name: str, argv: list[str]) -> int:
+    """Import the tool's module (its extension folder on sys.path) and call its `main(argv)`."""
+    path = TOOLS[name]
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(argv) or 0)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in TOOLS:
+        return run_tool(argv[0], argv[1:])
+    sys.path.insert(0, str(ROOT))
+    from modules.webui_server import serve
+
+    return serve(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""The WebUI host: paths, options, model loading, generation, API and UI shell."""

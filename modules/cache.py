@@ -1,0 +1,75 @@
+"""The disk cache (`cache.json`): per-file values such as hashes and safetensors metadata.
+
+Entries live in named subsections and are keyed by the file's absolute path (A1111 keyed by stem, which
+collides across subfolders). Each entry stores the file's mtime and size; a lookup whose file changed since
+returns nothing. Writes are atomic and batched: `set(..., save=False)` then one `save()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from modules.atomic_io import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def file_signature(path: str | os.PathLike[str]) -> tuple[float, int]:
+    """(mtime, size) of a file, following symlinks."""
+    st = os.stat(path)
+    return st.st_mtime, st.st_size
+
+
+class DiskCache:
+    """cache.json as {subsection: {absolute path: {"mtime", "size", "value"}}}."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._dirty = False
+        self._data: dict[str, dict[str, Any]] = {}
+        if path is not None:
+            try:
+                loaded = read_json(path, default={})
+            except ValueError as exc:
+                log.warning("%s; starting with an empty cache", exc)
+                loaded = {}
+            if isinstance(loaded, dict):
+                self._data = {k: v for k, v in loaded.items() if isinstance(v, dict)}
+
+    def get(self, subsection: str, filename: str | os.PathLike[str]) -> Any | None:
+        """The cached value for `filename`, or None when absent or when the file's mtime/size changed."""
+        key = os.path.abspath(filename)
+        with self._lock:
+            entry = self._data.get(subsection, {}).get(key)
+        if not isinstance(entry, dict):
+            return None
+        try:
+            mtime, size = file_signature(key)
+        except OSError:
+            return None
+        if entry.get("mtime") != mtime or entry.get("size") != size:
+            return None
+        return entry.get("value")
+
+    def set(self, subsection: str, filename: str | os.PathLike[str], value: Any, save: bool = True) -> None:
+        """Store `value` for `filename` with its current mtime and size."""
+        key = os.path.abspath(filename)
+        mtime, size = file_signature(key)
+        with self._lock:
+            self._data.setdefault(subsection, {})[key] = {"mtime": mtime, "size": size, "value": value}
+            self._dirty = True
+        if save:
+            self.save()
+
+    def save(self) -> None:
+        """Write cache.json atomically if anything changed since the last save."""
+        with self._lock:
+            if self.path is None or not self._dirty:
+                return
+            write_json_atomic(self.path, self._data, indent=None)
+            self._dirty = False

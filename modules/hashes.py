@@ -1,0 +1,66 @@
+"""File hashes as A1111 and Civitai compute them, cached in the disk cache.
+
+* `sha256_file`: SHA-256 of the whole file (checkpoints, .pt/.ckpt LoRAs).
+* `safetensors_payload_sha256`: SHA-256 of everything after the safetensors header (Civitai "AutoV3",
+  kohya "addnet" hash): it does not change when only the metadata is edited.
+The short hash shown in infotext is the first 12 hex characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+from modules.cache import DiskCache
+
+CHUNK = 1 << 20
+SHORT_HASH_LENGTH = 12
+
+
+def _hash_stream(handle, digest) -> str:  # noqa: ANN001
+    while chunk := handle.read(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of the whole file."""
+    with open(path, "rb") as handle:
+        return _hash_stream(handle, hashlib.sha256())
+
+
+def safetensors_payload_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of the tensor payload: the bytes after the 8-byte length and the JSON header.
+
+    Raises ValueError when the file is too short to hold the header it announces.
+    """
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path}: too short to be a safetensors file")
+        (header_len,) = struct.unpack("<Q", raw)
+        size = os.fstat(handle.fileno()).st_size
+        if header_len > size - 8:
+            raise ValueError(f"{path}: header length {header_len} is beyond the end of the file ({size} bytes)")
+        handle.seek(8 + header_len)
+        return _hash_stream(handle, hashlib.sha256())
+
+
+def file_hash(path: str | os.PathLike[str], cache: DiskCache | None = None) -> str:
+    """The hash A1111 shows for a network or checkpoint file: payload hash for .safetensors, else whole-file."""
+    kind = "safetensors-payload" if str(path).lower().endswith(".safetensors") else "sha256"
+    subsection = f"hashes-{kind}"
+    if cache is not None:
+        cached = cache.get(subsection, path)
+        if isinstance(cached, str):
+            return cached
+    value = safetensors_payload_sha256(path) if kind == "safetensors-payload" else sha256_file(path)
+    if cache is not None:
+        cache.set(subsection, path, value, save=False)
+    return value
+
+
+def short_hash(full: str) -> str:
+    """The 12-character short hash used in infotext and for lookups."""
+    return full[:SHORT_HASH_LENGTH]

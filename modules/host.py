@@ -1,0 +1,80 @@
+"""The WebUI object: every piece of host state in one place, built from command-line flags.
+
+Tests build one with `WebUI.create(["--data-dir", tmp])`; the server, UI, API and extensions receive it
+instead of reaching into module globals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from modules import cmd_args
+from modules.cache import DiskCache
+from modules.devices import default_device, default_dtype
+from modules.extensions import Extension, load_extensions
+from modules.extra_networks import ExtraNetworkRegistry
+from modules.options import Options
+from modules.paths import Paths
+from modules.script_callbacks import Callbacks
+from modules.state import JobState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WebUI:
+    """Host state. `queue_lock` serialises generations (one at a time; other requests wait their turn)."""
+
+    args: argparse.Namespace
+    paths: Paths
+    options: Options
+    cache: DiskCache
+    callbacks: Callbacks
+    extra_networks: ExtraNetworkRegistry
+    state: JobState
+    models: Any = None  # modules.sd_models.ModelManager
+    extensions: list[Extension] = field(default_factory=list)
+    queue_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Named objects extensions publish for others (e.g. "lora" -> the Lora extension's engine).
+    services: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, argv: Sequence[str] | None = None, load_extensions_now: bool = True) -> WebUI:
+        """Parse flags, prepare folders, register host options, load extensions and the model manager."""
+        args = cmd_args.parse_args(argv)
+        paths = Paths.from_args(args)
+        paths.ensure()
+        webui = cls(
+            args=args,
+            paths=paths,
+            options=Options(paths.config_file),
+            cache=DiskCache(paths.cache_file),
+            callbacks=Callbacks(),
+            extra_networks=ExtraNetworkRegistry(),
+            state=JobState(),
+        )
+        from modules import sd_models, shared_options  # noqa: PLC0415 - host parts that need the object
+
+        shared_options.register_host_options(webui)
+        device = default_device(args.device)
+        webui.models = sd_models.ModelManager(
+            paths=paths,
+            options=webui.options,
+            cache=webui.cache,
+            callbacks=webui.callbacks,
+            device=device,
+            dtype=default_dtype(device, args.precision),
+            hashing=not args.no_hashing,
+        )
+        if not args.no_embedded_default:
+            from modules import embedded_default  # noqa: PLC0415
+
+            embedded_default.ensure_embedded_default(paths)
+        if load_extensions_now:
+            webui.extensions = load_extensions(webui, include_user=not args.disable_extensions)
+        return webui

@@ -1,0 +1,168 @@
+"""The options store: one `config.json`, options registered by the host and by extensions.
+
+Each option has a key, a default, a label and a section (the Settings tab groups by section); `choices` and
+`minimum`/`maximum` make the Settings tab show a dropdown or slider and make `set` validate. Keys found in
+`config.json` that nobody registered are kept and written back unchanged (an extension that is not loaded
+today keeps its settings). Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modules.atomic_io import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptionInfo:
+    """One registered option. `kind` is derived from the default's type unless given."""
+
+    key: str
+    default: Any
+    label: str
+    section: str = "General"
+    choices: list[Any] | Callable[[], list[Any]] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    comment: str = ""
+    onchange: Callable[[Any], None] | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        if isinstance(self.default, bool):
+            return "bool"
+        if isinstance(self.default, int):
+            return "int"
+        if isinstance(self.default, float):
+            return "float"
+        if isinstance(self.default, list):
+            return "list"
+        return "str"
+
+    def current_choices(self) -> list[Any] | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+    def coerce(self, value: Any) -> Any:
+        """Convert `value` to this option's type, or raise ValueError with a message naming the option."""
+        try:
+            if self.kind == "bool":
+                if isinstance(value, str):
+                    if value.lower() in ("true", "1", "yes", "on"):
+                        return True
+                    if value.lower() in ("false", "0", "no", "off"):
+                        return False
+                    raise ValueError(value)
+                return bool(value)
+            if self.kind == "int":
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)
+                value = int(value)
+            elif self.kind == "float":
+                value = float(value)
+            elif self.kind == "list":
+                value = list(value) if not isinstance(value, str) else [v.strip() for v in value.split(",") if v.strip()]
+            elif value is not None:
+                value = str(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"option {self.key!r} expects a {self.kind}, got {value!r}") from exc
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"option {self.key!r} must be >= {self.minimum}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"option {self.key!r} must be <= {self.maximum}, got {value!r}")
+        return value
+
+
+class Options:
+    """Registered options plus their current values, persisted to `config.json`."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.infos: dict[str, OptionInfo] = {}
+        self._values: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        if path is not None:
+            loaded = read_json(path, default={})
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a JSON object")
+            self._values.update(loaded)
+
+    def register(self, info: OptionInfo) -> None:
+        """Add an option; a value already in config.json is validated now (a bad one falls back to the default)."""
+        with self._lock:
+            self.infos[info.key] = info
+            if info.key in self._values:
+                try:
+                    self._values[info.key] = info.coerce(self._values[info.key])
+                except ValueError as exc:
+                    log.warning("config.json: %s; using the default %r", exc, info.default)
+                    self._values[info.key] = info.default
+
+    def add(self, key: str, default: Any, label: str, section: str = "General", **kwargs: Any) -> None:
+        """Shorthand for `register(OptionInfo(...))`."""
+        self.register(OptionInfo(key=key, default=default, label=label, section=section, **kwargs))
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+            if key in self.infos:
+                return self.infos[key].default
+        raise KeyError(f"unknown option {key!r}")
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_") or key in ("path", "infos"):
+            raise AttributeError(key)
+        try:
+            return self.get(key)
+        except KeyError as exc:
+            raise AttributeError(str(exc)) from exc
+
+    def set(self, key: str, value: Any, save: bool = True) -> bool:
+        """Validate and set one registered option; returns True when the value changed. Unknown keys raise KeyError."""
+        with self._lock:
+            if key not in self.infos:
+                raise KeyError(f"unknown option {key!r}")
+            info = self.infos[key]
+            value = info.coerce(value)
+            choices = info.current_choices()
+            if choices is not None and value not in choices and info.kind != "list":
+                raise ValueError(f"option {key!r} must be one of {choices!r}, got {value!r}")
+            old = self.get(key)
+            self._values[key] = value
+            if save:
+                self.save()
+        if old != value and info.onchange is not None:
+            info.onchange(value)
+        return old != value
+
+    def update(self, values: dict[str, Any]) -> list[str]:
+        """Set several options at once (all validated before any is applied); returns the keys that changed."""
+        with self._lock:
+            for key, value in values.items():
+                if key not in self.infos:
+                    raise KeyError(f"unknown option {key!r}")
+                self.infos[key].coerce(value)
+            changed = [key for key, value in values.items() if self.set(key, value, save=False)]
+            self.save()
+            return changed
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every registered option's current value plus the unknown keys kept from config.json."""
+        with self._lock:
+            data = dict(self._values)
+            for key, info in self.infos.items():
+                data.setdefault(key, info.default)
+            return data
+
+    def save(self) -> None:
+        if self.path is not None:
+            with self._lock:
+                write_json_atomic(self.path, self.as_dict())

@@ -1,0 +1,23 @@
+"""Host command-line flags. Each extension may add its own flags in its own `preload.py` (same `preload(parser)`)."""
+
+import argparse
+
+
+def preload(parser: argparse.ArgumentParser) -> None:
+    """Register the host's flags on `parser`."""
+    parser.add_argument("--port", type=int, default=7860, help="port to serve the UI and API on")
+    parser.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 instead of 127.0.0.1")
+    parser.add_argument("--data-dir", type=str, default=None, help="base folder for models, outputs, config.json")
+    parser.add_argument("--models-dir", type=str, default=None, help="folder holding Stable-diffusion/, Lora/, ...")
+    parser.add_argument("--ckpt-dir", type=str, default=None, help="folder with checkpoints")
+    parser.add_argument("--ckpt", type=str, default=None, help="checkpoint to load at start (name or path)")
+    parser.add_argument("--outputs-dir", type=str, default=None, help="folder for generated images")
+    parser.add_argument("--api-auth", type=str, default=None, help="user:pass[,user2:pass2] HTTP basic auth for the API")
+    parser.add_argument("--nowebui", action="store_true", help="serve the API only")
+    parser.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
+    parser.add_argument("--precision", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                        help="model dtype: auto = float32 on CPU, float16 on CUDA")
+    parser.add_argument("--no-hashing", action="store_true", help="do not compute file hashes")
+    parser.add_argument("--no-embedded-default", action="store_true",
+                        help="do not write the tiny demo checkpoint and LoRAs into an empty models folder")
+    parser.add_argument("--disable-extensions", action="store_true", help="load no extension from extensions/")

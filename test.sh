@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up the venv (through webui.sh), the test-only packages and Chromium, then runs the whole test suite.
+#   ./test.sh            every test
+#   ./test.sh -k name    extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")"
+
+./webui.sh --install-only
+# shellcheck disable=SC1091
+. "${VENV_DIR:-venv}/bin/activate"
+
+stamp="${VENV_DIR:-venv}/.requirements-test.sha256"
+want=$(cat requirements-test.txt constraints.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  python -m pip install -q -r requirements-test.txt -c constraints.txt
+  echo "$want" > "$stamp"
+fi
+
+# Browser tests drive Debian's Chromium (Playwright's own browser download does not work offline).
+if [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "Installing chromium for the browser tests"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+fi
+
+ruff check .
+export PYTHONUNBUFFERED=1
+python -m pytest -q "$@"
