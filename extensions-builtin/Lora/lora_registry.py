@@ -1,0 +1,289 @@
+"""The registry of LoRA files on disk: scan, names and aliases, metadata, SD version, hashes.
+
+* Roots: the Lora folder, then the LyCORIS folder when it exists; walked recursively, symlinked folders followed,
+  natural sort (digit runs compared as numbers, text case-insensitively), `.safetensors`, `.pt`, `.ckpt`.
+* Name = file stem. A stem that occurs in two folders keeps the first (in scan order) under the bare stem; every file is
+  also reachable by its path relative to its root without extension (`sub/name`), so nothing is hidden.
+* Alias = `ss_output_name` from the metadata, else the stem. An alias shared by two files is ambiguous: it is not
+  registered, and those files are found by their stems (A1111's fix for issue #14655).
+* Metadata and derived facts (SD version, algorithm) are cached in cache.json, validated by mtime and size, so a warm
+  rescan reads no LoRA file. Hashes (SHA-256 of the safetensors payload, 12-char short hash) are computed on demand
+  and cached the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lora_files
+
+from modules.atomic_io import read_json
+from modules.cache import DiskCache
+from modules.hashes import file_hash, short_hash
+
+log = logging.getLogger(__name__)
+
+METADATA_CACHE = "lora-metadata"
+CACHE_VERSION = 2
+PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+METADATA_PRIORITY = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3, "ss_num_train_images": 10,
+                     "ss_tag_frequency": 20}
+
+
+def natural_sort_key(text: str) -> list[Any]:
+    """Split digit runs so that "lora2" sorts before "lora10"; text compares case-insensitively."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def detect_sd_version(metadata: dict[str, Any], shapes: dict[str, list[int]]) -> str:
+    """"SD1", "SD2", "SDXL" or "Unknown" from the metadata and the tensor names/shapes (header only).
+
+    Order: `modelspec.architecture`; kohya's `ss_base_model_version` / `ss_v2`; then the keys: SDXL-only names
+    (`lora_te1_`/`lora_te2_`, `text_encoder_2.`, SGM `input_blocks_`/`output_blocks_` UNet names), then the width
+    of the cross-attention context (768 SD1, 1024 SD2, 2048 SDXL) read from `attn2.to_k`'s input dimension, then the
+    text-encoder width (768 SD1, 1024 SD2).
+    """
+    arch = str(metadata.get("modelspec.architecture", "")).lower()
+    if arch:
+        if "stable-diffusion-xl" in arch:
+            return "SDXL"
+        if "stable-diffusion-v2" in arch:
+            return "SD2"
+        if "stable-diffusion-v1" in arch:
+            return "SD1"
+        return "Unknown"
+    base = str(metadata.get("ss_base_model_version", "")).lower()
+    if base.startswith("sdxl"):
+        return "SDXL"
+    if base.startswith("sd_v2") or str(metadata.get("ss_v2", "")) == "True":
+        return "SD2"
+    if base.startswith("sd_v1"):
+        return "SD1"
+    keys = list(shapes)
+    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys):
+        return "SDXL"
+    if any(re.match(r"(lora|lycoris|oft)_unet_(input_blocks|output_blocks|middle_block|label_emb)", k) for k in keys):
+        return "SDXL"
+    for key, shape in shapes.items():
+        if re.search(r"attn2[._]to_k", key) and re.search(r"(lora_down|lora_A|lora\.down)\.weight$", key) and len(shape) >= 2:
+            return {768: "SD1", 1024: "SD2", 2048: "SDXL"}.get(shape[1], "Unknown")
+    for key, shape in shapes.items():
+        if re.search(r"(^lora_te_|^text_encoder\.).*(mlp_fc1|mlp\.fc1)", key) and re.search(r"(down|lora_A)", key):
+            return {768: "SD1", 1024: "SD2"}.get(shape[-1] if len(shape) >= 2 else -1, "Unknown")
+    return "Unknown"
+
+
+ALGORITHM_MARKERS = (
+    ("hada_w1_a", "LoHa"), ("lokr_w1", "LoKr"), ("lokr_w2", "LoKr"), ("oft_blocks", "OFT"), ("oft_diag", "OFT"),
+    ("a1.weight", "GLoRA"), ("on_input", "IA3"), ("w_norm", "Norm"), (".diff", "Full"),
+    ("lora_down.weight", "LoRA"), ("lora_A.weight", "LoRA"), ("lora.down.weight", "LoRA"),
+)
+
+
+def detect_algorithm(shapes: dict[str, list[int]], metadata: dict[str, Any]) -> str:
+    """The badge for a card: the algorithm of most of its layers ("LoRA", "LoCon", "LoHa", "LoKr", ...), "+DoRA"."""
+    counts: dict[str, int] = {}
+    for key in shapes:
+        for marker, name in ALGORITHM_MARKERS:
+            if marker in key:
+                counts[name] = counts.get(name, 0) + 1
+                break
+    if not counts:
+        return "Unknown"
+    name = max(counts, key=lambda n: counts[n])
+    if name == "LoRA" and any(len(s) == 4 and s[-1] > 1 for k, s in shapes.items() if "down" in k):
+        name = "LoCon"
+    if name == "OFT" and any(len(s) == 4 for k, s in shapes.items() if "oft_blocks" in k):
+        name = "BOFT"
+    if any("dora_scale" in k or "lora_magnitude_vector" in k for k in shapes):
+        name += "+DoRA"
+    return name
+
+
+@dataclass
+class NetworkOnDisk:
+    """One LoRA file: names, metadata, SD version, algorithm, hash (lazy), sidecar user metadata."""
+
+    name: str
+    filename: str
+    root: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    sd_version: str = "Unknown"
+    algorithm: str = "Unknown"
+    hash: str = ""
+    mtime: float = 0.0
+    size: int = 0
+    user_metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def alias(self) -> str:
+        return str(self.metadata.get("ss_output_name") or self.name)
+
+    @property
+    def shorthash(self) -> str:
+        return short_hash(self.hash) if self.hash else ""
+
+    @property
+    def relative_name(self) -> str:
+        """Path relative to its root without extension, with `/` separators (`sub/name`)."""
+        rel = os.path.relpath(self.filename, self.root)
+        return os.path.splitext(rel)[0].replace(os.sep, "/")
+
+    @property
+    def is_safetensors(self) -> bool:
+        return self.filename.lower().endswith(".safetensors")
+
+    @property
+    def effective_sd_version(self) -> str:
+        """The user's `sd version` from the sidecar JSON overrides the detected one."""
+        user = self.user_metadata.get("sd version")
+        return user if user in ("SD1", "SD2", "SDXL", "Unknown") else self.sd_version
+
+    def sidecar_path(self) -> Path:
+        return Path(os.path.splitext(self.filename)[0] + ".json")
+
+    def preview_path(self) -> Path | None:
+        """The preview image next to the file: `<name>.png|jpg|jpeg|webp|gif`, then `<name>.preview.*`."""
+        base = os.path.splitext(self.filename)[0]
+        for pattern in ("{}{}", "{}.preview{}"):
+            for ext in PREVIEW_EXTENSIONS:
+                candidate = Path(pattern.format(base, ext))
+                if candidate.is_file():
+                    return candidate
+        return None
+
+
+class NetworkRegistry:
+    """Every LoRA file under the roots; thread-safe rescans."""
+
+    def __init__(self, roots: Iterable[Path], cache: DiskCache | None, hashing: bool = True) -> None:
+        self.roots = [Path(r) for r in roots]
+        self.cache = cache
+        self.hashing = hashing
+        self.available: dict[str, NetworkOnDisk] = {}  # stem and relative name -> entry
+        self.aliases: dict[str, NetworkOnDisk] = {}  # stem, relative name and unambiguous aliases -> entry
+        self.forbidden_aliases: set[str] = set()
+        self.hash_lookup: dict[str, NetworkOnDisk] = {}  # short hash -> entry
+        self.errors: dict[str, str] = {}  # file -> why it was skipped
+        self._lock = threading.RLock()
+
+    # ---------------------------------------------------------------- scanning
+    def _walk(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for root in self.roots:
+            if not root.is_dir():
+                continue
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                dirnames.sort(key=natural_sort_key)
+                for fname in sorted(filenames, key=natural_sort_key):
+                    if fname.lower().endswith(lora_files.LORA_EXTENSIONS):
+                        found.append((str(root), os.path.join(dirpath, fname)))
+                for dname in list(dirnames):  # a folder named like a LoRA file is skipped, not walked into as one
+                    if dname.lower().endswith(lora_files.LORA_EXTENSIONS):
+                        self.errors[os.path.join(dirpath, dname)] = "is a directory, not a LoRA file"
+        return found
+
+    def _describe(self, root: str, filename: str) -> NetworkOnDisk:
+        st = os.stat(filename)  # raises for broken symlinks
+        entry = NetworkOnDisk(name=Path(filename).stem, filename=filename, root=root, mtime=st.st_mtime, size=st.st_size)
+        cached = self.cache.get(METADATA_CACHE, filename) if self.cache is not None else None
+        if isinstance(cached, dict) and cached.get("version") == CACHE_VERSION:
+            entry.metadata, entry.sd_version, entry.algorithm = cached["metadata"], cached["sd_version"], cached["algorithm"]
+        else:
+            if entry.is_safetensors:
+                header = lora_files.read_safetensors_header(filename)
+                entry.metadata = lora_files.decode_metadata(header.get("__metadata__") or {})
+                shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+            else:
+                shapes = {}
+            entry.metadata = dict(sorted(entry.metadata.items(), key=lambda kv: METADATA_PRIORITY.get(kv[0], 999)))
+            entry.sd_version = detect_sd_version(entry.metadata, shapes)
+            entry.algorithm = detect_algorithm(shapes, entry.metadata) if shapes else "Unknown"
+            if self.cache is not None:
+                self.cache.set(METADATA_CACHE, filename, {"version": CACHE_VERSION, "metadata": entry.metadata,
+                                                          "sd_version": entry.sd_version, "algorithm": entry.algorithm},
+                               save=False)
+        if self.cache is not None:
+            for subsection in ("hashes-safetensors-payload", "hashes-sha256"):
+                cached_hash = self.cache.get(subsection, filename)
+                if isinstance(cached_hash, str):
+                    entry.hash = cached_hash
+        sidecar = entry.sidecar_path()
+        if sidecar.is_file():
+            try:
+                data = read_json(sidecar, default={})
+                entry.user_metadata = data if isinstance(data, dict) else {}
+            except ValueError as exc:
+                log.warning("Lora sidecar %s ignored: %s", sidecar, exc)
+        return entry
+
+    def refresh(self) -> None:
+        """Full rescan. Files that cannot be read are skipped with the reason in `errors` (and the log)."""
+        with self._lock:
+            self.errors = {}
+            entries: list[NetworkOnDisk] = []
+            for root, filename in self._walk():
+                try:
+                    entries.append(self._describe(root, filename))
+                except (OSError, lora_files.LoraFileError) as exc:
+                    reason = str(exc) if isinstance(exc, lora_files.LoraFileError) else f"cannot read: {exc.strerror or exc}"
+                    self.errors[filename] = reason
+                    log.warning("Lora file skipped: %s: %s", filename, reason)
+            self._index(entries)
+            if self.cache is not None:
+                self.cache.save()
+
+    def _index(self, entries: list[NetworkOnDisk]) -> None:
+        available: dict[str, NetworkOnDisk] = {}
+        for entry in entries:
+            available.setdefault(entry.relative_name, entry)
+        for entry in entries:
+            if entry.name in available and available[entry.name] is not entry:
+                log.warning("Lora name %r is used by several files; %s is reachable as %r", entry.name,
+                            entry.filename, entry.relative_name)
+            available.setdefault(entry.name, entry)
+        alias_count: dict[str, int] = {}
+        for entry in entries:
+            alias_count[entry.alias.lower()] = alias_count.get(entry.alias.lower(), 0) + 1
+        forbidden = {alias for alias, count in alias_count.items() if count > 1} | {"none"}
+        aliases = dict(available)
+        for entry in entries:
+            if entry.alias.lower() not in forbidden:
+                aliases.setdefault(entry.alias, entry)
+        self.available, self.aliases, self.forbidden_aliases = available, aliases, forbidden
+        self.hash_lookup = {entry.shorthash: entry for entry in entries if entry.hash}
+
+    def entries(self) -> list[NetworkOnDisk]:
+        """Each file once, in scan order."""
+        seen: dict[int, NetworkOnDisk] = {}
+        for entry in self.available.values():
+            seen.setdefault(id(entry), entry)
+        return sorted(seen.values(), key=lambda e: (natural_sort_key(e.root), natural_sort_key(e.relative_name)))
+
+    # ---------------------------------------------------------------- lookups
+    def find(self, name: str) -> NetworkOnDisk | None:
+        """Entry for a prompt name: stem, `sub/stem`, or an unambiguous alias (stems win over aliases)."""
+        with self._lock:
+            return self.available.get(name) or self.aliases.get(name)
+
+    def read_hash(self, entry: NetworkOnDisk) -> str:
+        """The entry's full hash, computed and cached on first use ('' with hashing off)."""
+        if entry.hash or not self.hashing:
+            return entry.hash
+        entry.hash = file_hash(entry.filename, self.cache)
+        with self._lock:
+            self.hash_lookup[entry.shorthash] = entry
+        if self.cache is not None:
+            self.cache.save()
+        return entry.hash
+
+    def find_by_short_hash(self, shorthash: str) -> NetworkOnDisk | None:
+        return self.hash_lookup.get(shorthash.strip().lower()[:12])

@@ -1,0 +1,312 @@
+"""The Lora engine: loads LoRA files against the loaded model and keeps the model's weights equal to
+pristine + exactly the requested LoRAs.
+
+* `load_network(entry, index)` reads a file once (safetensors memory-mapped), groups its tensors per layer, asks the
+  strategy registry for each group's module, resolves each layer key to a model module and checks shapes. Keys that
+  match no layer, groups no strategy claims and shape mismatches are recorded on the `Network` (never silently
+  dropped); a LoRA made for another architecture is refused with a message saying so.
+* `LoraEngine.activate(requests)` turns the requested networks and multipliers into a wanted list of contributions per
+  layer and hands it to the `Patcher`, which touches only the layers whose list changed. A network whose delta fails
+  on some layer is dropped as a whole and the others are applied again, so the weights are always pristine plus the
+  networks that did load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import lora_files
+import strategies
+import torch
+from key_resolver import LayerIndex, TargetLayer, split_key
+from lora_registry import NetworkOnDisk, NetworkRegistry, detect_sd_version
+from patcher import Contribution, LayerPatchError, Patcher, PatchStats
+
+log = logging.getLogger(__name__)
+
+MAX_EXAMPLES = 5
+
+
+class NetworkLoadError(ValueError):
+    """A LoRA that cannot be applied to the loaded model; the message says why."""
+
+
+@dataclass
+class Network:
+    """A LoRA file loaded against one model: its modules by target layer name, and what did not fit."""
+
+    name: str
+    on_disk: NetworkOnDisk
+    mtime: float
+    modules: dict[str, Any] = field(default_factory=dict)  # target layer name -> NetworkModule
+    targets: dict[str, TargetLayer] = field(default_factory=dict)
+    unmatched_keys: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)  # "key: reason"
+    shape_errors: list[str] = field(default_factory=list)  # "key: reason"
+    bundle_embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        """Human-readable summary lines of everything in the file that was not applied."""
+        lines = []
+        for label, items in (("keys matched no layer of the loaded model", self.unmatched_keys),
+                             ("layers no strategy understands", self.unsupported),
+                             ("layers with shapes for another model", self.shape_errors)):
+            if items:
+                examples = ", ".join(items[:MAX_EXAMPLES]) + (", ..." if len(items) > MAX_EXAMPLES else "")
+                lines.append(f"{self.name}: {len(items)} {label} (e.g. {examples})")
+        return lines
+
+
+class PaddedInputModule:
+    """Applies a module made for a layer with fewer input channels (a 4-channel LoRA on a 9-channel inpainting
+    `conv_in`): the delta is computed on the first `in_channels` input channels and zero-padded to the layer's."""
+
+    def __init__(self, inner: Any, in_channels: int) -> None:
+        self.inner = inner
+        self.in_channels = in_channels
+        self.algorithm = inner.algorithm
+        self.rank, self.alpha, self.key = inner.rank, inner.alpha, inner.key
+
+    def low_rank(self, multiplier: float, dyn_dim: int | None = None) -> None:
+        return None
+
+    def calc_delta(self, weight: torch.Tensor, multiplier: float, dyn_dim: int | None = None,
+                   bias: torch.Tensor | None = None) -> Any:
+        delta = self.inner.calc_delta(weight[:, : self.in_channels].contiguous(), multiplier, dyn_dim, bias)
+        if delta.weight is not None:
+            padded = torch.zeros(weight.shape, dtype=delta.weight.dtype, device=delta.weight.device)
+            padded[:, : self.in_channels] = delta.weight.reshape(padded[:, : self.in_channels].shape)
+            delta.weight = padded
+        return delta
+
+
+def group_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict]]:
+    """Group file tensors per layer key; `bundle_emb.NAME.*` tensors are returned separately per embedding."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    embeddings: dict[str, dict] = {}
+    for key, tensor in tensors.items():
+        if key.startswith("bundle_emb."):
+            _, emb_name, rest = key.split(".", 2) if key.count(".") >= 2 else (key, key, "")
+            embeddings.setdefault(emb_name, {})[rest] = tensor
+            continue
+        layer, part = split_key(key)
+        groups.setdefault(layer, {})[part] = tensor
+    return groups, embeddings
+
+
+def peft_alphas(metadata: dict[str, Any]) -> tuple[float | None, dict[str, float]]:
+    """(lora_alpha, alpha_pattern) from diffusers' `lora_adapter_metadata` header entry, if present."""
+    raw = metadata.get("lora_adapter_metadata")
+    if isinstance(raw, str):
+        import json  # noqa: PLC0415
+
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = None
+    if not isinstance(raw, dict):
+        return None, {}
+    alpha = raw.get("lora_alpha")
+    pattern = raw.get("alpha_pattern") or {}
+    return (float(alpha) if alpha is not None else None), {str(k): float(v) for k, v in pattern.items()}
+
+
+def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = None) -> Network:
+    """Load `entry` against the model behind `index`. Raises LoraFileError / NetworkLoadError with clear messages."""
+    model = index.model
+    version = entry.effective_sd_version
+    if version in ("SD1", "SD2", "SDXL") and version != model.family:
+        raise NetworkLoadError(
+            f"{entry.name} is a LoRA for {version}, but the loaded model is {model.family}: not applied"
+        )
+    tensors = lora_files.load_tensors(entry.filename)
+    if version == "Unknown" and not entry.is_safetensors:
+        version = detect_sd_version({}, {k: list(v.shape) for k, v in tensors.items()})
+        if version in ("SD1", "SD2", "SDXL") and version != model.family:
+            raise NetworkLoadError(
+                f"{entry.name} is a LoRA for {version}, but the loaded model is {model.family}: not applied"
+            )
+    net = Network(name=name or entry.name, on_disk=entry, mtime=os.path.getmtime(entry.filename))
+    groups, net.bundle_embeddings = group_tensors(tensors)
+    peft_alpha, peft_pattern = peft_alphas(entry.metadata)
+    for layer_key, parts in groups.items():
+        target = index.resolve(layer_key)
+        if target is None:
+            net.unmatched_keys.append(layer_key)
+            continue
+        if "alpha" not in parts and "lora_down.weight" in parts and "." in layer_key and peft_alpha is not None:
+            alpha = next((v for k, v in peft_pattern.items() if layer_key.endswith(k)), peft_alpha)
+            parts = {**parts, "alpha": torch.tensor(alpha)}
+        try:
+            module = strategies.create_module(layer_key, parts)
+        except ValueError as exc:
+            net.unsupported.append(f"{layer_key}: {exc}")
+            continue
+        weight = target.module.weight
+        try:
+            module.validate(weight.shape)
+        except ValueError as exc:
+            module = _pad_for_inpainting(module, weight.shape, target)
+            if module is None:
+                net.shape_errors.append(f"{layer_key}: {exc}")
+                continue
+        if target.name in net.modules:
+            net.shape_errors.append(f"{layer_key}: a second group for layer {target.name}")
+            continue
+        net.modules[target.name] = module
+        net.targets[target.name] = target
+    if not net.modules:
+        detail = "; ".join(net.problems()) or "the file has no layers"
+        raise NetworkLoadError(f"{entry.name}: nothing in it fits the loaded {model.family} model ({detail})")
+    for line in net.problems():
+        log.warning("Lora %s", line)
+    return net
+
+
+def _pad_for_inpainting(module: Any, shape: torch.Size, target: TargetLayer) -> Any | None:
+    """A 4-input-channel module for a 9-channel conv_in, wrapped to zero-pad; None if that is not the mismatch."""
+    if len(shape) != 4 or shape[1] <= 4 or not target.name.endswith("conv_in"):
+        return None
+    try:
+        module.validate(torch.Size([shape[0], 4, shape[2], shape[3]]))
+    except ValueError:
+        return None
+    return PaddedInputModule(module, 4)
+
+
+@dataclass
+class NetworkRequest:
+    """One `<lora:...>` after parsing: which file, with which multipliers."""
+
+    name: str
+    te_multiplier: float = 1.0
+    unet_multiplier: float = 1.0
+    dyn_dim: int | None = None
+    # Per-layer multiplier factor (block weights); None = 1 everywhere.
+    layer_factor: Any = None
+
+
+@dataclass
+class ActiveNetwork:
+    """A network in the current set, as the prompt asked for it."""
+
+    request: NetworkRequest
+    network: Network
+
+
+@dataclass
+class ActivationReport:
+    """Outcome of one activation: what is active, what was not found, what failed (with messages)."""
+
+    active: list[ActiveNetwork] = field(default_factory=list)
+    not_found: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    stats: PatchStats = field(default_factory=PatchStats)
+
+
+class LoraEngine:
+    """Registry + loaded networks + patcher for the current model. All methods are thread-safe."""
+
+    def __init__(self, registry: NetworkRegistry, memory_limit: int = 8) -> None:
+        self.registry = registry
+        self.memory_limit = memory_limit
+        self.model: Any = None
+        self.index: LayerIndex | None = None
+        self.patcher = Patcher()
+        self.networks_in_memory: OrderedDict[tuple, Network] = OrderedDict()
+        self.active: list[ActiveNetwork] = []
+        self.last_report = ActivationReport()
+        self._lock = threading.RLock()
+
+    def set_model(self, model: Any) -> None:
+        """Use a newly loaded (pristine) model; nothing of the previous model's state is kept."""
+        with self._lock:
+            self.model = model
+            self.index = LayerIndex(model) if model is not None else None
+            self.patcher = Patcher()
+            self.networks_in_memory.clear()
+            self.active = []
+
+    def _network(self, entry: NetworkOnDisk) -> Network:
+        assert self.index is not None
+        mtime = os.path.getmtime(entry.filename)
+        key = (entry.filename, mtime, os.path.getsize(entry.filename))
+        net = self.networks_in_memory.get(key)
+        if net is None:
+            net = load_network(entry, self.index)
+            self.networks_in_memory[key] = net
+            while len(self.networks_in_memory) > max(self.memory_limit, 1):
+                self.networks_in_memory.popitem(last=False)
+        else:
+            self.networks_in_memory.move_to_end(key)
+        return net
+
+    def activate(self, requests: list[NetworkRequest]) -> ActivationReport:
+        """Make the model hold exactly `requests` (in order; the same file twice counts twice)."""
+        with self._lock:
+            if self.model is None or self.index is None:
+                raise RuntimeError("no model is loaded")
+            report = ActivationReport()
+            chosen: list[ActiveNetwork] = []
+            for request in requests:
+                entry = self.registry.find(request.name)
+                if entry is None:
+                    self.registry.refresh()  # a file added since the last scan
+                    entry = self.registry.find(request.name)
+                if entry is None:
+                    report.not_found.append(request.name)
+                    continue
+                try:
+                    network = self._network(entry)
+                    self.registry.read_hash(entry)
+                except (lora_files.LoraFileError, NetworkLoadError, OSError) as exc:
+                    report.errors[request.name] = str(exc)
+                    log.error("Lora %s not applied: %s", request.name, exc)
+                    continue
+                report.warnings.extend(network.problems())
+                chosen.append(ActiveNetwork(request=request, network=network))
+            while True:
+                try:
+                    report.stats = self.patcher.apply(self._wanted(chosen), self._targets(chosen))
+                    break
+                except LayerPatchError as exc:
+                    failed = exc.network
+                    report.errors[failed.name] = f"failed on layer {exc.layer}: {exc.cause}"
+                    log.error("Lora %s not applied: failed on layer %s: %s", failed.name, exc.layer, exc.cause)
+                    chosen = [a for a in chosen if a.network is not failed]
+            report.active = chosen
+            self.active = chosen
+            self.last_report = report
+            return report
+
+    @staticmethod
+    def _targets(chosen: list[ActiveNetwork]) -> dict[str, TargetLayer]:
+        targets: dict[str, TargetLayer] = {}
+        for active in chosen:
+            targets.update(active.network.targets)
+        return targets
+
+    @staticmethod
+    def _wanted(chosen: list[ActiveNetwork]) -> dict[str, tuple[Contribution, ...]]:
+        wanted: dict[str, list[Contribution]] = {}
+        for active in chosen:
+            req = active.request
+            for layer, module in active.network.modules.items():
+                target = active.network.targets[layer]
+                multiplier = req.te_multiplier if target.is_text_encoder else req.unet_multiplier
+                if req.layer_factor is not None:
+                    multiplier *= req.layer_factor(target)
+                if multiplier == 0:
+                    continue
+                wanted.setdefault(layer, []).append(Contribution(active.network, module, multiplier, req.dyn_dim))
+        return {layer: tuple(items) for layer, items in wanted.items()}
+
+    def deactivate_all(self) -> ActivationReport:
+        """Remove every LoRA: the model's weights become bitwise pristine."""
+        return self.activate([])

@@ -1,0 +1,68 @@
+"""Wires the Lora extension into the host: options, the registry and engine, the `lora`/`lyco` extra network,
+infotext pasting by hash, and the model-loaded hook. Everything hangs off the WebUI object (`webui.services["lora"]`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import extra_networks_lora
+import lora
+from lora_registry import NetworkRegistry
+from networks import LoraEngine
+
+log = logging.getLogger(__name__)
+
+
+def register_options(options: Any) -> None:
+    """The extension's options (Settings -> Extra Networks), with A1111's keys where A1111 has them."""
+    section = "Extra Networks"
+    options.add("lora_preferred_name", "Alias from file", "When adding to prompt, refer to Lora by", section,
+                choices=["Alias from file", "Filename"])
+    options.add("lora_add_hashes_to_infotext", True, "Add Lora hashes to infotext", section)
+    options.add("lora_show_all", False, "Always show all networks on the Lora page", section)
+    options.add("lora_hide_unknown_for_versions", [], "Hide networks of unknown versions for model versions", section)
+    options.add("lora_in_memory_limit", 8, "Number of Lora networks to keep cached in memory", section, minimum=0)
+    options.add("extra_networks_default_multiplier", 1.0, "Default multiplier for extra networks", section)
+
+
+def alias_for_prompt(entry: Any, options: Any, registry: NetworkRegistry) -> str:
+    """The name a card inserts: the alias when preferred and unambiguous, else the stem (A1111's `get_alias`)."""
+    if (options.get("lora_preferred_name") == "Filename" or entry.alias.lower() in registry.forbidden_aliases):
+        return entry.name
+    return entry.alias
+
+
+def setup(webui: Any) -> None:
+    """Called by the extension loader with the WebUI object."""
+    register_options(webui.options)
+    roots = [webui.paths.lora_dir, webui.paths.lyco_dir]
+    registry = NetworkRegistry(roots, webui.cache, hashing=not webui.args.no_hashing)
+    if not getattr(webui.args, "no_embedded_default", False):
+        import demo_loras  # noqa: PLC0415
+
+        demo_loras.ensure_demo_loras(webui.paths.lora_dir)
+    registry.refresh()
+    engine = LoraEngine(registry, memory_limit=int(webui.options.get("lora_in_memory_limit")))
+    webui.options.infos["lora_in_memory_limit"].onchange = lambda value: setattr(engine, "memory_limit", int(value))
+    webui.services["lora"] = engine
+    lora.legacy.bind(engine)
+    handler = extra_networks_lora.ExtraNetworkLora(engine, webui.options, lambda: webui.models.current)
+    webui.extra_networks.register(handler, aliases=["lyco"])
+    webui.callbacks.add("model_loaded", engine.set_model)
+    if webui.models is not None and webui.models.current is not None:
+        engine.set_model(webui.models.current)
+
+    def infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
+        hashes = params.get("Lora hashes")
+        if not hashes:
+            return
+        for key in ("Prompt", "Hires prompt"):
+            if key in params:
+                params[key] = extra_networks_lora.rewrite_names_by_hash(
+                    params[key], hashes, registry.find_by_short_hash,
+                    lambda entry: alias_for_prompt(entry, webui.options, registry),
+                )
+
+    webui.callbacks.add("infotext_pasted", infotext_pasted)
