@@ -9,6 +9,8 @@ from typing import Any
 
 import extra_networks_lora
 import lora
+import lora_api
+import ui_extra_networks_lora
 from lora_registry import NetworkRegistry
 from networks import LoraEngine
 
@@ -66,3 +68,5 @@ def setup(webui: Any) -> None:
                 )
 
     webui.callbacks.add("infotext_pasted", infotext_pasted)
+    webui.callbacks.add("app_started", lambda webui_, app: lora_api.mount(app, webui_, engine))
+    ui_extra_networks_lora.register_page(webui, engine)
