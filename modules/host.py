@@ -22,6 +22,7 @@ from modules.options import Options
 from modules.paths import Paths
 from modules.script_callbacks import Callbacks
 from modules.state import JobState
+from modules.textual_inversion import EmbeddingDatabase
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class WebUI:
     state: JobState
     models: Any = None  # modules.sd_models.ModelManager
     extensions: list[Extension] = field(default_factory=list)
+    embeddings: EmbeddingDatabase = field(default_factory=EmbeddingDatabase)
     queue_lock: threading.Lock = field(default_factory=threading.Lock)
     # Named objects extensions publish for others (e.g. "lora" -> the Lora extension's engine).
     services: dict[str, Any] = field(default_factory=dict)

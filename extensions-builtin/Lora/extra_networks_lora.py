@@ -14,9 +14,11 @@ import logging
 import math
 from typing import Any
 
+from bundled_embeddings import sync_bundled_embeddings
 from networks import ActivationReport, LoraEngine, NetworkRequest
 
 from modules.extra_networks import ExtraNetwork, ExtraNetworkParams, add_comment
+from modules.textual_inversion import EmbeddingDatabase
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +83,12 @@ class ExtraNetworkLora(ExtraNetwork):
 
     name = "lora"
 
-    def __init__(self, engine: LoraEngine, options: Any, current_model: Any) -> None:
+    def __init__(self, engine: LoraEngine, options: Any, current_model: Any,
+                 embeddings: EmbeddingDatabase | None = None) -> None:
         self.engine = engine
         self.options = options
         self.current_model = current_model  # callable returning the loaded model (or None)
+        self.embeddings = embeddings  # bundled embeddings are registered here while their LoRA is active
 
     def activate(self, p: Any, params_list: list[ExtraNetworkParams]) -> None:
         is_hr = bool(getattr(p, "is_hr_pass", False))
@@ -101,6 +105,9 @@ class ExtraNetworkLora(ExtraNetwork):
         if self.engine.model is not model:
             self.engine.set_model(model)
         report = self.engine.activate(requests)
+        if self.embeddings is not None:
+            for message in sync_bundled_embeddings(self.embeddings, report.active, model.text_encoders):
+                add_comment(p, f"Lora: {message}")
         self._report(p, report, is_hr)
 
     def _report(self, p: Any, report: ActivationReport, is_hr: bool) -> None:

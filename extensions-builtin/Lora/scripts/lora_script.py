@@ -50,7 +50,8 @@ def setup(webui: Any) -> None:
     webui.options.infos["lora_in_memory_limit"].onchange = lambda value: setattr(engine, "memory_limit", int(value))
     webui.services["lora"] = engine
     lora.legacy.bind(engine)
-    handler = extra_networks_lora.ExtraNetworkLora(engine, webui.options, lambda: webui.models.current)
+    handler = extra_networks_lora.ExtraNetworkLora(engine, webui.options, lambda: webui.models.current,
+                                                   embeddings=webui.embeddings)
     webui.extra_networks.register(handler, aliases=["lyco"])
     webui.callbacks.add("model_loaded", engine.set_model)
     if webui.models is not None and webui.models.current is not None:
