@@ -1,0 +1,47 @@
+"""The embedded default checkpoint: a tiny SD1 model written on first start when the checkpoints folder is empty.
+
+It has the real single-file key layout (`model.diffusion_model.*`, `first_stage_model.*`,
+`cond_stage_model.transformer.text_model.*`) and seeded random weights (`modules.tiny_models`, the same builder
+the tests use), so every feature runs on a fresh machine without downloading anything. Its images are noise; a
+real checkpoint dropped into the folder is used the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from modules.sd_models import scan_checkpoints
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "tiny-sd1-demo.safetensors"
+DEFAULT_SEED = 1234
+
+
+def ensure_embedded_default(paths: Any) -> Path | None:
+    """Write `tiny-sd1-demo.safetensors` into `paths.ckpt_dir` when it holds no checkpoint at all.
+
+    The file is written to a temporary name in the same folder and renamed into place (atomic). Returns the path
+    written, or None when a checkpoint already exists.
+    """
+    from modules.tiny_models import write_single_file  # noqa: PLC0415 - pulls in torch/diffusers
+
+    folder = Path(paths.ckpt_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if scan_checkpoints(folder):
+        return None
+    target = folder / DEFAULT_NAME
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{DEFAULT_NAME}.", suffix=".tmp.safetensors", dir=folder)
+    os.close(fd)
+    try:
+        write_single_file(tmp_name, "SD1", seed=DEFAULT_SEED)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    log.info("no checkpoint found: wrote the embedded tiny SD1 demo checkpoint %s", target)
+    return target

@@ -1,0 +1,526 @@
+"""Checkpoint discovery and loading: A1111 single files (`.safetensors`, `.ckpt`) and diffusers folders.
+
+* `ModelManager` (one per WebUI) lists checkpoints under `paths.ckpt_dir`, finds one by title/name/path/hash, loads
+  it and keeps the current `LoadedModel`; a failed load raises `ModelLoadError` and leaves the previous model
+  current. Setting the `sd_model_checkpoint` option switches the model.
+* `load_checkpoint(info, device, dtype)` builds the model: single files are read (safetensors or a
+  `weights_only` pickle), their family detected from the key layout, sizes inferred from the tensor shapes
+  (`modules.model_configs`), names converted by `modules.checkpoint_convert` and the tensors assigned to modules
+  built without random initialisation; diffusers folders load with each component's `from_pretrained`, offline.
+
+Prediction type (epsilon vs v): in this order, (1) a sidecar `<checkpoint>.yaml` (`parameterization: "v"` means v,
+a yaml without it means epsilon), (2) the safetensors metadata `modelspec.prediction_type`, (3) a `v_pred` key in the
+file (NoobAI-style v-pred SDXL), (4) for SD2 only, A1111's test forward pass (UNet on 0.5-filled latents at t=999;
+mean(out - x) < -1 means v), else epsilon. Diffusers folders use `scheduler/scheduler_config.json`.
+
+Dtype: float32 on CPU (a requested float16 is replaced, fp16 matmul is very slow there), the given dtype elsewhere.
+Unused tensors of a single file (EMA weights, schedule buffers...) are kept for writing the file back
+(`key_map_special["extra"]`); those over 1 MiB in a `.safetensors` file are not held in memory but listed in
+`key_map_special["extra_in_source"]` and re-read from `key_map_special["source"]` when written.
+Hash: `CheckpointInfo.sha256` is the whole-file SHA-256 (A1111's checkpoint hash, Civitai's AutoV2) cached in
+cache.json; it is computed when a checkpoint is loaded (listing only reuses cached values), and never for folders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import struct
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modules import checkpoint_convert, hashes, model_configs
+from modules.cache import DiskCache
+from modules.sd_model_types import CheckpointInfo, LoadedModel
+from modules.tokenizer import SDClipTokenizer, tokenizers_for
+
+log = logging.getLogger(__name__)
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+HASH_SUBSECTION = "hashes-sha256"
+_TITLE_HASH_RE = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint could not be found or loaded; the message names the file and the cause."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check_safetensors_header(path: Path) -> dict[str, Any]:
+    """Validate the safetensors framing (length prefix, JSON header, data extent) and return the header."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise ModelLoadError(f"{path}: truncated or not a safetensors file (only {size} bytes)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > size - 8:
+            raise ModelLoadError(f"{path}: truncated or not a safetensors file "
+                                 f"(header of {header_len} bytes announced, file has {size})")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{path}: truncated or not a safetensors file (bad header: {exc})") from exc
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{path}: truncated or not a safetensors file (header is not a JSON object)")
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and "data_offsets" in v), default=0)
+    if 8 + header_len + end > size:
+        raise ModelLoadError(f"{path}: truncated or not a safetensors file "
+                             f"(tensor data ends at byte {8 + header_len + end}, file has {size})")
+    return header
+
+
+ALIGNMENT = 64
+LAZY_EXTRA_BYTES = 1 << 20
+
+
+def _aligned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copy tensors whose data is not 64-byte aligned (safetensors' `load_file` places them at arbitrary offsets).
+
+    CPU kernels pick different vectorised paths for unaligned data, so an unaligned copy of the same weights gives
+    outputs that differ in the last bits from an aligned one (measured: 1e-6 on a tiny UNet). Copying one tensor
+    at a time keeps the extra memory to the largest tensor.
+    """
+    for key in list(state):
+        if state[key].data_ptr() % ALIGNMENT:
+            state[key] = state[key].clone()
+    return state
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, safetensors metadata) of a single-file checkpoint, on CPU in the file's dtypes.
+
+    `.safetensors`: framing checked first, so a truncated download is reported as such; tensors are 64-byte
+    aligned (copied when the reader left them unaligned). `.ckpt`: `torch.load`
+    with `weights_only=True` (no code execution); a top-level `state_dict` entry is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: checkpoint file not found")
+    if path.suffix.lower() == ".safetensors":
+        header = _check_safetensors_header(path)
+        from safetensors.torch import load_file  # noqa: PLC0415
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own SafetensorError
+            raise ModelLoadError(f"{path}: truncated or not a safetensors file ({exc})") from exc
+        metadata = header.get("__metadata__") or {}
+        return _aligned(state), {str(k): str(v) for k, v in metadata.items()}
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a loadable .ckpt checkpoint ({type(exc).__name__}: {exc})") from exc
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ModelLoadError(f"{path}: .ckpt does not hold a state dict of tensors")
+    return dict(loaded), {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prediction type
+# ---------------------------------------------------------------------------------------------------------------
+
+def sidecar_prediction_type(path: Path) -> str | None:
+    """"v_prediction"/"epsilon" from `<checkpoint>.yaml` next to the file (A1111's per-checkpoint config), or None."""
+    yaml_path = path.with_suffix(".yaml")
+    if not yaml_path.is_file():
+        return None
+    text = yaml_path.read_text(encoding="utf-8", errors="replace")
+    match = re.search(r"""parameterization\s*:\s*["']?(\w+)""", text)
+    return "v_prediction" if match and match.group(1).lower() in ("v", "v_prediction") else "epsilon"
+
+
+def metadata_prediction_type(metadata: Mapping[str, str]) -> str | None:
+    """From safetensors metadata `modelspec.prediction_type` ("v"/"v_prediction"/"epsilon"), or None."""
+    value = str(metadata.get("modelspec.prediction_type", "")).strip().lower()
+    if value in ("v", "v_prediction", "v-prediction"):
+        return "v_prediction"
+    if value in ("epsilon", "eps"):
+        return "epsilon"
+    return None
+
+
+def sd2_forward_test_is_v(unet: torch.nn.Module) -> bool:
+    """A1111's SD2 test: UNet(x = 0.5, t = 999, context = 0.5); v-models give mean(out - x) < -1."""
+    param = next(unet.parameters())
+    cross = int(unet.config.cross_attention_dim)
+    size = 8 if min(unet.config.block_out_channels) >= 128 else 16  # A1111 uses 8x8; tiny group norms need more
+    x = torch.full((1, int(unet.config.in_channels), size, size), 0.5, device=param.device, dtype=param.dtype)
+    context = torch.full((1, 77, cross), 0.5, device=param.device, dtype=param.dtype)
+    with torch.no_grad():
+        out = unet(x, torch.tensor([999], device=param.device), encoder_hidden_states=context).sample
+    return float((out[:, :4].float() - x[:, :4].float()).mean()) < -1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building models
+# ---------------------------------------------------------------------------------------------------------------
+
+def effective_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """float32 instead of float16 on CPU; otherwise `dtype`."""
+    if device.type == "cpu" and dtype == torch.float16:
+        return torch.float32
+    return dtype
+
+
+def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, path: Path) -> None:
+    missing, unexpected = module.load_state_dict(dict(state), strict=False, assign=True)
+    if missing or unexpected:
+        raise ModelLoadError(f"{path}: {what} weights do not fit the model "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    leftover = [name for name, p in module.named_parameters() if p.is_meta]
+    if leftover:
+        raise ModelLoadError(f"{path}: {what} parameters left unloaded: {leftover[:3]}")
+    try:
+        model_configs.materialize_buffers(module)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: {what}: {exc}") from exc
+
+
+def _finish(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    # nn.Module.to, not diffusers' override, which warns about casting instead of from_pretrained(torch_dtype=...).
+    torch.nn.Module.to(module, device=device, dtype=dtype)
+    for param in module.parameters():  # see _aligned: same weights, same bits out, whatever the file format
+        if param.device.type == "cpu" and param.data_ptr() % ALIGNMENT:
+            param.data = param.data.clone()
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load an A1111/LDM single-file checkpoint (see the module docstring)."""
+    path = Path(info.path)
+    state, metadata = read_state_dict(path)
+    try:
+        family = checkpoint_convert.detect_family(state.keys())
+        config = model_configs.infer_family_config(checkpoint_convert.canonical_view(state), family)
+        built = model_configs.build_components(config, empty=True)
+        parts = {"unet": built["unet"], "vae": built["vae"]}
+        parts.update({f"text_encoders.{i}": m for i, m in enumerate(built["text_encoders"])})
+        shapes = {name: {k: tuple(v.shape) for k, v in m.state_dict().items()} for name, m in parts.items()}
+        components, key_map, special = checkpoint_convert.ldm_to_diffusers(state, family, config, shapes)
+    except (ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    del state
+    target = effective_dtype(device, dtype)
+    for name, module in parts.items():
+        _assign(module, components[name], name, path)
+        _finish(module, device, target)
+    del components
+    prediction = sidecar_prediction_type(path) or metadata_prediction_type(metadata)
+    if prediction is None and "v_pred" in special["extra"]:
+        prediction = "v_prediction"
+    if prediction is None:
+        prediction = "v_prediction" if family == "SD2" and sd2_forward_test_is_v(built["unet"]) else "epsilon"
+    special["source"] = str(path)
+    special["metadata"] = dict(metadata)
+    if path.suffix.lower() == ".safetensors":  # large unused tensors (EMA copies...) stay in the file until written
+        lazy = [k for k, t in special["extra"].items() if t.numel() * t.element_size() > LAZY_EXTRA_BYTES]
+        for key in lazy:
+            del special["extra"][key]
+        special["extra_in_source"] = lazy
+    return LoadedModel(
+        family=family, unet=built["unet"], vae=built["vae"], text_encoders=built["text_encoders"],
+        tokenizers=tokenizers_for(config), prediction_type=prediction,
+        scheduler_config=checkpoint_convert.scheduler_config(family, prediction), checkpoint=info,
+        device=device, dtype=target, key_map=key_map, key_map_special=special,
+        ldm_unet_names=checkpoint_convert.unet_ldm_module_map_for(built["unet"]))
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    """A folder with `model_index.json` or `unet/config.json`."""
+    return path.is_dir() and ((path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: unreadable JSON ({exc})") from exc
+
+
+def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load a diffusers folder offline: `unet/`, `vae/`, `text_encoder/`, `text_encoder_2/` (SDXL), tokenizers."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: PLC0415
+
+    path = Path(info.path)
+    target = effective_dtype(device, dtype)
+    index = _read_json(path / "model_index.json")
+    encoder_dirs = [d for d in ("text_encoder", "text_encoder_2") if (path / d / "config.json").is_file()]
+    for needed in ("unet", "vae"):
+        if not (path / needed / "config.json").is_file():
+            raise ModelLoadError(f"{path}: diffusers folder has no {needed}/config.json")
+    if not encoder_dirs:
+        raise ModelLoadError(f"{path}: diffusers folder has no text_encoder/config.json")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
+        encoders = []
+        for folder in encoder_dirs:
+            cfg = _read_json(path / folder / "config.json")
+            default = "CLIPTextModelWithProjection" if folder == "text_encoder_2" else "CLIPTextModel"
+            declared = index.get(folder, [None, None])[1] or (cfg.get("architectures") or [default])[0]
+            cls = model_configs.text_encoder_class(declared)
+            encoders.append(cls.from_pretrained(path / folder, local_files_only=True))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path}: cannot load diffusers folder ({type(exc).__name__}: {exc})") from exc
+    for module in (unet, vae, *encoders):
+        _finish(module, device, target)
+    if len(encoders) == 2:
+        family = "SDXL"
+    else:
+        family = "SD2" if encoders[0].config.hidden_act == "gelu" else "SD1"
+    family_cfg = model_configs.family_config(family)
+    tokenizers = []
+    for i, default_tok in enumerate(tokenizers_for(family_cfg)[:len(encoders)]):
+        folder = path / ("tokenizer" if i == 0 else f"tokenizer_{i + 1}")
+        tokenizers.append(SDClipTokenizer.from_pretrained(folder, local_files_only=True)
+                          if (folder / "tokenizer_config.json").is_file() else default_tok)
+    scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+    prediction = scheduler.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ModelLoadError(f"{path}: unsupported prediction_type {prediction!r} in scheduler_config.json")
+    return LoadedModel(
+        family=family, unet=unet, vae=vae, text_encoders=encoders, tokenizers=tokenizers, prediction_type=prediction,
+        scheduler_config=checkpoint_convert.scheduler_config(family, prediction), checkpoint=info, device=device,
+        dtype=target, ldm_unet_names=checkpoint_convert.unet_ldm_module_map_for(unet))
+
+
+def load_checkpoint(info: CheckpointInfo, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
+    """Load `info` on `device`; raises ModelLoadError naming the file and the cause."""
+    device = torch.device(device)
+    try:
+        if info.format == "diffusers":
+            return load_diffusers_folder(info, device, dtype)
+        return load_single_file(info, device, dtype)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"{info.path}: {type(exc).__name__}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The manager
+# ---------------------------------------------------------------------------------------------------------------
+
+def checkpoint_sha256(path: Path, cache: DiskCache | None) -> str:
+    """Whole-file SHA-256 of a single-file checkpoint, cached in cache.json by mtime and size."""
+    if cache is not None:
+        cached = cache.get(HASH_SUBSECTION, path)
+        if isinstance(cached, str):
+            return cached
+    value = hashes.sha256_file(path)
+    if cache is not None:
+        cache.set(HASH_SUBSECTION, path, value)
+    return value
+
+
+def scan_checkpoints(root: Path) -> list[CheckpointInfo]:
+    """Every `.safetensors`/`.ckpt` file and diffusers folder under `root` (recursive, hidden entries skipped)."""
+    found: list[CheckpointInfo] = []
+    if not root.is_dir():
+        return found
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        keep = []
+        for name in sorted(dirs):
+            if name.startswith("."):
+                continue
+            sub = here / name
+            if is_diffusers_folder(sub):
+                found.append(CheckpointInfo(path=sub, name=sub.relative_to(root).as_posix(), format="diffusers"))
+            else:
+                keep.append(name)
+        dirs[:] = keep
+        for name in files:
+            if name.startswith(".") or not name.lower().endswith(SINGLE_FILE_SUFFIXES):
+                continue
+            file = here / name
+            found.append(CheckpointInfo(path=file, name=file.relative_to(root).as_posix(), format="single-file"))
+    return sorted(found, key=lambda info: info.name.lower())
+
+
+class ModelManager:
+    """The host's checkpoints and the one loaded model."""
+
+    def __init__(self, paths: Any, options: Any, cache: DiskCache | None, callbacks: Any, device: torch.device,
+                 dtype: torch.dtype, hashing: bool = True) -> None:
+        self.paths = paths
+        self.options = options
+        self.cache = cache
+        self.callbacks = callbacks
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.hashing = hashing
+        self._lock = threading.RLock()
+        self._current: LoadedModel | None = None
+        self._checkpoints: list[CheckpointInfo] = []
+        infos = getattr(options, "infos", {})
+        if "sd_model_checkpoint" in infos:
+            infos["sd_model_checkpoint"].onchange = self._on_option_change
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The loaded model, or None."""
+        return self._current
+
+    def list_checkpoints(self) -> list[CheckpointInfo]:
+        """Rescan `paths.ckpt_dir`; hashes already in the cache are filled in."""
+        found = scan_checkpoints(Path(self.paths.ckpt_dir))
+        if self.hashing and self.cache is not None:
+            for info in found:
+                if info.format == "single-file":
+                    cached = self.cache.get(HASH_SUBSECTION, info.path)
+                    info.sha256 = cached if isinstance(cached, str) else None
+        with self._lock:
+            self._checkpoints = found
+        return list(found)
+
+    def titles(self) -> list[str]:
+        """Titles of the checkpoints found by the last scan (the `sd_model_checkpoint` choices), plus ""."""
+        return ["", *(info.title for info in (self._checkpoints or self.list_checkpoints()))]
+
+    def find(self, name_or_title_or_path: str | os.PathLike[str]) -> CheckpointInfo | None:
+        """A checkpoint by title ("name [hash]"), name ("sub/x.safetensors"), name without extension, file name,
+        path, or hash prefix (>= 8 hex characters); None when nothing matches. A path outside the checkpoints
+        folder is accepted if it is a checkpoint file or diffusers folder."""
+        query = str(name_or_title_or_path).strip()
+        if not query:
+            return None
+        with self._lock:
+            known = list(self._checkpoints)
+        found = self._match(query, known, allow_outside=False) if known else None
+        return found if found is not None else self._match(query, self.list_checkpoints(), allow_outside=True)
+
+    @staticmethod
+    def _match(query: str, candidates: list[CheckpointInfo], allow_outside: bool) -> CheckpointInfo | None:
+        bare = _TITLE_HASH_RE.sub("", query)
+        for info in candidates:
+            if query in (info.title, info.name) or bare == info.name:
+                return info
+        for info in candidates:
+            stem = info.name.rsplit(".", 1)[0] if info.format == "single-file" else info.name
+            if bare in (stem, Path(info.name).name, Path(stem).name):
+                return info
+        path = Path(query).expanduser()
+        try:
+            exists = path.exists()
+        except (OSError, ValueError):  # e.g. a NUL byte or an over-long name from an API request
+            exists = False
+        if exists:
+            resolved = path.resolve()
+            for info in candidates:
+                if Path(info.path).resolve() == resolved:
+                    return info
+            if not allow_outside:
+                return None
+            if resolved.is_file() and resolved.suffix.lower() in SINGLE_FILE_SUFFIXES:
+                return CheckpointInfo(path=resolved, name=resolved.name, format="single-file")
+            if is_diffusers_folder(resolved):
+                return CheckpointInfo(path=resolved, name=resolved.name, format="diffusers")
+        if re.fullmatch(r"[0-9a-fA-F]{8,64}", query):
+            for info in candidates:
+                if info.sha256 and info.sha256.lower().startswith(query.lower()):
+                    return info
+        return None
+
+    def load(self, name_or_path: str | os.PathLike[str] | CheckpointInfo, reload: bool = False) -> LoadedModel:
+        """Load a checkpoint and make it current; the same checkpoint already loaded is returned unless `reload`.
+
+        Runs the `model_loaded` callbacks. On failure raises ModelLoadError and the previous model stays current.
+        """
+        info = name_or_path if isinstance(name_or_path, CheckpointInfo) else self.find(name_or_path)
+        if info is None:
+            raise ModelLoadError(f"checkpoint {str(name_or_path)!r} not found in {self.paths.ckpt_dir}")
+        with self._lock:
+            current = self._current
+            if (not reload and current is not None
+                    and Path(current.checkpoint.path).resolve() == Path(info.path).resolve()):
+                return current
+            if self.hashing and info.format == "single-file" and Path(info.path).is_file():
+                try:
+                    info.sha256 = checkpoint_sha256(Path(info.path), self.cache)
+                except OSError as exc:
+                    raise ModelLoadError(f"{info.path}: cannot read the file to hash it ({exc})") from exc
+            log.info("loading checkpoint %s", info.path)
+            model = load_checkpoint(info, self.device, self.dtype)
+            self._current = model
+            self._sync_option(info)
+        self.callbacks.run("model_loaded", model)
+        return model
+
+    def get(self) -> LoadedModel:
+        """The current model, else the `sd_model_checkpoint` option's checkpoint, else the first one found that
+        loads (files that fail are logged and skipped)."""
+        if self._current is not None:
+            return self._current
+        wanted = self._option_value()
+        if wanted:
+            if self.find(wanted) is not None:
+                return self.load(wanted)
+            log.warning("checkpoint %r from the settings was not found; using the first checkpoint", wanted)
+        found = self.list_checkpoints()
+        if not found:
+            raise ModelLoadError(f"no checkpoints found in {self.paths.ckpt_dir} "
+                                 "(put a .safetensors/.ckpt file or a diffusers folder there)")
+        errors = []
+        for info in found:  # the first checkpoint that loads; broken files are reported and skipped
+            try:
+                return self.load(info)
+            except ModelLoadError as exc:
+                log.error("%s", exc)
+                errors.append(str(exc))
+        raise ModelLoadError("no checkpoint could be loaded: " + "; ".join(errors))
+
+    def unload(self) -> None:
+        """Forget the current model (its memory is freed when nothing else holds it)."""
+        with self._lock:
+            self._current = None
+
+    # -- options ------------------------------------------------------------------------------------------------
+
+    def _option_value(self) -> str:
+        try:
+            return str(self.options.get("sd_model_checkpoint") or "")
+        except KeyError:
+            return ""
+
+    def _sync_option(self, info: CheckpointInfo) -> None:
+        """Record the loaded checkpoint's title in the options without triggering a reload."""
+        infos = getattr(self.options, "infos", {})
+        if "sd_model_checkpoint" not in infos or self._option_value() == info.title:
+            return
+        hook = infos["sd_model_checkpoint"].onchange
+        infos["sd_model_checkpoint"].onchange = None
+        try:
+            self.options.set("sd_model_checkpoint", info.title)
+        except (ValueError, KeyError) as exc:
+            log.warning("could not record the loaded checkpoint in the settings: %s", exc)
+        finally:
+            infos["sd_model_checkpoint"].onchange = hook
+
+    def _on_option_change(self, value: Any) -> None:
+        """`sd_model_checkpoint` changed: load it; on failure put the option back and re-raise."""
+        if not value:
+            return
+        try:
+            self.load(str(value))
+        except ModelLoadError:
+            if self._current is not None:
+                self._sync_option(self._current.checkpoint)
+            raise
