@@ -17,3 +17,13 @@ def register_host_options(webui: Any) -> None:
         "Saving images")
     add("live_previews_enable", True, "Show live previews of the created image", "Live previews")
     add("show_progress_every_n_steps", 1, "Live preview display period (steps)", "Live previews", minimum=1)
+    # Generation (modules/processing.py, modules/prompt_encoding.py, modules/infotext.py)
+    add("emphasis", "Original", "Emphasis mode for (word:1.1) weights", "Stable Diffusion",
+        choices=["Original", "No norm", "None"])
+    add("comma_padding_backtrack", 20, "Prompt word wrap length limit (tokens moved to the next chunk after a comma)",
+        "Stable Diffusion", minimum=0, maximum=74)
+    add("add_model_hash_to_info", True, "Add model hash to infotext", "Infotext")
+    add("add_model_name_to_info", True, "Add model name to infotext", "Infotext")
+    add("add_version_to_infotext", True, "Add program version to infotext", "Infotext")
+    add("outdir_txt2img_samples", "", "Output directory for txt2img images (empty: outputs/txt2img-images)",
+        "Paths for saving")

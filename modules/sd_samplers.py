@@ -1,0 +1,316 @@
+"""Samplers under A1111's names, built from diffusers schedulers and the model's training noise schedule.
+
+`SAMPLERS` lists them; `SCHEDULE_TYPES` the A1111 "Schedule type" values (Automatic, Uniform, Karras,
+Exponential, Beta, SGM Uniform). `resolve_sampler("DPM++ 2M Karras", "Automatic")` splits a legacy combined
+name into ("DPM++ 2M", "Karras") as A1111 1.9+ does. "Automatic" means the sampler's A1111 default (Karras for
+DPM++ 2M/SDE, Exponential for DPM++ 2M/3M SDE, the plain spacing otherwise); a schedule a diffusers class cannot
+follow (only DDIM and LCM have such gaps) falls back to that default. `create_scheduler` builds a fresh scheduler
+per pass; `step_kwargs` gives the per-image seeded CPU generators to samplers that draw noise (ancestral, SDE);
+`attach_cpu_noise` does the same for DPM++ SDE's Brownian tree. Euler a is diffusers' Euler ancestral extended
+with the Karras/exponential/beta schedules and A1111's `eta_ancestral` (`EulerAncestralScheduler`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.stats
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LCMScheduler,
+    LMSDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+log = logging.getLogger(__name__)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. (2022) schedule: `n` sigmas from `sigma_max` down to `sigma_min`, uniform in sigma^(1/rho)."""
+    ramp = np.linspace(0, 1, n)
+    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
+    """`n` sigmas from `sigma_max` down to `sigma_min`, uniform in log sigma."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+
+
+def beta_sigmas(sigma_min: float, sigma_max: float, n: int, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
+    """"Beta sampling" schedule: sigmas at the Beta(alpha, beta) quantiles of 1 - linspace(0, 1, n)."""
+    quantiles = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), alpha, beta)
+    return sigma_min + quantiles * (sigma_max - sigma_min)
+
+
+SIGMA_SCHEDULES = {"Karras": karras_sigmas, "Exponential": exponential_sigmas, "Beta": beta_sigmas}
+
+
+class EulerAncestralScheduler(EulerAncestralDiscreteScheduler):
+    """diffusers' Euler ancestral step on any of `SIGMA_SCHEDULES` (the base class only spaces timesteps).
+
+    `sigma_schedule` is set per instance by `create_scheduler`; the sigmas are mapped back to (fractional)
+    timesteps by interpolating in log-sigma over the training schedule, as the other diffusers schedulers do.
+    """
+
+    sigma_schedule: str = "Uniform"
+    eta: float = 1.0  # A1111's "Eta for ancestral samplers": the share of the step's noise that is fresh noise
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        super().set_timesteps(num_inference_steps, device=device)
+        make = SIGMA_SCHEDULES.get(self.sigma_schedule)
+        if make is None:
+            return
+        base = self.sigmas[:-1].cpu().double().numpy()
+        sigmas = make(float(base[-1]), float(base[0]), num_inference_steps)
+        training = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).double().numpy()
+        timesteps = np.interp(np.log(sigmas), np.log(training), np.arange(len(training)))
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32)).to(device=device)
+        self.timesteps = torch.from_numpy(timesteps.astype(np.float32)).to(device=device)
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
+             generator: Any = None, return_dict: bool = True) -> Any:
+        """diffusers' step when eta is 1; otherwise k-diffusion's ancestral step with
+        sigma_up = min(sigma_next, eta * sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2))."""
+        if self.eta == 1.0:
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+        x = sample.to(torch.float32)
+        if self.config.prediction_type == "v_prediction":
+            denoised = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
+        else:
+            denoised = x - sigma * model_output
+        sigma_up = torch.minimum(sigma_next, self.eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+        x = x + (x - denoised) / sigma * (sigma_down - sigma)
+        noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
+                             generator=generator)  # drawn even when unused, so the seed streams stay aligned
+        prev = (x + noise * sigma_up).to(model_output.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return prev, denoised
+        return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """One A1111 sampler: its diffusers class, constructor options, aliases and default schedule type."""
+
+    name: str
+    scheduler_class: type
+    options: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    automatic_schedule: str = "Uniform"  # what "Automatic" means for this sampler (A1111's sampler default)
+    brownian: bool = False  # noise from a seeded Brownian tree (DPM++ SDE) rather than from the generators
+    max_steps: int | None = None  # LCM: its schedule is a subset of 50 distillation steps
+
+
+SAMPLERS: tuple[SamplerInfo, ...] = (
+    SamplerInfo("DPM++ 2M", DPMSolverMultistepScheduler,
+                {"algorithm_type": "dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m",), "Karras"),
+    SamplerInfo("DPM++ SDE", DPMSolverSDEScheduler, {}, ("k_dpmpp_sde",), "Karras", brownian=True),
+    SamplerInfo("DPM++ 2M SDE", DPMSolverMultistepScheduler,
+                {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m_sde",), "Exponential"),
+    SamplerInfo("DPM++ 3M SDE", DPMSolverMultistepScheduler,
+                {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, ("k_dpmpp_3m_sde",), "Exponential"),
+    SamplerInfo("Euler a", EulerAncestralScheduler, {}, ("k_euler_a", "k_euler_ancestral")),
+    SamplerInfo("Euler", EulerDiscreteScheduler, {}, ("k_euler",)),
+    SamplerInfo("LMS", LMSDiscreteScheduler, {}, ("k_lms",)),
+    SamplerInfo("Heun", HeunDiscreteScheduler, {}, ("k_heun",)),
+    SamplerInfo("DPM2", KDPM2DiscreteScheduler, {}, ("k_dpm_2",)),
+    SamplerInfo("DPM2 a", KDPM2AncestralDiscreteScheduler, {}, ("k_dpm_2_a",)),
+    SamplerInfo("DDIM", DDIMScheduler, {"timestep_spacing": "leading", "steps_offset": 1}, ("ddim",)),
+    SamplerInfo("UniPC", UniPCMultistepScheduler, {}, ("unipc",)),
+    SamplerInfo("LCM", LCMScheduler, {"original_inference_steps": 50}, ("k_lcm",), max_steps=50),
+)
+SAMPLERS_BY_NAME: dict[str, SamplerInfo] = {s.name: s for s in SAMPLERS}
+SAMPLERS_BY_ALIAS: dict[str, SamplerInfo] = {
+    key.lower(): s for s in SAMPLERS for key in (s.name, *s.aliases)
+}
+
+# Schedule type -> diffusers config options (applied only where the scheduler class supports them).
+SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
+    "Automatic": {},
+    "Uniform": {},  # the sampler's own spacing: linspace in sigma-space samplers, "leading" for DDIM
+    "Karras": {"use_karras_sigmas": True},
+    "Exponential": {"use_exponential_sigmas": True},
+    "Beta": {"use_beta_sigmas": True},
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+}
+SCHEDULE_ALIASES: dict[str, str] = {"karras": "Karras", "exponential": "Exponential", "uniform": "Uniform",
+                                    "beta": "Beta", "sgm_uniform": "SGM Uniform", "automatic": "Automatic"}
+# Keys of the model's scheduler config that describe the training schedule; everything else is ours to choose.
+TRAINING_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                 "prediction_type", "rescale_betas_zero_snr", "set_alpha_to_one", "clip_sample",
+                 "timestep_type", "interpolation_type", "sample_max_value", "thresholding")
+
+
+def sampler_names() -> list[str]:
+    """Every sampler name, in the order shown in the UI."""
+    return [s.name for s in SAMPLERS]
+
+
+def schedule_type_names() -> list[str]:
+    """Every schedule type, "Automatic" first."""
+    return list(SCHEDULE_TYPES)
+
+
+def find_sampler(name: str | None) -> SamplerInfo | None:
+    """The sampler for a name or alias (case-insensitive), or None."""
+    if not name:
+        return None
+    return SAMPLERS_BY_NAME.get(name) or SAMPLERS_BY_ALIAS.get(name.lower())
+
+
+def find_schedule_type(name: str | None) -> str | None:
+    """Canonical schedule-type name for a label or alias, or None when unknown (None/"" -> "Automatic")."""
+    if not name:
+        return "Automatic"
+    if name in SCHEDULE_TYPES:
+        return name
+    return SCHEDULE_ALIASES.get(name.lower().replace(" ", "_"))
+
+
+def resolve_sampler(sampler_name: str | None, scheduler: str | None) -> tuple[SamplerInfo | None, str | None]:
+    """Split A1111's legacy names ("DPM++ 2M Karras") into (sampler, schedule type).
+
+    An empty sampler name means "Euler a". Returns (None, ...) or (..., None) for unknown names.
+    """
+    name = sampler_name or "Euler a"
+    schedule = find_schedule_type(scheduler)
+    if find_sampler(name) is None:
+        for label in SCHEDULE_TYPES:
+            if label != "Automatic" and name.endswith(" " + label):
+                name, schedule = name[: -len(label) - 1], label
+                break
+    return find_sampler(name), schedule
+
+
+def api_samplers() -> list[dict[str, Any]]:
+    """`GET /sdapi/v1/samplers` items: name, aliases, options (A1111's shape)."""
+    return [{"name": s.name, "aliases": list(s.aliases),
+             "options": {} if s.automatic_schedule == "Uniform"
+             else {"scheduler": s.automatic_schedule.lower().replace(" ", "_")}} for s in SAMPLERS]
+
+
+def api_schedulers() -> list[dict[str, Any]]:
+    """`GET /sdapi/v1/schedulers` items: name (snake case), label, aliases (A1111's shape)."""
+    return [{"name": label.lower().replace(" ", "_"), "label": label, "aliases": None, "default_rho": -1,
+             "need_inner_model": False} for label in SCHEDULE_TYPES]
+
+
+def _init_parameters(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters)
+
+
+def supported_schedule_types(info: SamplerInfo) -> list[str]:
+    """Schedule types the sampler's diffusers class can follow."""
+    params = _init_parameters(info.scheduler_class)
+    own_sigmas = issubclass(info.scheduler_class, EulerAncestralScheduler)
+    return [name for name, opts in SCHEDULE_TYPES.items() if set(opts) <= params or (own_sigmas and name in
+                                                                                      SIGMA_SCHEDULES)]
+
+
+def effective_schedule_type(info: SamplerInfo, schedule: str) -> str:
+    """The schedule actually used: "Automatic" becomes the sampler's default; unsupported ones fall back to it."""
+    supported = supported_schedule_types(info)
+    wanted = info.automatic_schedule if schedule == "Automatic" else schedule
+    if wanted not in supported:
+        wanted = info.automatic_schedule if info.automatic_schedule in supported else "Uniform"
+    return wanted
+
+
+def create_scheduler(info: SamplerInfo, scheduler_config: dict[str, Any], prediction_type: str,
+                     schedule: str = "Automatic", seeds: list[int] | None = None, eta: float = 1.0) -> Any:
+    """A fresh diffusers scheduler for `info` on the model's training schedule, following `schedule`.
+
+    `seeds` (one per image) seed the Brownian tree of DPM++ SDE, so its noise depends on the seeds only.
+    `eta` applies to Euler a (see `uses_eta`).
+    """
+    params = _init_parameters(info.scheduler_class)
+    config = {k: v for k, v in scheduler_config.items() if k in TRAINING_KEYS and k in params}
+    config["prediction_type"] = prediction_type
+    config.update({"timestep_spacing": "linspace"} if "timestep_spacing" in params else {})
+    config.update(info.options)
+    used = effective_schedule_type(info, schedule)
+    config.update(SCHEDULE_TYPES[used])
+    if info.brownian and seeds is not None:
+        config["noise_sampler_seed"] = list(seeds)  # always a list: one tree per image, batch or not
+    config = {k: v for k, v in config.items() if k in params}
+    scheduler = info.scheduler_class(**config)
+    if isinstance(scheduler, EulerAncestralScheduler):
+        scheduler.sigma_schedule = used
+        scheduler.eta = float(eta)
+    return scheduler
+
+
+def uses_eta(info: SamplerInfo) -> bool:
+    """Whether the sampler follows the `eta_ancestral` option."""
+    return issubclass(info.scheduler_class, EulerAncestralScheduler)
+
+
+def step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:
+    """Keyword arguments for `scheduler.step`: the per-image CPU generators when the step draws noise."""
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        return {"generator": generators if len(generators) > 1 else generators[0]}
+    return {}
+
+
+def img2img_timesteps(scheduler: Any, steps: int, denoising_strength: float, device: torch.device) -> torch.Tensor:
+    """Set up `scheduler` for a pass that starts from a noised image and runs exactly `steps` steps.
+
+    As A1111 does for hires fix: the schedule is built for `steps / denoising_strength` steps and only its
+    last `steps` are run. Returns the timesteps to run (for second-order samplers, two per step but the last).
+    """
+    strength = min(max(denoising_strength, 1e-3), 0.999)
+    if isinstance(scheduler, LCMScheduler):  # LCM picks its steps inside the first `strength` of its schedule
+        scheduler.set_timesteps(steps, device=device, strength=strength)
+        return scheduler.timesteps
+    total = max(int(steps / strength), steps)
+    scheduler.set_timesteps(total, device=device)
+    start = (total - steps) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
+
+
+class CpuBrownianNoise:
+    """DPM++ SDE's Brownian-tree noise drawn on the CPU in float32 (one tree per image seed), then moved to the
+    sample's device, so the noise depends on the seeds only and not on the device."""
+
+    def __init__(self, sample: torch.Tensor, sigma_min: float, sigma_max: float, seeds: list[int]):
+        template = torch.zeros(sample.shape, dtype=torch.float32)
+        self.inner = BrownianTreeNoiseSampler(template, sigma_min, sigma_max, list(seeds))
+        self.device, self.dtype = sample.device, sample.dtype
+
+    def __call__(self, sigma: Any, sigma_next: Any) -> torch.Tensor:
+        with warnings.catch_warnings():  # the midpoint sigma can undershoot the tree's range by float rounding
+            warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
+            noise = self.inner(float(sigma), float(sigma_next))
+        return noise.to(device=self.device, dtype=self.dtype)
+
+
+def attach_cpu_noise(scheduler: Any, sample: torch.Tensor, seeds: list[int]) -> None:
+    """Give a Brownian-tree scheduler (DPM++ SDE) seeded CPU noise; call after `set_timesteps`. No-op otherwise."""
+    if isinstance(scheduler, DPMSolverSDEScheduler):
+        sigmas = scheduler.sigmas
+        scheduler.noise_sampler = CpuBrownianNoise(sample, float(sigmas[sigmas > 0].min()), float(sigmas.max()),
+                                                   seeds)
