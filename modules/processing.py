@@ -779,7 +779,8 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
     emphasis = options.get("emphasis")
     try:
         encoder = PromptEncoder(model, clip_skip=clip_skip, emphasis=emphasis if emphasis in EMPHASIS_MODES
-                                else "Original", comma_padding_backtrack=int(options.get("comma_padding_backtrack")))
+                                else "Original", comma_padding_backtrack=int(options.get("comma_padding_backtrack")),
+                                embeddings=getattr(webui, "embeddings", None))
     except ValueError as exc:
         raise ProcessingError(str(exc)) from exc
     sampler = sd_samplers.find_sampler(p.sampler_name)

@@ -25,6 +25,7 @@ token 0 after the first end token.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,10 +102,39 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 
 @dataclass
 class PromptChunk:
-    """77 token ids (start, 75 tokens or padding, end) and one weight per token."""
+    """77 token ids (start, 75 tokens or padding, end) and one weight per token.
+
+    `fixes`: textual-inversion vectors to put into the token embeddings, as (position among the 75 prompt tokens,
+    (tokens, width) tensor); the ids at those positions are placeholders.
+    """
 
     tokens: list[int] = field(default_factory=list)
     multipliers: list[float] = field(default_factory=list)
+    fixes: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+
+
+# Embeddings usable by one tokenizer: first token id -> [(token ids of the name, vectors)], longest names first.
+EmbeddingTable = dict[int, list[tuple[list[int], torch.Tensor]]]
+
+
+def embedding_table(spec: TokenizerSpec, embeddings: Mapping[str, Any], encoder_index: int) -> EmbeddingTable:
+    """Index the embeddings that have vectors for text encoder `encoder_index` by their names' token ids."""
+    table: EmbeddingTable = {}
+    for name, embedding in embeddings.items():
+        vectors = embedding.vectors[encoder_index] if encoder_index < len(embedding.vectors) else None
+        ids = spec.tokenize([name])[0] if vectors is not None else []
+        if ids:
+            table.setdefault(ids[0], []).append((ids, vectors))
+    for candidates in table.values():
+        candidates.sort(key=lambda item: -len(item[0]))
+    return table
+
+
+def _match_embedding(table: EmbeddingTable, tokens: list[int], start: int) -> tuple[list[int], torch.Tensor] | None:
+    for ids, vectors in table.get(tokens[start], ()):
+        if tokens[start:start + len(ids)] == ids:
+            return ids, vectors
+    return None
 
 
 @dataclass
@@ -135,9 +165,14 @@ class TokenizerSpec:
 
 
 def tokenize_line(
-    spec: TokenizerSpec, line: str, emphasis: str = "Original", comma_padding_backtrack: int = 20
+    spec: TokenizerSpec, line: str, emphasis: str = "Original", comma_padding_backtrack: int = 20,
+    embeddings: EmbeddingTable | None = None,
 ) -> tuple[list[PromptChunk], int]:
-    """Cut one prompt into 77-token chunks with per-token weights; also return the prompt's token count."""
+    """Cut one prompt into 77-token chunks with per-token weights; also return the prompt's token count.
+
+    Words naming an embedding of `embeddings` become as many placeholder tokens as the embedding has vectors (kept
+    within one chunk, as A1111 does), recorded in the chunk's `fixes`.
+    """
     parsed = parse_prompt_attention(line) if emphasis != "None" else [(line, 1.0)]
     tokenized = spec.tokenize([text for text, _ in parsed])
     chunks: list[PromptChunk] = []
@@ -165,7 +200,21 @@ def tokenize_line(
         if text == "BREAK" and weight == -1:
             next_chunk()
             continue
-        for token in tokens:
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
+            found = _match_embedding(embeddings, tokens, position) if embeddings else None
+            if found is not None:
+                ids, vectors = found
+                count = min(int(vectors.shape[0]), CHUNK_LENGTH)
+                if len(chunk.tokens) + count > CHUNK_LENGTH:
+                    next_chunk()
+                chunk.fixes.append((len(chunk.tokens), vectors[:count]))
+                chunk.tokens += [ids[0]] * count
+                chunk.multipliers += [weight] * count
+                position += len(ids)
+                continue
+            position += 1
             if token == spec.comma_token:
                 last_comma = len(chunk.tokens)
             elif (
@@ -176,9 +225,11 @@ def tokenize_line(
             ):
                 cut = last_comma + 1
                 moved_tokens, moved_mults = chunk.tokens[cut:], chunk.multipliers[cut:]
+                moved_fixes = [(pos - cut, vec) for pos, vec in chunk.fixes if pos >= cut]
                 chunk.tokens, chunk.multipliers = chunk.tokens[:cut], chunk.multipliers[:cut]
+                chunk.fixes = [(pos, vec) for pos, vec in chunk.fixes if pos < cut]
                 next_chunk()
-                chunk.tokens, chunk.multipliers = moved_tokens, moved_mults
+                chunk.tokens, chunk.multipliers, chunk.fixes = moved_tokens, moved_mults, moved_fixes
             if len(chunk.tokens) == CHUNK_LENGTH:
                 next_chunk()
             chunk.tokens.append(token)
@@ -221,7 +272,8 @@ def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor, mode: str) -> tor
 class PromptEncoder:
     """Encodes prompts for one `LoadedModel` with fixed clip skip and emphasis settings."""
 
-    def __init__(self, model: Any, clip_skip: int = 1, emphasis: str = "Original", comma_padding_backtrack: int = 20):
+    def __init__(self, model: Any, clip_skip: int = 1, emphasis: str = "Original", comma_padding_backtrack: int = 20,
+                 embeddings: Any = None):
         if emphasis not in EMPHASIS_MODES:
             raise ValueError(f"unknown emphasis mode {emphasis!r}; choose one of {', '.join(EMPHASIS_MODES)}")
         if clip_skip < 1:
@@ -230,6 +282,7 @@ class PromptEncoder:
         self.clip_skip = clip_skip
         self.emphasis = emphasis
         self.comma_padding_backtrack = comma_padding_backtrack
+        self.embeddings = embeddings  # modules.textual_inversion.EmbeddingDatabase, read at every encode
         self.specs = [TokenizerSpec.from_tokenizer(tok) for tok in model.tokenizers]
         if len(self.specs) != len(model.text_encoders):
             raise ValueError("the model has a different number of tokenizers and text encoders")
@@ -255,9 +308,11 @@ class PromptEncoder:
             encoded = self.encode(prompts)
             assert encoded.pooled is not None
             return Conditioning(torch.zeros_like(encoded.hidden), torch.zeros_like(encoded.pooled))
+        known = self.embeddings.snapshot() if self.embeddings is not None else {}
+        tables = [embedding_table(spec, known, index) if known else None for index, spec in enumerate(self.specs)]
         per_encoder = [
-            [tokenize_line(spec, prompt, self.emphasis, self.comma_padding_backtrack)[0] for prompt in prompts]
-            for spec in self.specs
+            [tokenize_line(spec, prompt, self.emphasis, self.comma_padding_backtrack, table)[0] for prompt in prompts]
+            for spec, table in zip(self.specs, tables, strict=True)
         ]
         chunk_count = max(len(chunks) for enc in per_encoder for chunks in enc)
         hidden_parts: list[torch.Tensor] = []
@@ -275,6 +330,27 @@ class PromptEncoder:
         hidden = torch.cat(hidden_parts, dim=1)
         return Conditioning(hidden=hidden, pooled=pooled if self.model.is_sdxl else None)
 
+    @staticmethod
+    def _run_encoder(encoder: Any, ids: torch.Tensor, batch: list[PromptChunk]) -> Any:
+        """Run the text encoder; textual-inversion vectors replace the token embeddings at their positions through
+        a forward hook on this encoder's own embedding module (removed right after)."""
+        if not any(chunk.fixes for chunk in batch):
+            return encoder(input_ids=ids, output_hidden_states=True)
+
+        def put_vectors(_module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            output = output.clone()
+            for row, chunk in enumerate(batch):
+                for position, vectors in chunk.fixes:
+                    start = position + 1  # after the start token
+                    output[row, start:start + vectors.shape[0]] = vectors.to(output.device, output.dtype)
+            return output
+
+        handle = encoder.get_input_embeddings().register_forward_hook(put_vectors)
+        try:
+            return encoder(input_ids=ids, output_hidden_states=True)
+        finally:
+            handle.remove()
+
     def _empty_chunk(self, spec: TokenizerSpec) -> PromptChunk:
         return tokenize_line(spec, "", self.emphasis, self.comma_padding_backtrack)[0][0]
 
@@ -284,7 +360,7 @@ class PromptEncoder:
         device = next(encoder.parameters()).device
         ids = torch.tensor([c.tokens for c in batch], dtype=torch.long, device=device)
         multipliers = torch.tensor([c.multipliers for c in batch], dtype=torch.float32, device=device)
-        out = encoder(input_ids=ids, output_hidden_states=True)
+        out = self._run_encoder(encoder, ids, batch)
         pooled = None
         if self.model.is_sdxl:
             z = out.hidden_states[-2]
