@@ -1,0 +1,514 @@
+"""The `/sdapi/v1/*` routes (A1111 shapes) and the operations behind them, shared with the Gradio UI.
+
+`Api(webui).register(app)` adds the routes to a FastAPI app. The operations (`run_txt2img`, `apply_options`,
+`read_png_info`, `progress_payload`, ...) take the WebUI object and raise `ApiError` (an HTTPException with
+A1111's `error` type name) for bad input, so the routes answer 4xx and the UI shows a warning; nothing a
+client sends can stop the server. Generations and model switches are serialised through `webui.queue_lock`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Query
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+
+from modules.api import models
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/sdapi/v1"
+
+# Infotext keys (A1111 names) -> txt2img request fields; used by `infotext` in requests and by "Send to txt2img".
+INFOTEXT_FIELDS: dict[str, str] = {
+    "Prompt": "prompt",
+    "Negative prompt": "negative_prompt",
+    "Steps": "steps",
+    "Sampler": "sampler_name",
+    "Schedule type": "scheduler",
+    "CFG scale": "cfg_scale",
+    "Seed": "seed",
+    "Variation seed": "subseed",
+    "Variation seed strength": "subseed_strength",
+    "Size-1": "width",
+    "Size-2": "height",
+    "Clip skip": "clip_skip",
+    "Denoising strength": "denoising_strength",
+    "Hires upscale": "hr_scale",
+    "Hires upscaler": "hr_upscaler",
+    "Hires steps": "hr_second_pass_steps",
+    "Hires resize-1": "hr_resize_x",
+    "Hires resize-2": "hr_resize_y",
+    "Hires prompt": "hr_prompt",
+    "Hires negative prompt": "hr_negative_prompt",
+    "Hires sampler": "hr_sampler_name",
+}
+
+
+class ApiError(HTTPException):
+    """A client error: `status_code`, A1111's `error` type name and a readable `detail`."""
+
+    def __init__(self, status_code: int, error: str, detail: str) -> None:
+        super().__init__(status_code=status_code, detail=detail)
+        self.error = error
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def encode_png_base64(image: Image.Image, infotext: str | None) -> str:
+    """The image as base64 PNG text, with `infotext` in its `parameters` chunk when given."""
+    from modules.images import image_to_png_bytes  # noqa: PLC0415
+
+    return base64.b64encode(image_to_png_bytes(image, infotext)).decode("ascii")
+
+
+def decode_base64_image(data: str) -> Image.Image:
+    """Decode base64 text or a `data:image/...;base64,` URL into a PIL image; ApiError 422 when it is not one."""
+    if data.startswith("data:"):
+        _, _, data = data.partition(",")
+    try:
+        raw = base64.b64decode(data, validate=False)
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ApiError(422, "InvalidImage", f"not a valid base64-encoded image: {exc}") from exc
+    return image
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+
+def _processing():
+    """The processing module (imported on first use so the API can be built before a model exists)."""
+    from modules import processing  # noqa: PLC0415
+
+    return processing
+
+
+def apply_infotext(webui: Any, req: models.Txt2ImgRequest) -> models.Txt2ImgRequest:
+    """Fill the fields a request did not set from its `infotext` (A1111 1.8 behaviour); explicit fields win."""
+    if not req.infotext:
+        return req
+    from modules.infotext import parse_generation_parameters  # noqa: PLC0415
+
+    params = parse_generation_parameters(req.infotext, webui.callbacks)
+    values = req.model_dump()
+    for key, field_name in INFOTEXT_FIELDS.items():
+        if key in params and field_name not in req.model_fields_set:
+            values[field_name] = params[key]
+    if "enable_hr" not in req.model_fields_set and infotext_has_hires(params):
+        values["enable_hr"] = True
+    values["infotext"] = None
+    try:
+        return models.Txt2ImgRequest.model_validate(values)
+    except ValidationError as exc:
+        raise ApiError(422, "InvalidInfotext", f"infotext gives invalid values: {validation_message(exc)}") from exc
+
+
+def infotext_has_hires(params: dict[str, Any]) -> bool:
+    """Whether parsed infotext parameters describe a hires-fix pass."""
+    def number(key: str) -> float:
+        try:
+            return float(params.get(key) or 0)
+        except (TypeError, ValueError):
+            return 0.0
+
+    return bool(number("Hires upscale") or number("Hires resize-1") or number("Hires steps"))
+
+
+def processing_kwargs(req: models.Txt2ImgRequest, accepted: set[str] | None = None) -> dict[str, Any]:
+    """The keyword arguments for `StableDiffusionProcessingTxt2Img` from an API request (A1111's mapping).
+
+    Fields left at None take the processing defaults (clip skip and schedule from the settings, and so on);
+    fields this processing does not know (restore_faces, tiling, ...) are dropped, as A1111 clients send them.
+    """
+    data = req.model_dump()
+    sampler_index = data.pop("sampler_index")
+    if not data.get("sampler_name"):
+        data["sampler_name"] = sampler_index
+    data["do_not_save_samples"] = not req.save_images
+    data["do_not_save_grid"] = not req.save_images
+    for name in ("send_images", "save_images", "script_name", "script_args", "alwayson_scripts", "infotext",
+                 "force_task_id"):
+        data.pop(name, None)
+    data = {key: value for key, value in data.items() if value is not None}  # None: the processing default
+    if accepted is not None:
+        dropped = sorted(key for key in data if key not in accepted)
+        if dropped:
+            log.debug("txt2img: fields not used by this processing: %s", ", ".join(dropped))
+        data = {key: value for key, value in data.items() if key in accepted}
+    return data
+
+
+def _accepted_params(cls: type) -> set[str] | None:
+    """Names `cls(...)` accepts, or None when it takes **kwargs."""
+    params = inspect.signature(cls).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def run_txt2img(webui: Any, req: models.Txt2ImgRequest) -> Any:
+    """Validate and run one txt2img request under `webui.queue_lock`; returns the `Processed` result.
+
+    Bad input (unknown sampler, sizes, malformed settings) raises ApiError 422 with the processing message.
+    """
+    if req.script_name:
+        raise ApiError(422, "ScriptNotFound", f"script {req.script_name!r} is not available through the API")
+    if req.override_settings:
+        unknown = sorted(k for k in req.override_settings if k not in webui.options.infos)
+        if unknown:
+            raise ApiError(422, "UnknownOption", f"override_settings: unknown option(s) {', '.join(unknown)}")
+    req = apply_infotext(webui, req)
+    processing = _processing()
+    cls = processing.StableDiffusionProcessingTxt2Img
+    try:
+        p = cls(**processing_kwargs(req, _accepted_params(cls)))
+        p.validate(webui)
+    except processing.ProcessingError as exc:
+        raise ApiError(422, type(exc).__name__, str(exc)) from exc
+    except (TypeError, ValueError) as exc:
+        raise ApiError(422, type(exc).__name__, str(exc)) from exc
+    with webui.queue_lock:
+        try:
+            return processing.process_images(webui, p)
+        except processing.ProcessingError as exc:
+            raise ApiError(422, type(exc).__name__, str(exc)) from exc
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+def _check_option(webui: Any, key: str, value: Any) -> Any:
+    """Validate one option value (type, bounds, choices) without applying it; ApiError 422 when wrong."""
+    info = webui.options.infos.get(key)
+    if info is None:
+        raise ApiError(422, "UnknownOption", f"unknown option {key!r}")
+    try:
+        coerced = info.coerce(value)
+    except ValueError as exc:
+        raise ApiError(422, "InvalidOption", str(exc)) from exc
+    choices = info.current_choices()
+    if key != "sd_model_checkpoint" and choices is not None and info.kind != "list" and coerced not in choices:
+        raise ApiError(422, "InvalidOption", f"option {key!r} must be one of {choices!r}, got {coerced!r}")
+    return coerced
+
+
+def switch_checkpoint(webui: Any, name: str) -> str:
+    """Load checkpoint `name` (title, name or path) under the queue lock; returns its title.
+
+    A checkpoint that is unknown or fails to load raises ApiError 422 and the loaded model stays.
+    """
+    manager = webui.models
+    info = manager.find(name)
+    if info is None:
+        raise ApiError(422, "CheckpointNotFound", f"checkpoint {name!r} not found; see GET {API_PREFIX}/sd-models")
+    with webui.queue_lock:
+        try:
+            loaded = manager.load(info)
+        except Exception as exc:  # ModelLoadError, or anything a broken file makes torch/safetensors raise
+            log.warning("checkpoint %s failed to load: %s", info.title, exc)
+            raise ApiError(422, type(exc).__name__, f"checkpoint {info.title!r} failed to load: {exc}") from exc
+    return loaded.checkpoint.title
+
+
+def apply_options(webui: Any, values: dict[str, Any]) -> list[str]:
+    """Validate every key first, switch the checkpoint when asked, then save the rest; returns the changed keys."""
+    checked = {key: _check_option(webui, key, value) for key, value in values.items()}
+    wanted_ckpt = checked.get("sd_model_checkpoint")
+    if wanted_ckpt:
+        checked["sd_model_checkpoint"] = switch_checkpoint(webui, str(wanted_ckpt))
+    elif "sd_model_checkpoint" in checked:
+        del checked["sd_model_checkpoint"]  # an empty name means "keep the current model"
+    if not checked:
+        return []
+    try:
+        return webui.options.update(checked)
+    except (KeyError, ValueError) as exc:
+        raise ApiError(422, "InvalidOption", str(exc)) from exc
+
+
+_JSON_KINDS: dict[str, tuple[type, Any]] = {
+    "bool": (bool, lambda v: isinstance(v, bool)),
+    "int": (int, lambda v: not isinstance(v, bool) and (isinstance(v, int) or isinstance(v, float) and v.is_integer())),
+    "float": (float, lambda v: not isinstance(v, bool) and isinstance(v, (int, float))),
+    "list": (list[Any], lambda v: isinstance(v, list)),
+    "str": (str, lambda v: isinstance(v, str)),
+}
+
+
+def _json_kind(kind: str) -> Any:
+    """The option kind's Python type, accepting only the matching JSON type (no `true` for a number, no
+    `"5"` for an integer), so the request schema says exactly what is accepted."""
+    python_type, accepts = _JSON_KINDS[kind]
+
+    def check(value: Any) -> Any:
+        if not accepts(value):
+            raise ValueError(f"expected a {kind}, got {type(value).__name__}")
+        return value
+
+    return Annotated[python_type, BeforeValidator(check)]
+
+
+def options_model(webui: Any) -> type[BaseModel]:
+    """A pydantic model of every registered option (types, bounds, fixed choices) for the request body and the
+    OpenAPI document; unknown keys are rejected (422). An absent key leaves the option unchanged."""
+    fields: dict[str, Any] = {}
+    for key, info in webui.options.infos.items():
+        if not key.isidentifier() or key.startswith("_"):
+            continue
+        field_type: Any = _json_kind(info.kind)
+        choices = info.choices if isinstance(info.choices, list) else None
+        if choices and info.kind in ("str", "int") and key != "sd_model_checkpoint":
+            field_type = Literal[tuple(choices)]
+        constraints = {}
+        if info.kind in ("int", "float"):
+            if info.minimum is not None:
+                constraints["ge"] = info.minimum
+            if info.maximum is not None:
+                constraints["le"] = info.maximum
+        fields[key] = (field_type, Field(None, title=info.label, **constraints))
+    return create_model(
+        "Options",
+        __config__=ConfigDict(extra="forbid", protected_namespaces=()),
+        **fields,
+    )
+
+
+# --------------------------------------------------------------------------------------------- progress
+
+
+def _image_base64(image: Any) -> str | None:
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def progress_payload(webui: Any, skip_current_image: bool = False) -> models.ProgressResponse:
+    """The running job's progress, ETA and (unless skipped) the live preview as base64 PNG."""
+    state = webui.state
+    started = state.started_at
+    return models.ProgressResponse(
+        progress=round(state.progress, 4),
+        eta_relative=round(state.eta_relative, 2),
+        active=state.active,
+        state=models.ProgressState(
+            skipped=bool(getattr(state, "skipped", False)),
+            interrupted=bool(state.interrupted),
+            job=state.job,
+            job_count=state.job_count,
+            job_no=state.job_no,
+            job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(started)) if started else "0",
+            sampling_step=state.sampling_step,
+            sampling_steps=state.sampling_steps,
+        ),
+        current_image=None if skip_current_image else _image_base64(state.current_image),
+        textinfo=state.textinfo or None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- png info
+
+
+def read_png_info(webui: Any, image: Image.Image) -> models.PngInfoResponse:
+    """Infotext, other metadata and parsed parameters of an image, after the `infotext_pasted` callbacks ran."""
+    from modules.images import read_info_from_image  # noqa: PLC0415
+    from modules.infotext import parse_generation_parameters  # noqa: PLC0415
+
+    text, items = read_info_from_image(image)
+    params: dict[str, Any] = parse_generation_parameters(text, webui.callbacks) if text else {}
+    safe_items = {str(k): v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+                  for k, v in (items or {}).items()}
+    return models.PngInfoResponse(info=text or "", items=safe_items, parameters=params)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_items(webui: Any) -> list[models.SDModelItem]:
+    """`GET /sdapi/v1/sd-models` entries for every checkpoint found."""
+    items = []
+    for info in webui.models.list_checkpoints():
+        name = str(info.name)
+        items.append(models.SDModelItem(
+            title=info.title,
+            model_name=str(Path(name.replace("\\", "_").replace("/", "_")).with_suffix("")),
+            hash=getattr(info, "short_hash", None) or None,
+            sha256=getattr(info, "sha256", None) or None,
+            filename=str(info.path),
+            config=getattr(info, "config", None),
+        ))
+    return items
+
+
+def refresh_checkpoints(webui: Any) -> None:
+    """Rescan the checkpoint folder."""
+    manager = webui.models
+    refresh = getattr(manager, "refresh", None)
+    if callable(refresh):
+        refresh()
+    else:
+        manager.list_checkpoints()
+
+
+def sampler_items() -> list[models.SamplerItem]:
+    """The samplers under their A1111 names, with aliases and the scheduler options they set."""
+    from modules import sd_samplers  # noqa: PLC0415 - imports diffusers
+
+    return [
+        models.SamplerItem(name=s.name, aliases=list(s.aliases),
+                           options={k: v if isinstance(v, (str, int, float, bool)) else str(v)
+                                    for k, v in s.options.items()})
+        for s in sd_samplers.SAMPLERS
+    ]
+
+
+def scheduler_items() -> list[models.SchedulerItem]:
+    """The schedule types (A1111's `GET /sdapi/v1/schedulers`): lower-case name, label, aliases."""
+    from modules import sd_samplers  # noqa: PLC0415
+
+    names = {label: alias for alias, label in sd_samplers.SCHEDULE_ALIASES.items()}
+    return [models.SchedulerItem(name=names.get(label, label.lower().replace(" ", "_")), label=label)
+            for label in sd_samplers.schedule_type_names()]
+
+
+def validation_message(exc: ValidationError | Any) -> str:
+    """One readable line from pydantic/FastAPI validation errors: `field: message; field: message`."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc}: {err.get('msg', '')}" if loc else str(err.get("msg", "")))
+    return "; ".join(parts) or str(exc)
+
+
+# ----------------------------------------------------------------------------------------------- routes
+
+
+class Api:
+    """The `/sdapi/v1` routes for one WebUI object."""
+
+    def __init__(self, webui: Any) -> None:
+        self.webui = webui
+
+    def register(self, app: FastAPI) -> None:
+        """Add every route to `app`."""
+        webui = self.webui
+        errors = models.ERROR_RESPONSES
+        options_body = options_model(webui)
+
+        def txt2img(req: models.Txt2ImgRequest) -> models.Txt2ImgResponse:
+            processed = run_txt2img(webui, req)
+            images = None
+            if req.send_images:
+                infotexts = list(processed.infotexts)
+                images = [encode_png_base64(image, infotexts[i] if i < len(infotexts) else None)
+                          for i, image in enumerate(processed.images)]
+            return models.Txt2ImgResponse(images=images, parameters=req.model_dump(), info=processed.js())
+
+        def get_options() -> dict[str, Any]:
+            return webui.options.as_dict()
+
+        def set_options(req: BaseModel) -> None:
+            apply_options(webui, req.model_dump(exclude_unset=True))
+
+        set_options.__annotations__["req"] = options_body  # the model is built from the registered options
+
+        def sd_models() -> list[models.SDModelItem]:
+            return checkpoint_items(webui)
+
+        def refresh() -> None:
+            refresh_checkpoints(webui)
+
+        def progress(skip_current_image: bool = Query(False)) -> models.ProgressResponse:
+            return progress_payload(webui, skip_current_image)
+
+        def interrupt() -> None:
+            webui.state.interrupt()
+
+        def png_info(req: models.PngInfoRequest) -> models.PngInfoResponse:
+            return read_png_info(webui, decode_base64_image(req.image))
+
+        def samplers() -> list[models.SamplerItem]:
+            return sampler_items()
+
+        def schedulers() -> list[models.SchedulerItem]:
+            return scheduler_items()
+
+        def upscalers() -> list[models.UpscalerItem]:
+            return [models.UpscalerItem(name=name) for name in _processing().IMAGE_UPSCALERS]
+
+        def latent_upscale_modes() -> list[models.LatentUpscaleModeItem]:
+            return [models.LatentUpscaleModeItem(name=name) for name in _processing().LATENT_UPSCALE_MODES]
+
+        def sd_vae() -> list[dict[str, Any]]:
+            return []  # the VAE baked into the checkpoint is used
+
+        def scripts() -> models.ScriptsList:
+            return models.ScriptsList()
+
+        def embeddings() -> models.EmbeddingsResponse:
+            return models.EmbeddingsResponse()
+
+        def unload_checkpoint() -> None:
+            with webui.queue_lock:
+                webui.models.unload()
+
+        def reload_checkpoint() -> None:
+            with webui.queue_lock:
+                try:
+                    webui.models.get()
+                except Exception as exc:  # ModelLoadError: nothing loadable
+                    raise ApiError(422, type(exc).__name__, str(exc)) from exc
+
+        def cmd_flags() -> dict[str, Any]:
+            return {k: v if isinstance(v, (str, int, float, bool, list)) or v is None else str(v)
+                    for k, v in vars(webui.args).items()}
+
+        route = app.add_api_route
+        route(f"{API_PREFIX}/txt2img", txt2img, methods=["POST"], response_model=models.Txt2ImgResponse,
+              responses=errors, summary="Generate images from a prompt")
+        route(f"{API_PREFIX}/options", get_options, methods=["GET"], response_model=dict[str, Any],
+              responses=errors, summary="Current values of every option")
+        route(f"{API_PREFIX}/options", set_options, methods=["POST"], response_model=None, responses=errors,
+              summary="Set options (all validated first; sd_model_checkpoint switches the model)")
+        route(f"{API_PREFIX}/sd-models", sd_models, methods=["GET"], response_model=list[models.SDModelItem],
+              responses=errors, summary="Checkpoints found")
+        route(f"{API_PREFIX}/refresh-checkpoints", refresh, methods=["POST"], response_model=None,
+              responses=errors, summary="Rescan the checkpoint folder")
+        route(f"{API_PREFIX}/progress", progress, methods=["GET"], response_model=models.ProgressResponse,
+              responses=errors, summary="Progress of the running generation")
+        route(f"{API_PREFIX}/interrupt", interrupt, methods=["POST"], response_model=None, responses=errors,
+              summary="Stop the running generation")
+        route(f"{API_PREFIX}/png-info", png_info, methods=["POST"], response_model=models.PngInfoResponse,
+              responses=errors, summary="Generation parameters stored in an image")
+        route(f"{API_PREFIX}/samplers", samplers, methods=["GET"], response_model=list[models.SamplerItem],
+              responses=errors, summary="Sampler names")
+        route(f"{API_PREFIX}/schedulers", schedulers, methods=["GET"], response_model=list[models.SchedulerItem],
+              responses=errors, summary="Schedule types")
+        route(f"{API_PREFIX}/upscalers", upscalers, methods=["GET"], response_model=list[models.UpscalerItem],
+              responses=errors, summary="Image-space upscalers for hires fix")
+        route(f"{API_PREFIX}/latent-upscale-modes", latent_upscale_modes, methods=["GET"],
+              response_model=list[models.LatentUpscaleModeItem], responses=errors, summary="Latent upscale modes")
+        route(f"{API_PREFIX}/sd-vae", sd_vae, methods=["GET"], response_model=list[dict[str, Any]],
+              responses=errors, summary="Separate VAE files (none: the checkpoint's VAE is used)")
+        route(f"{API_PREFIX}/scripts", scripts, methods=["GET"], response_model=models.ScriptsList,
+              responses=errors, summary="Script plug-ins available to requests")
+        route(f"{API_PREFIX}/embeddings", embeddings, methods=["GET"], response_model=models.EmbeddingsResponse,
+              responses=errors, summary="Textual inversion embeddings")
+        route(f"{API_PREFIX}/unload-checkpoint", unload_checkpoint, methods=["POST"], response_model=None,
+              responses=errors, summary="Free the loaded model (the next generation loads it again)")
+        route(f"{API_PREFIX}/reload-checkpoint", reload_checkpoint, methods=["POST"], response_model=None,
+              responses=errors, summary="Load the selected checkpoint if none is loaded")
+        route(f"{API_PREFIX}/cmd-flags", cmd_flags, methods=["GET"], response_model=dict[str, Any],
+              responses=errors, summary="Command-line flags the server runs with")

@@ -1,0 +1,571 @@
+"""The Gradio 6 UI shell: checkpoint picker, txt2img, PNG Info and Settings tabs, extension tabs and assets.
+
+`mount_ui(app, webui)` builds the Blocks and mounts them at `/` of the FastAPI app, with the host's
+`javascript/*.js` and `style.css` and every extension's `javascript/*.js` and `style.css` served under
+`/webui-assets/` and linked from the page head. The progress bar and live preview (javascript/ui.js) poll
+`GET /internal/progress`, which answers what `GET /sdapi/v1/progress` answers but is outside the `/sdapi/`
+auth, as the UI is in A1111. Every action goes through the same operations as the API
+(`modules.api.api`), so bad input shows a warning in the browser and never stops the server.
+
+Extra-network pages (the contract the Lora card browser plugs into): an extension appends page objects to
+`extra_network_pages(webui)` (the list `webui.services["extra_network_pages"]`) in `setup(webui)` or in its
+`before_ui` callback, or returns them (one page or a list) from an `extra_networks_pages(webui)` callback.
+A page has
+    title: str                          tab label ("Lora")
+    name: str                           short id used in elem_ids ("lora")
+    create_html(tabname: str) -> str    the page's HTML for the tab `tabname` ("txt2img"); escaped by the page
+    refresh() -> None                   rescan its files (the Refresh button calls it, then create_html again)
+Each page becomes a tab of `gr.HTML` (elem_id `{tabname}_{name}_cards_html`, rendered again on every page
+load) with a refresh button (`{tabname}_{name}_extra_refresh`) below the prompt boxes. Page JavaScript inserts
+text into the prompt with `webuiInsertPrompt(tabname, text)` (javascript/ui.js).
+
+Other extension hooks used here: `ui_tabs(webui)` returns `(gradio_blocks, title, elem_id)` tuples rendered as
+top-level tabs; `ui_settings(options)` runs before the Settings tab is built.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+from fastapi import FastAPI, HTTPException, Query  # noqa: E402
+from fastapi.responses import FileResponse  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from modules.api import models  # noqa: E402
+from modules.api.api import (  # noqa: E402
+    INFOTEXT_FIELDS,
+    ApiError,
+    apply_options,
+    infotext_has_hires,
+    progress_payload,
+    read_png_info,
+    run_txt2img,
+    switch_checkpoint,
+    validation_message,
+)
+from modules.paths import REPO_ROOT  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ASSETS_PREFIX = "/webui-assets"
+QUICKSETTINGS = ("sd_model_checkpoint",)
+
+
+class ExtraNetworkPage(Protocol):
+    """What an extra-networks page provides (see the module docstring)."""
+
+    title: str
+    name: str
+
+    def create_html(self, tabname: str) -> str:
+        """The page's HTML for the tab `tabname`."""
+        ...
+
+    def refresh(self) -> None:
+        """Rescan the page's files."""
+        ...
+
+
+def extra_network_pages(webui: Any) -> list[Any]:
+    """The registry of extra-network pages on the WebUI object (created empty on first use)."""
+    return webui.services.setdefault("extra_network_pages", [])
+
+
+def _all_extra_network_pages(webui: Any) -> list[Any]:
+    pages = list(extra_network_pages(webui))
+    for result in webui.callbacks.run("extra_networks_pages", webui):
+        pages.extend(result if isinstance(result, (list, tuple)) else [result])
+    unique: dict[str, Any] = {}
+    for page in pages:
+        unique.setdefault(str(getattr(page, "name", id(page))), page)
+    return list(unique.values())
+
+
+# ---------------------------------------------------------------------------------------------- assets
+
+
+@dataclass
+class Assets:
+    """Browser files served under `/webui-assets/`: URL path -> file on disk, in load order."""
+
+    scripts: dict[str, Path] = field(default_factory=dict)
+    styles: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def collect(cls, webui: Any, root: Path = REPO_ROOT) -> Assets:
+        """The host's javascript/*.js and style.css first, then each loaded extension's."""
+        assets = cls()
+        host_js = root / "javascript"
+        found = sorted(host_js.glob("*.js")) if host_js.is_dir() else []
+        for path in sorted(found, key=lambda p: (p.name != "ui.js", p.name)):  # ui.js defines the helpers
+            assets.scripts[f"host/javascript/{path.name}"] = path
+        if (root / "style.css").is_file():
+            assets.styles["host/style.css"] = root / "style.css"
+        for ext in webui.extensions:
+            if ext.error:
+                continue
+            for path in ext.javascript_files:
+                assets.scripts[f"ext/{ext.name}/javascript/{path.name}"] = path
+            if ext.stylesheet is not None:
+                assets.styles[f"ext/{ext.name}/style.css"] = ext.stylesheet
+        return assets
+
+    def lookup(self, url_path: str) -> Path | None:
+        """The file served at `/webui-assets/<url_path>`, or None (only listed files are served)."""
+        return self.scripts.get(url_path) or self.styles.get(url_path)
+
+    def head_html(self) -> str:
+        """`<script>` and `<link>` tags for the page head (mtime in the query string defeats stale caches)."""
+        def url(key: str, path: Path) -> str:
+            return html.escape(f"{ASSETS_PREFIX}/{key}?v={int(path.stat().st_mtime)}", quote=True)
+
+        tags = [f'<link rel="stylesheet" href="{url(k, p)}">' for k, p in self.styles.items()]
+        tags += [f'<script src="{url(k, p)}"></script>' for k, p in self.scripts.items()]
+        return "\n".join(tags)
+
+
+def register_ui_routes(app: FastAPI, webui: Any, assets: Assets) -> None:
+    """Routes the UI's browser code uses: the assets and `/internal/progress`."""
+
+    def asset(path: str) -> FileResponse:
+        found = assets.lookup(path)
+        if found is None or not found.is_file():
+            raise HTTPException(status_code=404, detail=f"no asset {path!r}")
+        media = "text/javascript" if found.suffix == ".js" else "text/css"
+        return FileResponse(found, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    def internal_progress(skip_current_image: bool = Query(False)) -> models.ProgressResponse:
+        return progress_payload(webui, skip_current_image)
+
+    app.add_api_route(ASSETS_PREFIX + "/{path:path}", asset, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/internal/progress", internal_progress, methods=["GET"],
+                      response_model=models.ProgressResponse, include_in_schema=False)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def _checkpoint_titles(webui: Any) -> list[str]:
+    try:
+        return [info.title for info in webui.models.list_checkpoints()]
+    except Exception as exc:  # a broken folder must not stop the UI from building
+        log.warning("could not list checkpoints: %s", exc)
+        return []
+
+
+def _current_checkpoint_title(webui: Any) -> str | None:
+    current = getattr(webui.models, "current", None)
+    return current.checkpoint.title if current is not None else None
+
+
+def _build_checkpoint_picker(webui: Any) -> None:
+    titles = _checkpoint_titles(webui)
+    with gr.Row(elem_id="quicksettings"):
+        picker = gr.Dropdown(label="Stable Diffusion checkpoint", choices=titles,
+                             value=_current_checkpoint_title(webui), elem_id="setting_sd_model_checkpoint",
+                             scale=4, min_width=320)
+        refresh = gr.Button("\u21bb", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+
+    def change(title: str | None) -> Any:
+        if not title:
+            return gr.update(value=_current_checkpoint_title(webui))
+        try:
+            loaded = switch_checkpoint(webui, title)
+        except ApiError as exc:
+            gr.Warning(str(exc.detail))
+            return gr.update(value=_current_checkpoint_title(webui))
+        gr.Info(f"Loaded {loaded}")
+        return gr.update(choices=_checkpoint_titles(webui), value=loaded)  # the title gains its hash once loaded
+
+    def rescan() -> Any:
+        from modules.api.api import refresh_checkpoints  # noqa: PLC0415
+
+        refresh_checkpoints(webui)
+        return gr.update(choices=_checkpoint_titles(webui), value=_current_checkpoint_title(webui))
+
+    picker.input(change, inputs=[picker], outputs=[picker], show_progress="minimal", api_name="switch_checkpoint")
+    refresh.click(rescan, outputs=[picker], show_progress="hidden", api_name="refresh_checkpoints")
+
+
+# ---------------------------------------------------------------------------------------------- txt2img
+
+
+@dataclass
+class Txt2ImgControls:
+    """The txt2img components by request field name (A1111 API names), in the order the handler gets them."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        """The request field names, in handler order."""
+        return list(self.fields)
+
+    def components(self) -> list[Any]:
+        """The components, in handler order."""
+        return list(self.fields.values())
+
+
+def _sampler_names() -> tuple[list[str], list[str], list[str]]:
+    """(samplers, schedule types, hires upscalers) as the processing code names them."""
+    from modules import processing, sd_samplers  # noqa: PLC0415
+
+    return sd_samplers.sampler_names(), sd_samplers.schedule_type_names(), processing.upscaler_names()
+
+
+def _build_extra_networks(webui: Any, tabname: str) -> None:
+    pages = _all_extra_network_pages(webui)
+    with gr.Accordion("Extra networks", open=bool(pages), elem_id=f"{tabname}_extra_networks"):
+        if not pages:
+            gr.HTML("<p class='webui-muted'>No extra networks registered.</p>", elem_id=f"{tabname}_extra_empty")
+            return
+        with gr.Tabs(elem_id=f"{tabname}_extra_tabs"):
+            for page in pages:
+                with gr.Tab(page.title, id=f"{tabname}_{page.name}", elem_id=f"{tabname}_{page.name}_tab"):
+                    render = _page_renderer(page, tabname)
+                    cards = gr.HTML(render, elem_id=f"{tabname}_{page.name}_cards_html")
+                    button = gr.Button("Refresh", elem_id=f"{tabname}_{page.name}_extra_refresh", size="sm")
+                    button.click(_page_refresher(page, tabname), outputs=[cards], show_progress="minimal",
+                                 api_name=f"{tabname}_{page.name}_refresh")
+
+
+def _page_renderer(page: Any, tabname: str) -> Callable[[], str]:
+    def render() -> str:
+        try:
+            return page.create_html(tabname)
+        except Exception as exc:
+            log.exception("extra networks page %s failed to render", page.name)
+            return f"<p class='webui-error'>{html.escape(page.title)}: {html.escape(str(exc))}</p>"
+
+    return render
+
+
+def _page_refresher(page: Any, tabname: str) -> Callable[[], str]:
+    render = _page_renderer(page, tabname)
+
+    def refresh() -> str:
+        try:
+            page.refresh()
+        except Exception as exc:
+            log.exception("extra networks page %s failed to refresh", page.name)
+            gr.Warning(f"{page.title}: refresh failed: {exc}")
+        return render()
+
+    return refresh
+
+
+def _infotext_html(infotext: str) -> str:
+    return f"<div class='webui-infotext'><p>{html.escape(infotext).replace(chr(10), '<br>')}</p></div>"
+
+
+def _comments_html(comments: Any) -> str:
+    if not comments:
+        return ""
+    if isinstance(comments, dict):
+        comments = list(comments.values())
+    if isinstance(comments, str):
+        comments = [comments]
+    return "".join(f"<p class='webui-comment'>{html.escape(str(c))}</p>" for c in comments)
+
+
+def generate_txt2img(webui: Any, names: list[str], values: list[Any]) -> tuple[list[Any], str, str, str]:
+    """Run one generation from UI values; returns (gallery images, info JSON, infotext HTML, comments HTML).
+
+    Bad input raises `gr.Error` with the message (shown in the browser; the server keeps serving).
+    """
+    data = {name: value for name, value in zip(names, values) if value is not None}  # unrendered: defaults
+    if data.get("hr_sampler_name") == "":
+        data.pop("hr_sampler_name")
+    data["save_images"] = bool(webui.options.get("samples_save"))
+    data["sampler_index"] = data.get("sampler_name") or "Euler"
+    try:
+        req = models.Txt2ImgRequest.model_validate(data)
+    except ValidationError as exc:
+        raise gr.Error(validation_message(exc)) from exc
+    try:
+        processed = run_txt2img(webui, req)
+    except ApiError as exc:
+        raise gr.Error(str(exc.detail)) from exc
+    infotexts = list(processed.infotexts)
+    images = []
+    for i, image in enumerate(processed.images):
+        if i < len(infotexts) and infotexts[i]:
+            image.info["parameters"] = infotexts[i]  # the gallery's PNG keeps text chunks: downloads carry it
+        images.append(image)
+    first = infotexts[0] if infotexts else ""
+    return images, processed.js(), _infotext_html(first), _comments_html(getattr(processed, "comments", None))
+
+
+def _build_txt2img(webui: Any) -> Txt2ImgControls:
+    controls = Txt2ImgControls()
+    f = controls.fields
+    samplers, schedules, upscalers = _sampler_names()
+    with gr.Row(elem_id="txt2img_toprow"):
+        with gr.Column(scale=6):
+            f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
+                                     placeholder="Prompt (<lora:name:0.8> tags apply LoRAs)")
+            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt",
+                                              placeholder="Negative prompt")
+        with gr.Column(scale=1, min_width=160, elem_id="txt2img_actions_column"):
+            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+            interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
+    _build_extra_networks(webui, "txt2img")
+    with gr.Row(elem_id="txt2img_settings_and_results"):
+        with gr.Column(scale=1, elem_id="txt2img_settings"):
+            with gr.Row():
+                f["sampler_name"] = gr.Dropdown(samplers, value="Euler" if "Euler" in samplers else samplers[0],
+                                                label="Sampling method", elem_id="txt2img_sampling")
+                f["scheduler"] = gr.Dropdown(schedules, value=schedules[0], label="Schedule type",
+                                             elem_id="txt2img_scheduler")
+            f["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+            with gr.Row():
+                f["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+                f["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+            with gr.Row():
+                f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+                f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
+            f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+            with gr.Row():
+                f["seed"] = gr.Number(value=-1, precision=0, label="Seed", elem_id="txt2img_seed", scale=4)
+                random_seed = gr.Button("\u2684", elem_id="txt2img_random_seed", scale=0, min_width=40)
+                f["clip_skip"] = gr.Slider(1, 12, value=int(webui.options.get("CLIP_stop_at_last_layers")), step=1,
+                                           label="Clip skip", elem_id="txt2img_clip_skip", scale=3)
+            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+                f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
+                with gr.Row():
+                    f["hr_upscaler"] = gr.Dropdown(upscalers, value=upscalers[0], label="Upscaler",
+                                                   elem_id="txt2img_hr_upscaler")
+                    f["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                          elem_id="txt2img_hires_steps")
+                    f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+                                                        elem_id="txt2img_denoising_strength")
+                with gr.Row():
+                    f["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
+                                              elem_id="txt2img_hr_scale")
+                    f["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                                 elem_id="txt2img_hr_resize_x")
+                    f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                                 elem_id="txt2img_hr_resize_y")
+                f["hr_sampler_name"] = gr.Dropdown(["Use same sampler", *samplers], value="Use same sampler",
+                                                   label="Hires sampling method", elem_id="hr_sampler")
+                f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+                                            placeholder="empty: the same prompt")
+                f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
+                                                     placeholder="empty: the same negative prompt")
+        with gr.Column(scale=1, elem_id="txt2img_results"):
+            gr.HTML("<div class='webui-progress' data-tab='txt2img'></div>", elem_id="txt2img_progress")
+            gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery", format="png", columns=2,
+                                 height="auto", show_label=False)
+            generation_info = gr.Textbox(visible=False, elem_id="generation_info_txt2img")
+            html_info = gr.HTML(elem_id="html_info_txt2img")
+            html_log = gr.HTML(elem_id="html_log_txt2img")
+
+    names = controls.names()
+
+    def run(*values: Any) -> tuple[list[Any], str, str, str]:
+        return generate_txt2img(webui, names, list(values))
+
+    event_args = {"fn": run, "inputs": controls.components(),
+                  "outputs": [gallery, generation_info, html_info, html_log],
+                  "js": "(...args) => { webuiStartProgress('txt2img'); return args; }",
+                  "show_progress": "minimal", "concurrency_id": "txt2img"}
+    for trigger, api_name, visibility in ((generate.click, "txt2img", "public"),
+                                          (f["prompt"].submit, "txt2img_submit", "undocumented")):
+        trigger(api_name=api_name, api_visibility=visibility, **event_args).then(
+            fn=None, js="() => { webuiStopProgress('txt2img'); }", api_visibility="undocumented")
+    interrupt.click(lambda: webui.state.interrupt(), queue=False, show_progress="hidden", api_name="interrupt")
+    random_seed.click(lambda: -1, outputs=[f["seed"]], show_progress="hidden", queue=False,
+                      api_visibility="undocumented")
+
+    def select_image(info: str, evt: gr.SelectData) -> str:
+        try:
+            infotexts = json.loads(info or "{}").get("infotexts") or []
+        except json.JSONDecodeError:
+            return gr.update()
+        index = evt.index if isinstance(evt.index, int) else 0
+        return _infotext_html(infotexts[index]) if 0 <= index < len(infotexts) else gr.update()
+
+    gallery.select(select_image, inputs=[generation_info], outputs=[html_info], show_progress="hidden",
+                   api_visibility="undocumented")
+    return controls
+
+
+# --------------------------------------------------------------------------------------------- png info
+
+
+def _to_component_value(name: str, value: Any) -> Any:
+    """Infotext values are text; give each txt2img field the type its component expects."""
+    default = models.Txt2ImgRequest.model_fields[name].default
+    if isinstance(default, bool):
+        return str(value).lower() in ("1", "true", "yes")
+    if name in ("seed", "subseed", "steps", "width", "height", "clip_skip", "hr_second_pass_steps", "hr_resize_x",
+                "hr_resize_y"):
+        return int(float(value))
+    if name in ("cfg_scale", "denoising_strength", "hr_scale", "subseed_strength"):
+        return float(value)
+    return str(value)
+
+
+def params_to_updates(params: dict[str, Any], controls: Txt2ImgControls) -> list[Any]:
+    """One `gr.update` per txt2img component from parsed infotext parameters (fields not mentioned keep theirs)."""
+    values: dict[str, Any] = {}
+    for key, name in INFOTEXT_FIELDS.items():
+        if key in params and name in controls.fields:
+            try:
+                values[name] = _to_component_value(name, params[key])
+            except (TypeError, ValueError):
+                log.info("infotext %s=%r ignored: not a valid %s", key, params[key], name)
+    if "enable_hr" in controls.fields:
+        values["enable_hr"] = infotext_has_hires(params)
+    return [gr.update(value=values[name]) if name in values else gr.update() for name in controls.names()]
+
+
+def _build_pnginfo(webui: Any, controls: Txt2ImgControls, tabs: Any) -> None:
+    with gr.Row(elem_id="pnginfo_page"):
+        with gr.Column():
+            image = gr.Image(type="pil", image_mode=None, sources=["upload", "clipboard"], label="Source",
+                             elem_id="pnginfo_image", height=420)
+        with gr.Column():
+            info_text = gr.Textbox(label="Parameters", lines=8, elem_id="pnginfo_generation_info",
+                                   placeholder="Upload an image, or paste its parameters text here")
+            send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo_send_txt2img")
+            items_html = gr.HTML(elem_id="pnginfo_html")
+
+    def read(img: Any) -> tuple[str, str]:
+        if img is None:
+            return "", ""
+        result = read_png_info(webui, img)
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in result.items.items())
+        items = f"<table class='webui-pnginfo-items'>{rows}</table>" if rows else ""
+        if not result.info:
+            gr.Warning("This image has no generation parameters.")
+        return result.info, items
+
+    def send_to_txt2img(text: str) -> list[Any]:
+        from modules.infotext import parse_generation_parameters  # noqa: PLC0415
+
+        if not text or not text.strip():
+            gr.Warning("No parameters to send.")
+            return [gr.update() for _ in controls.names()] + [gr.update()]
+        params = parse_generation_parameters(text, webui.callbacks)  # runs the infotext_pasted callbacks
+        return params_to_updates(params, controls) + [gr.Tabs(selected="txt2img")]
+
+    image.change(read, inputs=[image], outputs=[info_text, items_html], show_progress="minimal",
+                 api_name="read_png_info")
+    send.click(send_to_txt2img, inputs=[info_text], outputs=[*controls.components(), tabs], api_name="send_to_txt2img")
+
+
+# --------------------------------------------------------------------------------------------- settings
+
+
+def _setting_component(key: str, info: Any, value: Any) -> Any:
+    common = {"label": info.label, "elem_id": f"setting_{key}", "info": info.comment or None}
+    choices = info.current_choices()
+    if info.kind == "bool":
+        return gr.Checkbox(value=bool(value), **common)
+    if choices is not None:
+        multiselect = info.kind == "list"
+        if not multiselect and value not in choices:
+            choices = [*choices, value]
+        return gr.Dropdown(choices=list(choices), value=value, multiselect=multiselect, **common)
+    if info.kind in ("int", "float"):
+        if info.minimum is not None and info.maximum is not None:
+            step = info.step or (1 if info.kind == "int" else 0.01)
+            return gr.Slider(info.minimum, info.maximum, value=value, step=step, **common)
+        return gr.Number(value=value, precision=0 if info.kind == "int" else None, **common)
+    if info.kind == "list":
+        return gr.Textbox(value=", ".join(str(v) for v in value or []), **common)
+    return gr.Textbox(value="" if value is None else str(value), **common)
+
+
+def _build_settings(webui: Any) -> None:
+    webui.callbacks.run("ui_settings", webui.options)
+    options = webui.options
+    sections: dict[str, list[str]] = {}
+    for key, info in options.infos.items():
+        if key not in QUICKSETTINGS:
+            sections.setdefault(info.section, []).append(key)
+    keys: list[str] = []
+    components: list[Any] = []
+    with gr.Row():
+        apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", scale=0, min_width=200)
+        result = gr.HTML(elem_id="settings_result")
+    with gr.Tabs(elem_id="settings_sections"):
+        for section, section_keys in sections.items():
+            with gr.Tab(section, elem_id=f"settings_{section.lower().replace(' ', '_')}"):
+                for key in section_keys:
+                    keys.append(key)
+                    components.append(_setting_component(key, options.infos[key], options.get(key)))
+
+    def save(*values: Any) -> str:
+        current = options.as_dict()
+        wanted = {}
+        for key, value in zip(keys, values):
+            if options.infos[key].kind == "list" and isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if value != current.get(key):
+                wanted[key] = value
+        if not wanted:
+            return "<p>Nothing changed.</p>"
+        try:
+            changed = apply_options(webui, wanted)
+        except ApiError as exc:
+            gr.Warning(str(exc.detail))
+            return f"<p class='webui-error'>{html.escape(str(exc.detail))}</p>"
+        return f"<p>{len(changed)} setting(s) changed: {html.escape(', '.join(changed))}</p>"
+
+    apply.click(save, inputs=components, outputs=[result], show_progress="minimal", api_name="apply_settings")
+
+
+# ---------------------------------------------------------------------------------------------- shell
+
+
+def create_ui(webui: Any) -> gr.Blocks:
+    """Build the Blocks: checkpoint picker, then tabs txt2img, PNG Info, extension tabs, Settings."""
+    extension_tabs: list[tuple[Any, str, str]] = []
+    for result in webui.callbacks.run("ui_tabs", webui):
+        extension_tabs.extend(result if isinstance(result, list) else [result])
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
+        _build_checkpoint_picker(webui)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                controls = _build_txt2img(webui)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                _build_pnginfo(webui, controls, tabs)
+            for block, title, elem_id in extension_tabs:
+                with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
+                    block.render()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                _build_settings(webui)
+    demo.queue(default_concurrency_limit=1)
+    return demo
+
+
+def _theme() -> Any:
+    """The default theme with local fonts only (the browser fetches nothing from the internet)."""
+    return gr.themes.Default(font=["system-ui", "Segoe UI", "Arial", "sans-serif"],
+                             font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+def mount_ui(app: FastAPI, webui: Any) -> FastAPI:
+    """Build the UI and mount it at `/` of `app`, with the host's and extensions' JavaScript and CSS."""
+    assets = Assets.collect(webui)
+    register_ui_routes(app, webui, assets)
+    demo = create_ui(webui)
+    webui.services["gradio_blocks"] = demo
+    return gr.mount_gradio_app(
+        app, demo, path="/",
+        head=assets.head_html(), theme=_theme(), ssr_mode=False, mcp_server=False, footer_links=["api"],
+        run_history=False, enable_monitoring=False, show_error=True, max_file_size="50mb",
+        allowed_paths=[str(webui.paths.outputs_dir)],
+    )
