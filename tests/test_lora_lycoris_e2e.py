@@ -44,6 +44,18 @@ def parts_of(model, name):
     return model.text_encoders[int(index)].get_submodule(path)
 
 
+def read_param(handle, model, param):
+    """A model parameter as stored in a single file, undoing the converter's transforms (OpenCLIP q/k/v split
+    from `in_proj_weight`, transposed `text_projection`, 1x1-conv reshapes)."""
+    tensor = handle.get_tensor(model.key_map[param])
+    transform = model.key_map_special.get("transforms", {}).get(param)
+    if transform is None or transform["op"] == "reshape":
+        return tensor
+    if transform["op"] == "split":
+        return tensor.chunk(int(transform["parts"]), dim=0)[int(transform["index"])]
+    return tensor.t()
+
+
 def relative_error(got, want):
     return ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
 
@@ -111,6 +123,6 @@ def test_webui_path_and_merge_tool_match_lycoris(setup, algo, tmp_path):
             expected = reference[name](0.7)
             for param, want in (("weight", expected.weight), ("bias", expected.bias)):
                 if want is not None:
-                    got = merged.get_tensor(model.key_map[f"{name}.{param}"]).reshape(want.shape)
+                    got = read_param(merged, model, f"{name}.{param}").reshape(want.shape)
                     err = relative_error(got, want)
                     assert err <= 1e-5, f"{family} {algo} x0.7 (merge tool) {name}.{param}: relative error {err:.2e}"
