@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -459,6 +460,9 @@ class PassInputs:
     cfg_scale: float
     width: int  # output pixel size of this pass (SDXL size conditioning)
     height: int
+    # Encodes (cond, uncond) again; called when a step callback changed the text encoders' weights and set
+    # `p.conditioning_stale` (LoRA text-encoder weight schedules).
+    encode: Callable[[], tuple[Conditioning, Conditioning]] | None = None
 
 
 class Denoiser:
@@ -520,6 +524,9 @@ class Denoiser:
                     break
                 step = index // order
                 self.webui.callbacks.run("process_step", self.p, step, total_steps)
+                if getattr(self.p, "conditioning_stale", False) and inputs.encode is not None:
+                    inputs.cond, inputs.uncond = inputs.encode()
+                    self.p.conditioning_stale = False
                 x_in = scheduler.scale_model_input(x, t)
                 model_output = self.predict(x_in, t, inputs)
                 out = scheduler.step(model_output, t, x, **kwargs)
@@ -700,7 +707,9 @@ def _first_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
                                              p.scheduler, p.seeds, eta=_eta(webui))
     scheduler.set_timesteps(p.steps, device=model.device)
     latents = noise.to(model.device) * scheduler.init_noise_sigma
-    inputs = PassInputs(cond, uncond, p.cfg_scale, p.width, p.height)
+    negatives = _strip_tags(p.negative_prompts)
+    inputs = PassInputs(cond, uncond, p.cfg_scale, p.width, p.height,
+                        encode=lambda: (encoder.encode(prompts), encoder.encode(negatives, is_negative=True)))
     return denoiser.run(scheduler, scheduler.timesteps, latents, inputs, generators, "Sampling")
 
 
@@ -740,7 +749,9 @@ def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
             raise ProcessingError(f"hires pass with sampler {sampler.name}: {exc}") from exc
         noisy = scheduler.add_noise(latents, noise.to(latents.device), timesteps[:1])
         height, width = latents.shape[2] * factor, latents.shape[3] * factor
-        inputs = PassInputs(cond, uncond, p.cfg_scale, width, height)
+        hr_negative_texts = _strip_tags(hr_negatives)
+        inputs = PassInputs(cond, uncond, p.cfg_scale, width, height,
+                            encode=lambda: (encoder.encode(prompts), encoder.encode(hr_negative_texts, is_negative=True)))
         return denoiser.run(scheduler, timesteps, noisy, inputs, generators, "Hires")
     finally:
         p.is_hr_pass = False

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
+import block_weights
 from bundled_embeddings import sync_bundled_embeddings
+from lora_schedule import Schedule, ScheduleError, gate_open, parse_gate
 from networks import ActivationReport, LoraEngine, NetworkRequest
 
 from modules.extra_networks import ExtraNetwork, ExtraNetworkParams, add_comment
@@ -22,7 +25,7 @@ from modules.textual_inversion import EmbeddingDatabase
 
 log = logging.getLogger(__name__)
 
-KNOWN_NAMED = {"te", "unet", "dyn", "hr"}
+KNOWN_NAMED = {"te", "unet", "dyn", "hr", "lbw", "w", "in", "mid", "out", "start", "stop"}
 
 
 class TagError(ValueError):
@@ -49,10 +52,61 @@ def _integer(tag: str, what: str, text: str) -> int:
     return value
 
 
-def parse_request(params: ExtraNetworkParams, is_hr_pass: bool = False) -> NetworkRequest:
-    """One tag's params -> a NetworkRequest (multipliers as A1111 computes them). Raises TagError."""
+def _weight(tag: str, what: str, text: str) -> Schedule:
+    """A weight: a number, or keyframes `w@step,...`."""
+    if "@" not in text:
+        return Schedule(((0.0, _number(tag, what, text)),))
+    try:
+        return Schedule.parse(text)
+    except ScheduleError as exc:
+        raise TagError(f"{tag}: {what}: {exc}") from None
+
+
+@dataclass
+class LoraTag:
+    """One parsed `<lora:...>` tag: weights (possibly scheduled), rank cut, hires weight, gates, block weights."""
+
+    name: str
+    te: Schedule
+    unet: Schedule
+    text: str
+    dyn: int | None = None
+    hr: float | None = None
+    start: float | None = None
+    stop: float | None = None
+    lbw: str | None = None
+    in_w: float | None = None
+    mid_w: float | None = None
+    out_w: float | None = None
+
+    @property
+    def is_scheduled(self) -> bool:
+        """True when the weight changes during sampling (gates or keyframes)."""
+        return (self.start is not None or self.stop is not None or not self.te.is_constant
+                or not self.unet.is_constant)
+
+    def request(self, family: str, step: int = 0, total: int = 1, is_hr_pass: bool = False,
+                user_presets: dict[str, list[float]] | None = None) -> NetworkRequest:
+        """The engine request at `step` of a `total`-step pass. Raises TagError for block weights that do not fit."""
+        te, unet = self.te.at(step, total), self.unet.at(step, total)
+        if is_hr_pass and self.hr is not None:
+            te = unet = self.hr
+        if not gate_open(step, total, self.start, self.stop):
+            te = unet = 0.0
+        try:
+            factor = block_weights.layer_factor(family, self.lbw, self.in_w, self.mid_w, self.out_w, user_presets)
+        except block_weights.BlockWeightError as exc:
+            raise TagError(f"{self.text}: {exc}") from None
+        return NetworkRequest(name=self.name, te_multiplier=te, unet_multiplier=unet, dyn_dim=self.dyn,
+                              layer_factor=factor)
+
+
+def parse_tag(params: ExtraNetworkParams) -> LoraTag:
+    """One tag's params -> a LoraTag (multipliers as A1111 computes them, plus our extensions). Raises TagError."""
     tag = params.text or "<lora:" + ":".join(params.items) + ">"
-    pos, named = params.positional, params.named
+    pos, named = params.positional, dict(params.named)
+    if "w" in named:  # lora-block-weight's alias of lbw
+        named.setdefault("lbw", named.pop("w"))
     if not pos or not pos[0].strip():
         raise TagError(f"{tag}: the LoRA name is missing")
     unknown = sorted(set(named) - KNOWN_NAMED)
@@ -60,17 +114,44 @@ def parse_request(params: ExtraNetworkParams, is_hr_pass: bool = False) -> Netwo
         raise TagError(f"{tag}: unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
     if len(pos) > 4:
         raise TagError(f"{tag}: too many values (name, te, unet, dyn at most)")
-    te = _number(tag, "weight", pos[1]) if len(pos) > 1 else 1.0
-    te = _number(tag, "te", named["te"]) if "te" in named else te
-    unet = _number(tag, "unet weight", pos[2]) if len(pos) > 2 else te
-    unet = _number(tag, "unet", named["unet"]) if "unet" in named else unet
+    te = _weight(tag, "weight", pos[1]) if len(pos) > 1 else Schedule(((0.0, 1.0),))
+    te = _weight(tag, "te", named["te"]) if "te" in named else te
+    unet = _weight(tag, "unet weight", pos[2]) if len(pos) > 2 else te
+    unet = _weight(tag, "unet", named["unet"]) if "unet" in named else unet
     dyn = _integer(tag, "dyn", pos[3]) if len(pos) > 3 else None
     dyn = _integer(tag, "dyn", named["dyn"]) if "dyn" in named else dyn
-    if is_hr_pass and "hr" in named:
-        te = unet = _number(tag, "hr", named["hr"])
-    elif "hr" in named:
-        _number(tag, "hr", named["hr"])  # validated in the first pass already
-    return NetworkRequest(name=pos[0], te_multiplier=te, unet_multiplier=unet, dyn_dim=dyn)
+    result = LoraTag(name=pos[0], te=te, unet=unet, text=tag, dyn=dyn)
+    if "hr" in named:
+        result.hr = _number(tag, "hr", named["hr"])
+    for key in ("start", "stop"):
+        if key in named:
+            try:
+                setattr(result, key, parse_gate(named[key], key))
+            except ScheduleError as exc:
+                raise TagError(f"{tag}: {exc}") from None
+    for key, attr in (("in", "in_w"), ("mid", "mid_w"), ("out", "out_w")):
+        if key in named:
+            setattr(result, attr, _number(tag, key, named[key]))
+    if "lbw" in named:
+        result.lbw = named["lbw"]
+    return result
+
+
+def parse_request(params: ExtraNetworkParams, is_hr_pass: bool = False, family: str = "SD1") -> NetworkRequest:
+    """One tag's params -> the engine request at the first step (see `LoraTag.request`). Raises TagError."""
+    return parse_tag(params).request(family, is_hr_pass=is_hr_pass)
+
+
+@dataclass
+class _StepState:
+    """Per-generation schedule state kept on the processing object (`p.lora_step_state`)."""
+
+    tags: list[LoraTag]
+    is_hr: bool
+    family: str
+    presets: dict[str, list[float]]
+    applied: tuple = ()
+    history: list[tuple[int, dict[str, tuple[float, float]], int]] = field(default_factory=list)
 
 
 def infotext_name(name: str) -> str:
@@ -91,24 +172,62 @@ class ExtraNetworkLora(ExtraNetwork):
         self.embeddings = embeddings  # bundled embeddings are registered here while their LoRA is active
 
     def activate(self, p: Any, params_list: list[ExtraNetworkParams]) -> None:
+        """Apply the prompt's LoRAs at the pass's first step; scheduled ones are re-applied by `on_step`."""
         is_hr = bool(getattr(p, "is_hr_pass", False))
-        requests: list[NetworkRequest] = []
-        for params in params_list:
-            try:
-                requests.append(parse_request(params, is_hr))
-            except TagError as exc:
-                log.warning("%s", exc)
-                add_comment(p, str(exc))
         model = getattr(p, "sd_model", None) or self.current_model()
         if model is None:
             return
         if self.engine.model is not model:
             self.engine.set_model(model)
+        presets = self.user_presets()
+        tags: list[LoraTag] = []
+        requests: list[NetworkRequest] = []
+        for params in params_list:
+            try:
+                tag = parse_tag(params)
+                requests.append(tag.request(model.family, 0, self._pass_steps(p, is_hr), is_hr, presets))
+                tags.append(tag)
+            except TagError as exc:
+                log.warning("%s", exc)
+                add_comment(p, str(exc))
         report = self.engine.activate(requests)
+        active_names = {a.request.name for a in report.active}
+        # Only tags that loaded take part in step re-application (no rescans or error repeats per step).
+        p.lora_step_state = _StepState([t for t in tags if t.name in active_names], is_hr, model.family, presets)
         if self.embeddings is not None:
             for message in sync_bundled_embeddings(self.embeddings, report.active, model.text_encoders):
                 add_comment(p, f"Lora: {message}")
         self._report(p, report, is_hr)
+
+    @staticmethod
+    def _pass_steps(p: Any, is_hr: bool) -> int:
+        steps = int(getattr(p, "steps", 1) or 1)
+        return int(getattr(p, "hr_second_pass_steps", 0) or steps) if is_hr else steps
+
+    def user_presets(self) -> dict[str, list[float]]:
+        """lora-block-weight presets from the `lora_lbw_presets` option (`NAME:v1,v2,...` per line)."""
+        try:
+            return block_weights.parse_presets(str(self.options.get("lora_lbw_presets") or ""))
+        except KeyError:
+            return {}
+
+    def on_step(self, p: Any, step: int, total: int) -> None:
+        """`process_step` callback: re-apply scheduled LoRAs when their weights change at this step. Only layers
+        whose multiplier changed are rewritten; when a text-encoder layer changed, `p.conditioning_stale` asks the
+        sampler to encode the prompts again."""
+        state: _StepState | None = getattr(p, "lora_step_state", None)
+        if state is None or not any(tag.is_scheduled for tag in state.tags):
+            return
+        requests = [tag.request(state.family, step, total, state.is_hr, state.presets) for tag in state.tags]
+        key = tuple((r.name, r.te_multiplier, r.unet_multiplier) for r in requests)
+        if key == state.applied:
+            return
+        report = self.engine.activate(requests)
+        state.applied = key
+        state.history.append((step, {a.request.name: (a.request.te_multiplier, a.request.unet_multiplier)
+                                     for a in report.active}, report.stats.layers_touched))
+        if any(name.startswith("text_encoders.") for name in report.stats.touched):
+            p.conditioning_stale = True
 
     def _report(self, p: Any, report: ActivationReport, is_hr: bool) -> None:
         if report.not_found:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import lora_files
 import torch
-from extra_networks_lora import TagError, parse_request
+from extra_networks_lora import TagError, parse_tag
 from lora_registry import NetworkRegistry
 from networks import LoraEngine
 
@@ -75,9 +75,11 @@ def merge(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, overwrite: 
     if not params:
         raise MergeError(f"no <lora:...> tag in --prompt {prompt!r}", 2)
     try:
-        requests = [parse_request(p) for p in params]
+        tags = [parse_tag(p) for p in params]
     except TagError as exc:
         raise MergeError(str(exc), 2) from exc
+    if any(tag.is_scheduled for tag in tags):
+        raise MergeError("step schedules (start=, stop=, w@step) cannot be baked into a checkpoint", 2)
     diffusers = is_diffusers_folder(ckpt)
     info = CheckpointInfo(path=ckpt, name=ckpt.name, format="diffusers" if diffusers else "single-file")
     try:
@@ -88,6 +90,10 @@ def merge(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, overwrite: 
     registry.refresh()
     engine = LoraEngine(registry)
     engine.set_model(model)
+    try:
+        requests = [tag.request(model.family) for tag in tags]
+    except TagError as exc:
+        raise MergeError(str(exc), 2) from exc
     report = engine.activate(requests)
     problems = [f"Lora not found: {', '.join(report.not_found)}"] if report.not_found else []
     problems += [f"Lora {name}: {message}" for name, message in report.errors.items()]

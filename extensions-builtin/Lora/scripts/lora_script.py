@@ -27,6 +27,8 @@ def register_options(options: Any) -> None:
     options.add("lora_hide_unknown_for_versions", [], "Hide networks of unknown versions for model versions", section)
     options.add("lora_in_memory_limit", 8, "Number of Lora networks to keep cached in memory", section, minimum=0)
     options.add("extra_networks_default_multiplier", 1.0, "Default multiplier for extra networks", section)
+    options.add("lora_lbw_presets", "", "Block-weight presets for lbw= (one NAME:v1,v2,... per line, "
+                "lora-block-weight's lbwpresets.txt format)", section)
 
 
 def alias_for_prompt(entry: Any, options: Any, registry: NetworkRegistry) -> str:
@@ -53,6 +55,7 @@ def setup(webui: Any) -> None:
     handler = extra_networks_lora.ExtraNetworkLora(engine, webui.options, lambda: webui.models.current,
                                                    embeddings=webui.embeddings)
     webui.extra_networks.register(handler, aliases=["lyco"])
+    webui.callbacks.add("process_step", handler.on_step)
     webui.callbacks.add("model_loaded", engine.set_model)
     if webui.models is not None and webui.models.current is not None:
         engine.set_model(webui.models.current)
