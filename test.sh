@@ -26,4 +26,6 @@ fi
 
 ruff check .
 export PYTHONUNBUFFERED=1
+# Tests use tiny models: one thread per process is faster, also for the servers the tests start.
+export OMP_NUM_THREADS=1
 python -m pytest -q "$@"

@@ -41,15 +41,19 @@ class DiskCache:
             if isinstance(loaded, dict):
                 self._data = {k: v for k, v in loaded.items() if isinstance(v, dict)}
 
-    def get(self, subsection: str, filename: str | os.PathLike[str]) -> Any | None:
-        """The cached value for `filename`, or None when absent or when the file's mtime/size changed."""
+    def get(self, subsection: str, filename: str | os.PathLike[str],
+            signature: tuple[float, int] | None = None) -> Any | None:
+        """The cached value for `filename`, or None when absent or when the file's mtime/size changed.
+
+        `signature` (mtime, size) saves a stat when the caller has just read it.
+        """
         key = os.path.abspath(filename)
         with self._lock:
             entry = self._data.get(subsection, {}).get(key)
         if not isinstance(entry, dict):
             return None
         try:
-            mtime, size = file_signature(key)
+            mtime, size = signature if signature is not None else file_signature(key)
         except OSError:
             return None
         if entry.get("mtime") != mtime or entry.get("size") != size:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -131,10 +132,11 @@ class NetworkOnDisk:
     def shorthash(self) -> str:
         return short_hash(self.hash) if self.hash else ""
 
-    @property
+    @functools.cached_property
     def relative_name(self) -> str:
         """Path relative to its root without extension, with `/` separators (`sub/name`)."""
-        rel = os.path.relpath(self.filename, self.root)
+        rel = self.filename[len(self.root) + 1:] if self.filename.startswith(self.root + os.sep) else \
+            os.path.relpath(self.filename, self.root)
         return os.path.splitext(rel)[0].replace(os.sep, "/")
 
     @property
@@ -176,25 +178,28 @@ class NetworkRegistry:
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- scanning
-    def _walk(self) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
+    def _walk(self) -> list[tuple[str, str, frozenset[str]]]:
+        """(root, file path, names in its folder) for every LoRA file, in scan order."""
+        found: list[tuple[str, str, frozenset[str]]] = []
         for root in self.roots:
             if not root.is_dir():
                 continue
             for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
                 dirnames.sort(key=natural_sort_key)
+                listing = frozenset(filenames)
                 for fname in sorted(filenames, key=natural_sort_key):
                     if fname.lower().endswith(lora_files.LORA_EXTENSIONS):
-                        found.append((str(root), os.path.join(dirpath, fname)))
+                        found.append((str(root), os.path.join(dirpath, fname), listing))
                 for dname in list(dirnames):  # a folder named like a LoRA file is skipped, not walked into as one
                     if dname.lower().endswith(lora_files.LORA_EXTENSIONS):
                         self.errors[os.path.join(dirpath, dname)] = "is a directory, not a LoRA file"
         return found
 
-    def _describe(self, root: str, filename: str) -> NetworkOnDisk:
+    def _describe(self, root: str, filename: str, listing: frozenset[str] | None = None) -> NetworkOnDisk:
         st = os.stat(filename)  # raises for broken symlinks
         entry = NetworkOnDisk(name=Path(filename).stem, filename=filename, root=root, mtime=st.st_mtime, size=st.st_size)
-        cached = self.cache.get(METADATA_CACHE, filename) if self.cache is not None else None
+        signature = (st.st_mtime, st.st_size)
+        cached = self.cache.get(METADATA_CACHE, filename, signature) if self.cache is not None else None
         if isinstance(cached, dict) and cached.get("version") == CACHE_VERSION:
             entry.metadata, entry.sd_version, entry.algorithm = cached["metadata"], cached["sd_version"], cached["algorithm"]
         else:
@@ -213,11 +218,11 @@ class NetworkRegistry:
                                save=False)
         if self.cache is not None:
             for subsection in ("hashes-safetensors-payload", "hashes-sha256"):
-                cached_hash = self.cache.get(subsection, filename)
+                cached_hash = self.cache.get(subsection, filename, signature)
                 if isinstance(cached_hash, str):
                     entry.hash = cached_hash
         sidecar = entry.sidecar_path()
-        if sidecar.is_file():
+        if (sidecar.name in listing) if listing is not None else sidecar.is_file():
             try:
                 data = read_json(sidecar, default={})
                 entry.user_metadata = data if isinstance(data, dict) else {}
@@ -230,9 +235,9 @@ class NetworkRegistry:
         with self._lock:
             self.errors = {}
             entries: list[NetworkOnDisk] = []
-            for root, filename in self._walk():
+            for root, filename, listing in self._walk():
                 try:
-                    entries.append(self._describe(root, filename))
+                    entries.append(self._describe(root, filename, listing))
                 except (OSError, lora_files.LoraFileError) as exc:
                     reason = str(exc) if isinstance(exc, lora_files.LoraFileError) else f"cannot read: {exc.strerror or exc}"
                     self.errors[filename] = reason

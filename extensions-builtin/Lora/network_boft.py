@@ -70,7 +70,7 @@ class ModuleTypeBoft(NetworkModule):
             span = 2**stage * half
             permuted = current.unflatten(0, (-1, 2, span)).transpose(1, 2).flatten(0, 2)
             blocks = permuted.unflatten(0, (-1, self.block_size))
-            mixed = torch.einsum("k i j, k j ... -> k i ...", s, blocks).flatten(0, 1)
+            mixed = torch.bmm(s, blocks.flatten(2)).reshape(blocks.shape).flatten(0, 1)  # per block: S_k @ B_k
             current = mixed.unflatten(0, (-1, span, 2)).transpose(1, 2).flatten(0, 2)
         if "rescale" in self.weights:
             current = current * self._part("rescale", weight).reshape(weight.shape[0], *[1] * (weight.dim() - 1))
