@@ -116,13 +116,15 @@ def test_webui_path_and_merge_tool_match_lycoris(setup, algo, tmp_path):
     networks.activate(P(), {})
     assert_bitwise_equal(model, pristine)
 
-    out = tmp_path / "merged.safetensors"
-    merge(ckpt, [lora_dir], f"<lora:{algo}:0.7>", out)
-    with safe_open(str(out), "pt") as merged:  # read the layers back under the checkpoint's own keys
-        for name in sample(model, reference):
-            expected = reference[name](0.7)
-            for param, want in (("weight", expected.weight), ("bias", expected.bias)):
-                if want is not None:
-                    got = read_param(merged, model, f"{name}.{param}").reshape(want.shape)
-                    err = relative_error(got, want)
-                    assert err <= 1e-5, f"{family} {algo} x0.7 (merge tool) {name}.{param}: relative error {err:.2e}"
+    for multiplier in MULTIPLIERS:
+        out = tmp_path / f"merged-{multiplier}.safetensors"
+        merge(ckpt, [lora_dir], f"<lora:{algo}:{multiplier}>", out)
+        with safe_open(str(out), "pt") as merged:  # read the layers back under the checkpoint's own keys
+            for name in sample(model, reference):
+                expected = reference[name](multiplier)
+                for param, want in (("weight", expected.weight), ("bias", expected.bias)):
+                    if want is not None:
+                        got = read_param(merged, model, f"{name}.{param}").reshape(want.shape)
+                        err = relative_error(got, want)
+                        label = f"{family} {algo} x{multiplier} (merge tool) {name}.{param}"
+                        assert err <= 1e-5, f"{label}: relative error {err:.2e}"

@@ -139,9 +139,13 @@ def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = Non
         if target is None:
             net.unmatched_keys.append(layer_key)
             continue
-        if "alpha" not in parts and "lora_down.weight" in parts and "." in layer_key and peft_alpha is not None:
-            alpha = next((v for k, v in peft_pattern.items() if layer_key.endswith(k)), peft_alpha)
-            parts = {**parts, "alpha": torch.tensor(alpha)}
+        if "." in layer_key and "lora_down.weight" in parts:  # PEFT/diffusers layout
+            if "alpha" not in parts and peft_alpha is not None:
+                alpha = next((v for k, v in peft_pattern.items() if layer_key.endswith(k)), peft_alpha)
+                parts = {**parts, "alpha": torch.tensor(alpha)}
+            if "dora_scale" in parts:  # PEFT's magnitude is per output row: (out,), or (1, out, 1, 1) for convs
+                weight_dim = target.module.weight.dim()
+                parts = {**parts, "dora_scale": parts["dora_scale"].reshape(-1, *[1] * (weight_dim - 1))}
         try:
             module = strategies.create_module(layer_key, parts)
         except ValueError as exc:
