@@ -19,10 +19,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from lora_block_strength import block_label, compute_block_strength, render_block_strength
+from lora_registry import training_tags
 from lora_testing import tiny_loaded_model, write_kohya_lora
 from PIL import Image
 from safetensors.torch import save_file
-from ui_edit_user_metadata import dataset_size, resolution_buckets, training_tags
+from ui_edit_user_metadata import dataset_size, resolution_buckets
 from user_metadata import save_user_metadata
 
 from modules.host import WebUI

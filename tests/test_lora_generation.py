@@ -70,3 +70,22 @@ def test_hires_pass_uses_hr_weight_and_lists_both_passes(webui):
     assert "demo_lora: " in infotext and "demo_ia3: " in infotext
     assert processed.images[0].size == (96, 96)
     generate(webui, "a cat")
+
+
+def test_trigger_words_are_added_at_the_placeholder_and_recorded(webui):
+    options = webui.options
+    try:
+        options.set("lora_auto_trigger", "Activation text", save=False)
+        processed = generate(webui, "a cat, _tags_, outdoors <lora:demo_lora:0.8> <lora:demo_ia3:0.5>")
+        first_line = processed.infotexts[0].splitlines()[0]
+        assert first_line == "a cat, sunset style, dramatic light, outdoors <lora:demo_lora:0.8> <lora:demo_ia3:0.5>"
+        assert "Lora trigger words: Activation text" in processed.infotexts[0]
+        options.set("lora_auto_trigger", "Top training tags", save=False)
+        options.set("lora_auto_trigger_tags", 2, save=False)
+        processed = generate(webui, "a cat <lora:demo_lora:0.8> <lora:demo_loha:1> masterpiece")
+        first_line = processed.infotexts[0].splitlines()[0]
+        assert first_line == "a cat <lora:demo_lora:0.8> <lora:demo_loha:1> masterpiece, sunset style, watercolor"
+    finally:
+        options.set("lora_auto_trigger", "Off", save=False)
+    plain = generate(webui, "a cat <lora:demo_lora:0.8>")
+    assert plain.infotexts[0].splitlines()[0] == "a cat <lora:demo_lora:0.8>"

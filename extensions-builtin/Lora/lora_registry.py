@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -106,6 +107,52 @@ def detect_algorithm(shapes: dict[str, list[int]], metadata: dict[str, Any]) -> 
     if any("dora_scale" in k or "lora_magnitude_vector" in k for k in shapes):
         name += "+DoRA"
     return name
+
+
+WORD_RE = re.compile(r"[-_\w']+")
+
+
+def training_tags(metadata: dict[str, Any]) -> list[tuple[str, int]]:
+    """Training tags with counts from kohya's `ss_tag_frequency`, most frequent first (ties by tag text).
+
+    Datasets are summed. When the "tags" are really long captions (average length >= 16), their words (3+ letters)
+    are counted instead."""
+    frequency = metadata.get("ss_tag_frequency")
+    if isinstance(frequency, str):
+        try:
+            frequency = json.loads(frequency)
+        except json.JSONDecodeError:
+            return []
+    if not isinstance(frequency, dict):
+        return []
+    counts: dict[str, int] = {}
+    for dataset in frequency.values():
+        if not isinstance(dataset, dict):
+            continue
+        for tag, count in dataset.items():
+            tag = str(tag).strip()
+            if not tag:
+                continue
+            try:
+                counts[tag] = counts.get(tag, 0) + int(count)
+            except (TypeError, ValueError):
+                continue
+    if counts and sum(len(tag) for tag in counts) / len(counts) >= 16:
+        words: dict[str, int] = {}
+        for caption, count in counts.items():
+            for word in WORD_RE.findall(caption):
+                if len(word) >= 3:
+                    words[word] = words.get(word, 0) + count
+        counts = words
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def prompt_name(entry: NetworkOnDisk, preferred: str, forbidden_aliases: set[str]) -> str:
+    """The name to write into a prompt for `entry` (A1111's `get_alias`): the alias from the file, unless the
+    `preferred` setting is "Filename" or the alias is ambiguous, then the stem."""
+    if preferred == "Filename" or entry.alias.lower() in forbidden_aliases:
+        return entry.name
+    return entry.alias
 
 
 @dataclass

@@ -16,50 +16,16 @@ import datetime
 import html
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from lora_registry import NetworkOnDisk
+from lora_registry import NetworkOnDisk, training_tags
 from user_metadata import EDITABLE_KEYS
 
 from modules.atomic_io import write_bytes_atomic
 
 TOP_TAGS = 24
 HIDDEN_METADATA = ("ssmd_cover_images",)
-WORD_RE = re.compile(r"[-_\w']+")
-
-
-def training_tags(metadata: dict[str, Any]) -> list[tuple[str, int]]:
-    """Training tags with counts, most frequent first (ties by tag text)."""
-    frequency = metadata.get("ss_tag_frequency")
-    if isinstance(frequency, str):
-        try:
-            frequency = json.loads(frequency)
-        except json.JSONDecodeError:
-            return []
-    if not isinstance(frequency, dict):
-        return []
-    counts: dict[str, int] = {}
-    for dataset in frequency.values():
-        if not isinstance(dataset, dict):
-            continue
-        for tag, count in dataset.items():
-            tag = str(tag).strip()
-            if not tag:
-                continue
-            try:
-                counts[tag] = counts.get(tag, 0) + int(count)
-            except (TypeError, ValueError):
-                continue
-    if counts and sum(len(tag) for tag in counts) / len(counts) >= 16:
-        words: dict[str, int] = {}
-        for caption, count in counts.items():
-            for word in WORD_RE.findall(caption):
-                if len(word) >= 3:
-                    words[word] = words.get(word, 0) + count
-        counts = words
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
 def _json_field(metadata: dict[str, Any], key: str) -> Any:

@@ -36,7 +36,7 @@ import lora_block_strength
 import ui_edit_user_metadata
 from fastapi import Body, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
-from lora_registry import PREVIEW_EXTENSIONS, NetworkOnDisk
+from lora_registry import PREVIEW_EXTENSIONS, NetworkOnDisk, prompt_name
 from user_metadata import UserMetadataError, save_user_metadata
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,6 @@ SEARCH_TAGS = 24
 SORT_FIELDS = (("default", "Path"), ("name", "Name"), ("created", "Date created"), ("modified", "Date modified"))
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                ".gif": "image/gif"}
-
-
-def prompt_alias(entry: NetworkOnDisk, options: Any, forbidden_aliases: set[str]) -> str:
-    """The name a card inserts (same rule as `lora_script.alias_for_prompt`: alias unless ambiguous or unwanted)."""
-    if options.get("lora_preferred_name") == "Filename" or entry.alias.lower() in forbidden_aliases:
-        return entry.name
-    return entry.alias
 
 
 def _cover_image(entry: NetworkOnDisk) -> tuple[bytes, str] | None:
@@ -280,7 +273,7 @@ class LoraPage:
         facts = self._file_facts(entry)
         preview, text = sources or self._sources(entry, listing)
         if alias is None:
-            alias = prompt_alias(entry, self.webui.options, self.registry.forbidden_aliases)
+            alias = prompt_name(entry, self.webui.options.get("lora_preferred_name"), self.registry.forbidden_aliases)
         user = entry.user_metadata
         try:
             weight = float(user.get("preferred weight") or 0)

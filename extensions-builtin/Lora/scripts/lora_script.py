@@ -10,8 +10,9 @@ from typing import Any
 import extra_networks_lora
 import lora
 import lora_api
+import trigger_words
 import ui_extra_networks_lora
-from lora_registry import NetworkRegistry
+from lora_registry import NetworkRegistry, prompt_name
 from networks import LoraEngine
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,12 @@ def register_options(options: Any) -> None:
     options.add("lora_hide_unknown_for_versions", [], "Hide networks of unknown versions for model versions", section)
     options.add("lora_in_memory_limit", 8, "Number of Lora networks to keep cached in memory", section, minimum=0)
     options.add("extra_networks_default_multiplier", 1.0, "Default multiplier for extra networks", section)
+    options.add("lora_auto_trigger", "Off", "Add LoRA trigger words to the prompt automatically (at _tags_, else at "
+                "the end)", section, choices=list(trigger_words.MODES))
+    options.add("lora_auto_trigger_tags", 3, "Number of top training tags for trigger words", section, minimum=1,
+                maximum=50)
     options.add("lora_lbw_presets", "", "Block-weight presets for lbw= (one NAME:v1,v2,... per line, "
                 "lora-block-weight's lbwpresets.txt format)", section)
-
-
-def alias_for_prompt(entry: Any, options: Any, registry: NetworkRegistry) -> str:
-    """The name a card inserts: the alias when preferred and unambiguous, else the stem (A1111's `get_alias`)."""
-    if (options.get("lora_preferred_name") == "Filename" or entry.alias.lower() in registry.forbidden_aliases):
-        return entry.name
-    return entry.alias
 
 
 def setup(webui: Any) -> None:
@@ -56,6 +54,8 @@ def setup(webui: Any) -> None:
                                                    embeddings=webui.embeddings)
     webui.extra_networks.register(handler, aliases=["lyco"])
     webui.callbacks.add("process_step", handler.on_step)
+    webui.callbacks.add("before_process", lambda p: trigger_words.apply_to_processing(
+        p, registry.find, webui.options.get("lora_auto_trigger"), int(webui.options.get("lora_auto_trigger_tags"))))
     webui.callbacks.add("model_loaded", engine.set_model)
     if webui.models is not None and webui.models.current is not None:
         engine.set_model(webui.models.current)
@@ -68,7 +68,7 @@ def setup(webui: Any) -> None:
             if key in params:
                 params[key] = extra_networks_lora.rewrite_names_by_hash(
                     params[key], hashes, registry.find_by_short_hash,
-                    lambda entry: alias_for_prompt(entry, webui.options, registry),
+                    lambda entry: prompt_name(entry, webui.options.get("lora_preferred_name"), registry.forbidden_aliases),
                 )
 
     webui.callbacks.add("infotext_pasted", infotext_pasted)
