@@ -1,6 +1,7 @@
 """Entry point: `python launch.py [flags]` serves the WebUI; `python launch.py TOOL ...` runs a command-line tool.
 
-Tools: `merge` (bake LoRAs into a checkpoint copy; see extensions-builtin/Lora/merge_tool.py).
+Tools: `merge` (bake LoRAs into a checkpoint copy; extensions-builtin/Lora/merge_tool.py), `extract` (a LoRA from
+two checkpoints) and `combine` (several LoRAs into one file; extensions-builtin/Lora/lora_tools_cli.py).
 """
 
 from __future__ import annotations
@@ -11,21 +12,24 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-TOOLS = {
-    "merge": ROOT / "extensions-builtin" / "Lora" / "merge_tool.py",
+LORA = ROOT / "extensions-builtin" / "Lora"
+TOOLS = {  # name -> (module file, function taking argv)
+    "merge": (LORA / "merge_tool.py", "main"),
+    "extract": (LORA / "lora_tools_cli.py", "extract_main"),
+    "combine": (LORA / "lora_tools_cli.py", "combine_main"),
 }
 
 
 def run_tool(name: str, argv: list[str]) -> int:
     """Import the tool's module (its extension folder on sys.path) and call its `main(argv)`."""
-    path = TOOLS[name]
+    path, function = TOOLS[name]
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return int(module.main(argv) or 0)
+    return int(getattr(module, function)(argv) or 0)
 
 
 def main(argv: list[str]) -> int:

@@ -149,3 +149,16 @@ class LayerIndex:
             if target is not None:
                 return target
         return None
+
+
+def kohya_key(target_name: str, text_encoder_count: int) -> str:
+    """The kohya file key of a target layer ("unet.a.b" -> "lora_unet_a_b", "text_encoders.0.encoder.layers.0.mlp.fc1"
+    -> "lora_te_text_model_encoder_layers_0_mlp_fc1", SDXL: "lora_te1_..."/"lora_te2_..."), as trainers write them."""
+    if target_name.startswith("unet."):
+        return "lora_unet_" + target_name[len("unet."):].replace(".", "_")
+    _, index, path = target_name.split(".", 2)
+    if path == "text_projection":
+        return f"lora_te{int(index) + 1}_text_projection"
+    path = path[len("text_model."):] if path.startswith("text_model.") else path
+    prefix = "lora_te_" if text_encoder_count == 1 else f"lora_te{int(index) + 1}_"
+    return prefix + "text_model_" + path.replace(".", "_")

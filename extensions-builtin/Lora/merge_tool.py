@@ -16,12 +16,13 @@ import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import lora_files
 import torch
 from extra_networks_lora import TagError, parse_tag
 from lora_registry import NetworkRegistry
-from networks import LoraEngine
+from networks import LoraEngine, NetworkRequest
 
 from modules.atomic_io import atomic_path
 from modules.extra_networks import parse_prompt
@@ -62,14 +63,21 @@ def _components_dtype(folder: Path) -> torch.dtype:
     return torch.float32
 
 
-def merge(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, overwrite: bool = False) -> list[str]:
-    """Do the merge; returns the warnings to show. Raises MergeError."""
+def load_model(ckpt: Path) -> Any:
+    """The checkpoint (single file or diffusers folder) in float32 on the CPU. Raises MergeError."""
     if not ckpt.exists():
         raise MergeError(f"checkpoint not found: {ckpt}", 2)
-    if out.exists() and not overwrite:
-        raise MergeError(f"{out} exists; pass --overwrite to replace it", 2)
-    if out.resolve() == ckpt.resolve():
-        raise MergeError("--out must not be the input checkpoint", 2)
+    diffusers = is_diffusers_folder(ckpt)
+    info = CheckpointInfo(path=ckpt, name=ckpt.name, format="diffusers" if diffusers else "single-file")
+    try:
+        return load_checkpoint(info, torch.device("cpu"), torch.float32)
+    except ModelLoadError as exc:
+        raise MergeError(str(exc), 1) from exc
+
+
+def prepare(ckpt: Path, lora_dirs: list[Path], prompt: str) -> tuple[Any, LoraEngine, list[NetworkRequest]]:
+    """Parse the tags, load the checkpoint and an engine over `lora_dirs` (shared by merge and combine).
+    Raises MergeError: code 2 for bad arguments or tags, 1 for files that cannot be used."""
     _, data = parse_prompt(prompt)
     params = data.get("lora", []) + data.get("lyco", [])
     if not params:
@@ -79,13 +87,8 @@ def merge(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, overwrite: 
     except TagError as exc:
         raise MergeError(str(exc), 2) from exc
     if any(tag.is_scheduled for tag in tags):
-        raise MergeError("step schedules (start=, stop=, w@step) cannot be baked into a checkpoint", 2)
-    diffusers = is_diffusers_folder(ckpt)
-    info = CheckpointInfo(path=ckpt, name=ckpt.name, format="diffusers" if diffusers else "single-file")
-    try:
-        model = load_checkpoint(info, torch.device("cpu"), torch.float32)
-    except ModelLoadError as exc:
-        raise MergeError(str(exc), 1) from exc
+        raise MergeError("step schedules (start=, stop=, w@step) cannot be baked into a file", 2)
+    model = load_model(ckpt)
     registry = NetworkRegistry(lora_dirs, cache=None, hashing=False)
     registry.refresh()
     engine = LoraEngine(registry)
@@ -94,13 +97,28 @@ def merge(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, overwrite: 
         requests = [tag.request(model.family) for tag in tags]
     except TagError as exc:
         raise MergeError(str(exc), 2) from exc
+    return model, engine, requests
+
+
+def check_output(out: Path, overwrite: bool, *inputs: Path) -> None:
+    """Refuse to overwrite an existing output (unless asked) or an input."""
+    if out.exists() and not overwrite:
+        raise MergeError(f"{out} exists; pass --overwrite to replace it", 2)
+    if any(out.resolve() == path.resolve() for path in inputs):
+        raise MergeError("--out must not be an input file", 2)
+
+
+def merge(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, overwrite: bool = False) -> list[str]:
+    """Do the merge; returns the warnings to show. Raises MergeError."""
+    check_output(out, overwrite, ckpt)
+    model, engine, requests = prepare(ckpt, lora_dirs, prompt)
     report = engine.activate(requests)
     problems = [f"Lora not found: {', '.join(report.not_found)}"] if report.not_found else []
     problems += [f"Lora {name}: {message}" for name, message in report.errors.items()]
     if problems:
         raise MergeError("; ".join(problems), 1)
     warnings = list(dict.fromkeys(report.warnings))
-    if diffusers:
+    if model.checkpoint.format == "diffusers":
         _write_diffusers(model, ckpt, out)
     else:
         _write_single_file(model, out)
