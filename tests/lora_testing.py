@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from key_resolver import kohya_key
 from model_factory import build_tiny_components
 from safetensors.torch import save_file
 
@@ -46,16 +47,11 @@ def assert_bitwise_equal(model: LoadedModel, snapshot: dict[str, torch.Tensor]) 
 
 
 def kohya_name(model: LoadedModel, target_name: str, sgm: bool = False) -> str:
-    """The kohya key of a target layer name ("unet.x.y" / "text_encoders.0.a.b")."""
-    if target_name.startswith("unet."):
-        path = target_name[len("unet."):]
-        if sgm:
-            path = model.ldm_unet_names[path]
-        return "lora_unet_" + path.replace(".", "_")
-    _, index, path = target_name.split(".", 2)
-    path = path[len("text_model."):] if path.startswith("text_model.") else path
-    prefix = "lora_te_" if len(model.text_encoders) == 1 else f"lora_te{int(index) + 1}_"
-    return prefix + "text_model_" + path.replace(".", "_")
+    """The kohya key of a target layer ("unet.x.y" / "text_encoders.0.a.b"); `sgm` spells UNet layers with their
+    LDM/SGM names as kohya's SDXL trainer does."""
+    if sgm and target_name.startswith("unet."):
+        return "lora_unet_" + model.ldm_unet_names[target_name[len("unet."):]].replace(".", "_")
+    return kohya_key(target_name, len(model.text_encoders))
 
 
 def lora_targets(model: LoadedModel, conv: bool = False, text_encoder: bool = True) -> dict[str, torch.nn.Module]:
