@@ -212,3 +212,23 @@ def test_bad_files_are_reported_and_others_still_apply(tmp_path, sd1):
         assert [a.network.name for a in report.active] == ["good"]
     engine.deactivate_all()
     assert_bitwise_equal(sd1, pristine)
+
+
+def test_a_delta_that_overflows_is_refused_and_the_layer_keeps_what_it_had(tmp_path, sd1):
+    pristine = state_snapshot(sd1)
+    write_kohya_lora(tmp_path / "Lora" / "good.safetensors", sd1, seed=8, only=6)
+    name = next(iter(lora_targets(sd1)))
+    layer = lora_targets(sd1)[name]
+    key = kohya_name(sd1, name)
+    save_file({f"{key}.lora_down.weight": torch.full((1, layer.weight.shape[1]), 1e20),
+               f"{key}.lora_up.weight": torch.full((layer.weight.shape[0], 1), 1e20)},
+              str(tmp_path / "Lora" / "huge.safetensors"))  # finite numbers whose product is Inf in float32
+    engine = make_engine(tmp_path, sd1)
+    engine.activate([NetworkRequest("good")])
+    with_good = state_snapshot(sd1)
+    report = engine.activate([NetworkRequest("good"), NetworkRequest("huge")])
+    assert "NaN or Inf" in report.errors["huge"]
+    assert [a.network.name for a in report.active] == ["good"]
+    assert_bitwise_equal(sd1, with_good)
+    engine.deactivate_all()
+    assert_bitwise_equal(sd1, pristine)

@@ -140,21 +140,36 @@ class Patcher:
             )
             self.layers[name] = state
         dtype = compute_dtype(weight)
-        new_weight = state.weight_backup.to(weight.device, dtype=dtype, copy=True)
+        # float32 weights are rebuilt in place (pristine copy, then the deltas added into the parameter itself): no
+        # working copy is allocated. Other dtypes (fp16/bf16 on CUDA) are rebuilt in float32 and written back once.
+        in_place = weight.dtype == dtype and weight.is_contiguous()
+        if in_place:
+            new_weight = weight.detach()
+            new_weight.copy_(state.weight_backup)
+        else:
+            new_weight = state.weight_backup.to(weight.device, dtype=dtype, copy=True)
         new_bias = None if state.bias_backup is None else state.bias_backup.to(weight.device, dtype=dtype, copy=True)
+        failure: LayerPatchError | None = None
         for contribution in contributions:
             try:
                 new_bias = self._add_contribution(new_weight, new_bias, contribution)
-            except Exception as exc:  # one network's failure must name it; nothing was written yet
-                if not state.applied:
-                    del self.layers[name]
-                raise LayerPatchError(contribution.network, name, exc) from exc
-        if not torch.isfinite(new_weight).all() or (new_bias is not None and not torch.isfinite(new_bias).all()):
+            except Exception as exc:  # one network's failure must name it
+                failure = LayerPatchError(contribution.network, name, exc)
+                failure.__cause__ = exc
+                break
+        # One reduction finds any NaN/Inf (NaN and Inf propagate through a sum) without a full-size bool tensor.
+        if failure is None and (not torch.isfinite(new_weight.sum())
+                                or (new_bias is not None and not torch.isfinite(new_bias.sum()))):
+            failure = LayerPatchError(contributions[-1].network, name,
+                                      ValueError("the merged weight has NaN or Inf values"))
+        if failure is not None:
+            if in_place:  # put back what the layer held before this call
+                self._rebuild(new_weight, state)
             if not state.applied:
                 del self.layers[name]
-            bad = contributions[-1].network
-            raise LayerPatchError(bad, name, ValueError("the merged weight has NaN or Inf values"))
-        weight.copy_(new_weight)
+            raise failure
+        if not in_place:
+            weight.copy_(new_weight)
         written = weight.numel() * weight.element_size()
         if new_bias is not None:
             if getattr(module, "bias", None) is None:
@@ -164,6 +179,13 @@ class Patcher:
             written += new_bias.numel() * weight.element_size()
         state.applied = contributions
         return written
+
+    def _rebuild(self, weight: torch.Tensor, state: _LayerState) -> None:
+        """Rewrite `weight` in place as pristine + the contributions the layer held (they applied before)."""
+        weight.copy_(state.weight_backup)
+        bias = None if state.bias_backup is None else state.bias_backup.to(weight.device, weight.dtype, copy=True)
+        for contribution in state.applied:
+            bias = self._add_contribution(weight, bias, contribution)
 
     @staticmethod
     def _add_contribution(weight: torch.Tensor, bias: torch.Tensor | None, c: Contribution) -> torch.Tensor | None:
