@@ -12,6 +12,7 @@ import lora
 import lora_api
 import trigger_words
 import ui_extra_networks_lora
+import ui_lora_tools
 from lora_registry import NetworkRegistry, prompt_name
 from networks import LoraEngine
 
@@ -74,3 +75,4 @@ def setup(webui: Any) -> None:
     webui.callbacks.add("infotext_pasted", infotext_pasted)
     webui.callbacks.add("app_started", lambda webui_, app: lora_api.mount(app, webui_, engine))
     ui_extra_networks_lora.register_page(webui, engine)
+    webui.callbacks.add("ui_tabs", ui_lora_tools.create_tab)
