@@ -47,10 +47,18 @@ def safetensors_payload_sha256(path: str | os.PathLike[str]) -> str:
         return _hash_stream(handle, hashlib.sha256())
 
 
-def file_hash(path: str | os.PathLike[str], cache: DiskCache | None = None) -> str:
-    """The hash A1111 shows for a network or checkpoint file: payload hash for .safetensors, else whole-file."""
-    kind = "safetensors-payload" if str(path).lower().endswith(".safetensors") else "sha256"
-    subsection = f"hashes-{kind}"
+def cache_subsection(whole_file: bool) -> str:
+    """The cache.json subsection holding whole-file or safetensors-payload hashes."""
+    return "hashes-sha256" if whole_file else "hashes-safetensors-payload"
+
+
+def file_hash(path: str | os.PathLike[str], cache: DiskCache | None = None, whole_file: bool = False) -> str:
+    """The hash A1111 shows: for network files the payload hash of .safetensors (whole-file otherwise); with
+    `whole_file` (checkpoints: A1111's checkpoint hash, Civitai AutoV2) always the whole file. Cached by mtime and
+    size; the caller saves the cache."""
+    whole_file = whole_file or not str(path).lower().endswith(".safetensors")
+    kind = "sha256" if whole_file else "safetensors-payload"
+    subsection = cache_subsection(whole_file)
     if cache is not None:
         cached = cache.get(subsection, path)
         if isinstance(cached, str):

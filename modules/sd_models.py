@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import struct
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,13 +36,14 @@ import torch
 
 from modules import checkpoint_convert, hashes, model_configs
 from modules.cache import DiskCache
+from modules.safetensors_header import SafetensorsHeaderError, read_header
 from modules.sd_model_types import CheckpointInfo, LoadedModel
 from modules.tokenizer import SDClipTokenizer, tokenizers_for
 
 log = logging.getLogger(__name__)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-HASH_SUBSECTION = "hashes-sha256"
+HASH_SUBSECTION = hashes.cache_subsection(whole_file=True)
 _TITLE_HASH_RE = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
 
 
@@ -56,28 +56,11 @@ class ModelLoadError(RuntimeError):
 # ---------------------------------------------------------------------------------------------------------------
 
 def _check_safetensors_header(path: Path) -> dict[str, Any]:
-    """Validate the safetensors framing (length prefix, JSON header, data extent) and return the header."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise ModelLoadError(f"{path}: truncated or not a safetensors file (only {size} bytes)")
-        (header_len,) = struct.unpack("<Q", raw)
-        if header_len > size - 8:
-            raise ModelLoadError(f"{path}: truncated or not a safetensors file "
-                                 f"(header of {header_len} bytes announced, file has {size})")
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"{path}: truncated or not a safetensors file (bad header: {exc})") from exc
-    if not isinstance(header, dict):
-        raise ModelLoadError(f"{path}: truncated or not a safetensors file (header is not a JSON object)")
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-               and "data_offsets" in v), default=0)
-    if 8 + header_len + end > size:
-        raise ModelLoadError(f"{path}: truncated or not a safetensors file "
-                             f"(tensor data ends at byte {8 + header_len + end}, file has {size})")
-    return header
+    """Validate the safetensors framing and header (`modules.safetensors_header`) and return the header."""
+    try:
+        return read_header(path)
+    except SafetensorsHeaderError as exc:
+        raise ModelLoadError(f"{path}: truncated or not a safetensors file ({exc})") from exc
 
 
 ALIGNMENT = 64
@@ -320,13 +303,9 @@ def load_checkpoint(info: CheckpointInfo, device: torch.device | str, dtype: tor
 
 def checkpoint_sha256(path: Path, cache: DiskCache | None) -> str:
     """Whole-file SHA-256 of a single-file checkpoint, cached in cache.json by mtime and size."""
+    value = hashes.file_hash(path, cache, whole_file=True)
     if cache is not None:
-        cached = cache.get(HASH_SUBSECTION, path)
-        if isinstance(cached, str):
-            return cached
-    value = hashes.sha256_file(path)
-    if cache is not None:
-        cache.set(HASH_SUBSECTION, path, value)
+        cache.save()
     return value
 
 

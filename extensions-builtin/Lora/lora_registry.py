@@ -28,7 +28,7 @@ import lora_files
 
 from modules.atomic_io import read_json
 from modules.cache import DiskCache
-from modules.hashes import file_hash, short_hash
+from modules.hashes import cache_subsection, file_hash, short_hash
 
 log = logging.getLogger(__name__)
 
@@ -263,11 +263,10 @@ class NetworkRegistry:
                 self.cache.set(METADATA_CACHE, filename, {"version": CACHE_VERSION, "metadata": entry.metadata,
                                                           "sd_version": entry.sd_version, "algorithm": entry.algorithm},
                                save=False)
-        if self.cache is not None:
-            for subsection in ("hashes-safetensors-payload", "hashes-sha256"):
-                cached_hash = self.cache.get(subsection, filename, signature)
-                if isinstance(cached_hash, str):
-                    entry.hash = cached_hash
+        if self.cache is not None:  # the subsection `file_hash` writes this file's hash into
+            cached_hash = self.cache.get(cache_subsection(whole_file=not entry.is_safetensors), filename, signature)
+            if isinstance(cached_hash, str):
+                entry.hash = cached_hash
         sidecar = entry.sidecar_path()
         if (sidecar.name in listing) if listing is not None else sidecar.is_file():
             try:
