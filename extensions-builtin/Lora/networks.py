@@ -258,10 +258,12 @@ class LoraEngine:
                 raise RuntimeError("no model is loaded")
             report = ActivationReport()
             chosen: list[ActiveNetwork] = []
+            rescanned = False
             for request in requests:
                 entry = self.registry.find(request.name)
-                if entry is None:
-                    self.registry.refresh()  # a file added since the last scan
+                if entry is None and not rescanned:  # a file added since the last scan: one rescan per activation
+                    self.registry.refresh()
+                    rescanned = True
                     entry = self.registry.find(request.name)
                 if entry is None:
                     report.not_found.append(request.name)
