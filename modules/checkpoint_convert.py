@@ -317,8 +317,9 @@ def _component_of(model_key: str) -> tuple[str, str]:
     return component, rest
 
 
-def _forward(tensor: torch.Tensor, transform: Mapping[str, Any] | None, shape: tuple[int, ...] | None) -> torch.Tensor:
-    """LDM tensor -> model tensor."""
+def ldm_tensor_to_model(tensor: torch.Tensor, transform: Mapping[str, Any] | None,
+                        shape: tuple[int, ...] | None) -> torch.Tensor:
+    """LDM tensor -> model tensor (a view of `tensor`, except for a transpose, which is made contiguous)."""
     if transform is None:
         return tensor
     op = transform["op"]
@@ -379,7 +380,7 @@ def ldm_to_diffusers(state_dict: Mapping[str, torch.Tensor], family: str, config
             raise CheckpointConversionError(f"checkpoint lacks tensor {ldm_key!r} (needed for {model_key})")
         component, param = _component_of(model_key)
         expected = tuple(param_shapes[component][param])
-        tensor = _forward(state_dict[ldm_key], transforms.get(model_key), expected)
+        tensor = ldm_tensor_to_model(state_dict[ldm_key], transforms.get(model_key), expected)
         if tuple(tensor.shape) != expected:
             raise CheckpointConversionError(
                 f"tensor {ldm_key!r} has shape {tuple(state_dict[ldm_key].shape)}, which does not give "

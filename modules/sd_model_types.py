@@ -49,6 +49,8 @@ class LoadedModel:
     * `ldm_unet_names`: {diffusers module path: LDM/SGM module path} for every UNet module with parameters,
       e.g. "down_blocks.0.attentions.0.proj_in" -> "input_blocks.1.1.proj_in", derived from the UNet config
       (not from fixed SD1.5/SDXL tables). The LoRA key resolver uses it for compvis/SGM-named LoRA keys.
+    * `pristine`: a `modules.pristine_weights.PristineWeights` reading parameters back from the memory-mapped
+      checkpoint file(s) (`.safetensors` only), or None; the LoRA patcher restores from it instead of copies.
     """
 
     family: str
@@ -64,6 +66,7 @@ class LoadedModel:
     key_map: dict[str, str] = field(default_factory=dict)
     key_map_special: dict[str, Any] = field(default_factory=dict)
     ldm_unet_names: dict[str, str] = field(default_factory=dict)
+    pristine: Any = None
 
     @property
     def is_sdxl(self) -> bool:

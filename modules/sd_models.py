@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from modules import checkpoint_convert, hashes, model_configs
+from modules import checkpoint_convert, hashes, model_configs, pristine_weights
 from modules.cache import DiskCache
 from modules.safetensors_header import SafetensorsHeaderError, read_header
 from modules.sd_model_types import CheckpointInfo, LoadedModel
@@ -210,17 +210,30 @@ def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dt
         prediction = "v_prediction" if family == "SD2" and sd2_forward_test_is_v(built["unet"]) else "epsilon"
     special["source"] = str(path)
     special["metadata"] = dict(metadata)
+    pristine = None
     if path.suffix.lower() == ".safetensors":  # large unused tensors (EMA copies...) stay in the file until written
         lazy = [k for k, t in special["extra"].items() if t.numel() * t.element_size() > LAZY_EXTRA_BYTES]
         for key in lazy:
             del special["extra"][key]
         special["extra_in_source"] = lazy
+        flat_shapes = {f"{part}.{k}": shape for part, part_shapes in shapes.items() for k, shape in part_shapes.items()}
+        pristine = _map_pristine(lambda: pristine_weights.for_single_file(
+            path, key_map, special["transforms"], flat_shapes))
     return LoadedModel(
         family=family, unet=built["unet"], vae=built["vae"], text_encoders=built["text_encoders"],
         tokenizers=tokenizers_for(config), prediction_type=prediction,
         scheduler_config=checkpoint_convert.scheduler_config(family, prediction), checkpoint=info,
         device=device, dtype=target, key_map=key_map, key_map_special=special,
-        ldm_unet_names=checkpoint_convert.unet_ldm_module_map_for(built["unet"]))
+        ldm_unet_names=checkpoint_convert.unet_ldm_module_map_for(built["unet"]), pristine=pristine)
+
+
+def _map_pristine(build: Any) -> pristine_weights.PristineWeights | None:
+    """The model's pristine-weight sources, or None (LoRA backups are then copies) when the files cannot be mapped."""
+    try:
+        return build()
+    except (OSError, ValueError, SafetensorsHeaderError) as exc:
+        log.warning("checkpoint weights cannot be memory-mapped (%s): LoRA backups will be copies in memory", exc)
+        return None
 
 
 def is_diffusers_folder(path: Path) -> bool:
@@ -278,10 +291,14 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
     prediction = scheduler.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction"):
         raise ModelLoadError(f"{path}: unsupported prediction_type {prediction!r} in scheduler_config.json")
+    parts = {"unet": (path / "unet", unet), "vae": (path / "vae", vae)}
+    parts.update({f"text_encoders.{i}": (path / folder, module)
+                  for i, (folder, module) in enumerate(zip(encoder_dirs, encoders))})
     return LoadedModel(
         family=family, unet=unet, vae=vae, text_encoders=encoders, tokenizers=tokenizers, prediction_type=prediction,
         scheduler_config=checkpoint_convert.scheduler_config(family, prediction), checkpoint=info, device=device,
-        dtype=target, ldm_unet_names=checkpoint_convert.unet_ldm_module_map_for(unet))
+        dtype=target, ldm_unet_names=checkpoint_convert.unet_ldm_module_map_for(unet),
+        pristine=_map_pristine(lambda: pristine_weights.for_diffusers_folder(parts)))
 
 
 def load_checkpoint(info: CheckpointInfo, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:

@@ -1,16 +1,25 @@
 """The patcher: writes `W = W0 + sum_i delta_i` into exactly the layers whose wanted contributions changed.
 
 No monkey-patching: weights are merged eagerly into the modules' own parameters and stay merged between generations.
-Each touched layer keeps a backup of its pristine weight (and bias) in the checkpoint's dtype on the CPU; a layer is
-restored from it by a bitwise copy (never by subtracting a delta), and the backup is dropped when no network wants the
-layer any more, so untouched layers never have a backup.
+A layer is always rebuilt from its pristine weight W0 (a bitwise copy, never by subtracting a delta), and W0 comes from
+one of two places, chosen on the layer's first use:
+* the checkpoint file itself, memory-mapped (`modules.pristine_weights`), when the model was loaded from
+  `.safetensors` and the file's tensor equals the weight bit for bit: no copy is held at all;
+* otherwise a backup copy in the weight's dtype on the CPU, dropped when no network wants the layer any more.
+Untouched layers never have a backup. Biases (tiny) are always copied.
 
-Deltas are computed in float32 (bfloat16/float32 stay as they are on CUDA) on the weight's device, summed onto a
-working copy of the pristine weight, and written back with one copy. Counters (`PatchStats`) say what each call did.
+Deltas are computed in float32 (bfloat16/float32 stay as they are on CUDA) on the weight's device. float32 weights
+are rebuilt in place (pristine copied in, deltas added with `addmm_`), other dtypes in a float32 working copy written
+back once. NaN/Inf/overflow guard without an extra pass where it can be proven unnecessary: for low-rank deltas
+|W0 + sum_i up_i down_i| <= max|W0| + sum_i r_i max|up_i| max|down_i|; when that bound (from the small factors and
+max|W0| measured once) is under half the dtype's largest value the result is finite; otherwise (or for other
+algorithms) one reduction max|W| <= largest value checks the merged weight. Counters (`PatchStats`) say what each
+call did.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +46,10 @@ def signature(contributions: tuple[Contribution, ...]) -> tuple[tuple[int, int, 
     return tuple(c.signature() for c in contributions)
 
 
+class PristineUnavailableError(RuntimeError):
+    """A layer's pristine weight cannot be read back (its checkpoint file was rewritten in place while loaded)."""
+
+
 class LayerPatchError(RuntimeError):
     """Computing one network's delta for one layer failed; the layer was left as it was."""
 
@@ -61,10 +74,19 @@ class PatchStats:
 @dataclass
 class _LayerState:
     target: TargetLayer
-    weight_backup: torch.Tensor
+    weight_backup: torch.Tensor | None  # None: W0 is read back from the checkpoint file
     bias_backup: torch.Tensor | None
     bias_was_none: bool
+    pristine_amax: float  # max |W0|, for the overflow bound
     applied: tuple = ()
+
+
+def max_abs(tensor: torch.Tensor) -> float:
+    """max |x| over a tensor in one pass without a temporary (NaN if it holds a NaN; 0 for an empty tensor)."""
+    if tensor.numel() == 0:
+        return 0.0
+    low, high = torch.aminmax(tensor)
+    return float(torch.maximum(-low, high))
 
 
 def compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -77,7 +99,9 @@ def compute_dtype(weight: torch.Tensor) -> torch.dtype:
 class Patcher:
     """Per-model patch state. `apply(wanted)` makes every layer hold pristine + exactly its wanted contributions."""
 
-    def __init__(self) -> None:
+    def __init__(self, pristine: Any = None) -> None:
+        """`pristine`: the model's `PristineWeights` (W0 read back from its checkpoint file), or None (copies)."""
+        self.pristine = pristine
         self.layers: dict[str, _LayerState] = {}
         self.last_stats = PatchStats()
         self.total_layers_touched = 0
@@ -87,10 +111,16 @@ class Patcher:
         """Bytes held in backups (only layers that a network touches have one)."""
         total = 0
         for state in self.layers.values():
-            total += state.weight_backup.numel() * state.weight_backup.element_size()
+            if state.weight_backup is not None:
+                total += state.weight_backup.numel() * state.weight_backup.element_size()
             if state.bias_backup is not None:
                 total += state.bias_backup.numel() * state.bias_backup.element_size()
         return total
+
+    @property
+    def file_backed_layers(self) -> int:
+        """Touched layers whose pristine weight is read back from the checkpoint file (no copy held)."""
+        return sum(1 for state in self.layers.values() if state.weight_backup is None)
 
     def applied(self, layer: str) -> tuple[Contribution, ...]:
         state = self.layers.get(layer)
@@ -122,6 +152,32 @@ class Patcher:
         self.total_layers_touched += stats.layers_touched
         return stats
 
+    def _new_state(self, name: str, target: TargetLayer) -> _LayerState:
+        """First use of a layer: W0 from the checkpoint file when it is bitwise the weight, else a CPU copy."""
+        module = target.module
+        weight = module.weight.detach()
+        view = self.pristine.view(f"{name}.weight") if self.pristine is not None else None
+        from_file = view is not None and torch.equal(weight, view.to(weight.device, weight.dtype))
+        bias = getattr(module, "bias", None)
+        return _LayerState(
+            target=target,
+            weight_backup=None if from_file else weight.to("cpu", copy=True),
+            bias_backup=None if bias is None else bias.detach().to("cpu", copy=True),
+            bias_was_none=bias is None,
+            pristine_amax=max_abs(weight),
+        )
+
+    def _pristine_weight(self, name: str, state: _LayerState) -> torch.Tensor:
+        """W0 of a layer: its backup copy, or a view of the checkpoint file."""
+        if state.weight_backup is not None:
+            return state.weight_backup
+        view = self.pristine.view(f"{name}.weight") if self.pristine is not None else None
+        if view is None:
+            raise PristineUnavailableError(
+                f"{name}: the checkpoint file was changed on disk while loaded, so the layer's original weight cannot "
+                "be read back; reload the checkpoint")
+        return view
+
     def _rewrite(self, name: str, target: TargetLayer, contributions: tuple[Contribution, ...]) -> int:
         module = target.module
         weight: torch.Tensor = module.weight
@@ -131,40 +187,36 @@ class Patcher:
                 return 0
             return self._restore(name, state)
         if state is None:
-            bias = getattr(module, "bias", None)
-            state = _LayerState(
-                target=target,
-                weight_backup=weight.detach().to("cpu", copy=True),
-                bias_backup=None if bias is None else bias.detach().to("cpu", copy=True),
-                bias_was_none=bias is None,
-            )
+            state = self._new_state(name, target)
             self.layers[name] = state
         dtype = compute_dtype(weight)
-        # float32 weights are rebuilt in place (pristine copy, then the deltas added into the parameter itself): no
-        # working copy is allocated. Other dtypes (fp16/bf16 on CUDA) are rebuilt in float32 and written back once.
+        # float32 weights are rebuilt in place (pristine copied in, unless the layer holds it already, then the deltas
+        # added into the parameter itself): no working copy. Other dtypes (fp16/bf16 on CUDA) are rebuilt in float32
+        # and written back once.
         in_place = weight.dtype == dtype and weight.is_contiguous()
         if in_place:
             new_weight = weight.detach()
-            new_weight.copy_(state.weight_backup)
+            if state.applied:
+                new_weight.copy_(self._pristine_weight(name, state))
         else:
-            new_weight = state.weight_backup.to(weight.device, dtype=dtype, copy=True)
+            new_weight = self._pristine_weight(name, state).to(weight.device, dtype=dtype, copy=True)
         new_bias = None if state.bias_backup is None else state.bias_backup.to(weight.device, dtype=dtype, copy=True)
         failure: LayerPatchError | None = None
+        bound = state.pristine_amax
         for contribution in contributions:
             try:
-                new_bias = self._add_contribution(new_weight, new_bias, contribution)
+                new_bias, delta_bound = self._add_contribution(new_weight, new_bias, contribution)
             except Exception as exc:  # one network's failure must name it
                 failure = LayerPatchError(contribution.network, name, exc)
                 failure.__cause__ = exc
                 break
-        # One reduction finds any NaN/Inf (NaN and Inf propagate through a sum) without a full-size bool tensor.
-        if failure is None and (not torch.isfinite(new_weight.sum())
-                                or (new_bias is not None and not torch.isfinite(new_bias.sum()))):
+            bound += delta_bound
+        if failure is None and not self._finite(new_weight, new_bias, bound, weight.dtype):
             failure = LayerPatchError(contributions[-1].network, name,
                                       ValueError("the merged weight has NaN or Inf values"))
         if failure is not None:
             if in_place:  # put back what the layer held before this call
-                self._rebuild(new_weight, state)
+                self._rebuild(name, new_weight, state)
             if not state.applied:
                 del self.layers[name]
             raise failure
@@ -180,35 +232,52 @@ class Patcher:
         state.applied = contributions
         return written
 
-    def _rebuild(self, weight: torch.Tensor, state: _LayerState) -> None:
+    @staticmethod
+    def _finite(weight: torch.Tensor, bias: torch.Tensor | None, bound: float, dtype: torch.dtype) -> bool:
+        """True when the merged weight (and bias) are finite and fit `dtype`: by the bound when it proves it, else by
+        one reduction over the weight. NaN anywhere makes every comparison false."""
+        largest = torch.finfo(dtype).max
+        if bias is not None and not max_abs(bias) <= largest:
+            return False
+        if bound < largest / 2:
+            return True
+        return max_abs(weight) <= largest
+
+    def _rebuild(self, name: str, weight: torch.Tensor, state: _LayerState) -> None:
         """Rewrite `weight` in place as pristine + the contributions the layer held (they applied before)."""
-        weight.copy_(state.weight_backup)
+        weight.copy_(self._pristine_weight(name, state))
         bias = None if state.bias_backup is None else state.bias_backup.to(weight.device, weight.dtype, copy=True)
         for contribution in state.applied:
-            bias = self._add_contribution(weight, bias, contribution)
+            bias, _ = self._add_contribution(weight, bias, contribution)
 
     @staticmethod
-    def _add_contribution(weight: torch.Tensor, bias: torch.Tensor | None, c: Contribution) -> torch.Tensor | None:
-        """Add one contribution onto the working copies; returns the (possibly new) bias."""
+    def _add_contribution(weight: torch.Tensor, bias: torch.Tensor | None,
+                          c: Contribution) -> tuple[torch.Tensor | None, float]:
+        """Add one contribution onto the working copies; returns the (possibly new) bias and a bound on max|delta|
+        (inf when the delta is not low-rank: the caller then checks the merged weight itself)."""
         factors = c.module.low_rank(c.multiplier, c.dyn_dim)
         if factors is not None:
             up, down = factors
+            up = up.to(weight.device, weight.dtype)
+            down = down.to(weight.device, weight.dtype)
             flat = weight.view(weight.shape[0], -1)
-            flat.addmm_(up.to(weight.device, weight.dtype), down.to(weight.device, weight.dtype))
+            flat.addmm_(up, down)
+            bound = max_abs(up) * max_abs(down) * up.shape[1]
             delta_bias = None
         else:
             delta = c.module.calc_delta(weight, c.multiplier, c.dyn_dim, bias)
             if delta.weight is not None:
                 weight.add_(delta.weight.to(weight.device, weight.dtype).reshape(weight.shape))
             delta_bias = delta.bias
+            bound = math.inf
         if delta_bias is not None:
             delta_bias = delta_bias.to(weight.device, weight.dtype).reshape(-1)
             bias = delta_bias.clone() if bias is None else bias + delta_bias
-        return bias
+        return bias, bound
 
     def _restore(self, name: str, state: _LayerState) -> int:
         module = state.target.module
-        module.weight.copy_(state.weight_backup.to(module.weight.device))
+        module.weight.copy_(self._pristine_weight(name, state))
         written = module.weight.numel() * module.weight.element_size()
         if state.bias_was_none:
             if getattr(module, "bias", None) is not None:

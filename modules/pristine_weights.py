@@ -1,0 +1,157 @@
+"""Pristine weights read back from the loaded checkpoint's own file, memory-mapped, instead of copies held in RAM.
+
+A model loaded from `.safetensors` files keeps, per parameter, where its pristine value lies in the file: the file, the
+tensor's key, and the transform from the file's form to the parameter's (`checkpoint_convert.ldm_tensor_to_model`:
+OpenCLIP q/k/v split, transpose, reshape). `PristineWeights.view(param)` returns that value as a zero-copy, read-only
+CPU tensor over the memory-mapped file (the OS page cache): nothing is allocated, and pages the OS drops are read
+again from disk when needed. The LoRA patcher restores layers from these views instead of holding backup copies
+(it checks, on a layer's first use, that the view equals the weight bit for bit, and keeps a copy otherwise).
+
+Safety: the files stay open and mapped while the model is loaded, so a checkpoint replaced by rename (every atomic
+writer, ours included) or deleted keeps its old content for us. A file rewritten *in place* would change under the
+map (and shrinking it would make reads fault), so each `view` first compares the file's size, mtime and inode with
+those at mapping time and refuses (`None`) once they differ; the patcher then says the checkpoint must be reloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import mmap
+import os
+import struct
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modules.safetensors_header import read_header
+
+log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+class MappedSafetensors:
+    """One `.safetensors` file, open and memory-mapped read-only; tensors are served as zero-copy views."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        header = read_header(self.path)  # validated: offsets inside the payload, sizes match dtypes and shapes
+        self._file = open(self.path, "rb")  # noqa: SIM115 - stays open while the model is loaded
+        try:
+            self._identity = _identity(os.fstat(self._file.fileno()))
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            self._file.close()
+            raise
+        (header_len,) = struct.unpack("<Q", self._map[:8])
+        self._data_start = 8 + header_len
+        self.entries: dict[str, dict[str, Any]] = {k: v for k, v in header.items() if k != "__metadata__"}
+
+    def unchanged(self) -> bool:
+        """True while the file on disk is still the one mapped (same inode, size and mtime)."""
+        try:
+            return _identity(os.fstat(self._file.fileno())) == self._identity
+        except (OSError, ValueError):
+            return False
+
+    def tensor(self, key: str) -> torch.Tensor | None:
+        """A read-only CPU view of tensor `key`, or None if the file lacks it or its dtype has no torch view."""
+        entry = self.entries.get(key)
+        dtype = TORCH_DTYPES.get(entry["dtype"]) if entry else None
+        if entry is None or dtype is None:
+            return None
+        count = math.prod(entry["shape"])
+        if count == 0:
+            return torch.empty(entry["shape"], dtype=dtype)
+        with warnings.catch_warnings():  # the map is read-only on purpose; torch warns that it is not writable
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(self._map, dtype=dtype, count=count,
+                                    offset=self._data_start + entry["data_offsets"][0])
+        return flat.view(entry["shape"])
+
+
+@dataclass(frozen=True)
+class _Source:
+    file: MappedSafetensors
+    key: str
+    transform: Mapping[str, Any] | None
+    shape: tuple[int, ...]
+
+
+class PristineWeights:
+    """Where each parameter of a loaded model can be read back from its checkpoint file ("unet.<param>", ...)."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, _Source] = {}
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __contains__(self, param: str) -> bool:
+        return param in self._sources
+
+    def add(self, param: str, file: MappedSafetensors, key: str, shape: tuple[int, ...],
+            transform: Mapping[str, Any] | None = None) -> None:
+        """Record that `param` (of shape `shape`) is tensor `key` of `file` after `transform`."""
+        if key in file.entries:
+            self._sources[param] = _Source(file, key, transform, tuple(shape))
+
+    def view(self, param: str) -> torch.Tensor | None:
+        """The pristine value of `param` in the file's dtype, on the CPU, without a copy where the transform allows
+        (a transpose copies); None when unknown or when the file changed on disk since it was mapped."""
+        from modules.checkpoint_convert import ldm_tensor_to_model  # noqa: PLC0415 - conversion imports models
+
+        source = self._sources.get(param)
+        if source is None:
+            return None
+        if not source.file.unchanged():
+            log.warning("%s changed on disk while loaded: its weights can no longer be read back", source.file.path)
+            return None
+        tensor = source.file.tensor(source.key)
+        if tensor is None:
+            return None
+        tensor = ldm_tensor_to_model(tensor, source.transform, source.shape)
+        return tensor if tuple(tensor.shape) == source.shape else None
+
+
+def for_single_file(path: str | os.PathLike[str], key_map: Mapping[str, str],
+                    transforms: Mapping[str, Mapping[str, Any]],
+                    shapes: Mapping[str, tuple[int, ...]]) -> PristineWeights:
+    """Sources for a single-file `.safetensors` checkpoint loaded through `checkpoint_convert.ldm_to_diffusers`.
+
+    `key_map`/`transforms` as that function returns them; `shapes` = {"unet.<param>": shape, ...}."""
+    weights = PristineWeights()
+    mapped = MappedSafetensors(path)
+    for param, key in key_map.items():
+        if param in shapes:
+            weights.add(param, mapped, key, shapes[param], transforms.get(param))
+    return weights
+
+
+def for_diffusers_folder(parts: Mapping[str, tuple[Path, torch.nn.Module]]) -> PristineWeights:
+    """Sources for a diffusers folder: {"unet": (folder/unet, module), "text_encoders.0": (...), ...}; every
+    `*.safetensors` in a part's folder (sharded or not) whose keys are the module's parameter names, files without
+    a variant (`.fp16.`) first, as `from_pretrained` picks them. A wrong guess costs nothing: the patcher compares
+    each view with the weight before trusting it."""
+    weights = PristineWeights()
+    for prefix, (folder, module) in parts.items():
+        shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
+        for file in sorted(Path(folder).glob("*.safetensors"), key=lambda f: (f.name.count("."), f.name)):
+            mapped = MappedSafetensors(file)
+            for key in mapped.entries:
+                if key in shapes and f"{prefix}.{key}" not in weights:
+                    weights.add(f"{prefix}.{key}", mapped, key, shapes[key])
+    return weights
