@@ -2,6 +2,7 @@
 # Sets up the venv (through webui.sh), the test-only packages and Chromium, then runs the whole test suite.
 #   ./test.sh            every test
 #   ./test.sh -k name    extra arguments go to pytest
+#   ./test.sh --reliability   only the reliability suite, in its full form, ending with its summary
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,4 +29,9 @@ ruff check .
 export PYTHONUNBUFFERED=1
 # Tests use tiny models: one thread per process is faster, also for the servers the tests start.
 export OMP_NUM_THREADS=1
+if [ "${1:-}" = "--reliability" ]; then
+  shift
+  export RELIABILITY_FULL=1
+  set -- tests/reliability "$@"
+fi
 python -m pytest -q "$@"
