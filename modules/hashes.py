@@ -19,8 +19,11 @@ SHORT_HASH_LENGTH = 12
 
 
 def _hash_stream(handle, digest) -> str:  # noqa: ANN001
-    while chunk := handle.read(CHUNK):
-        digest.update(chunk)
+    """Feed the rest of `handle` to `digest` through one reused buffer (no allocation per chunk)."""
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    while count := handle.readinto(buffer):
+        digest.update(view[:count])
     return digest.hexdigest()
 
 

@@ -17,6 +17,8 @@ Dtype: float32 on CPU (a requested float16 is replaced, fp16 matmul is very slow
 Unused tensors of a single file (EMA weights, schedule buffers...) are kept for writing the file back
 (`key_map_special["extra"]`); those over 1 MiB in a `.safetensors` file are not held in memory but listed in
 `key_map_special["extra_in_source"]` and re-read from `key_map_special["source"]` when written.
+Pristine weights: a model loaded from `.safetensors` (single file or diffusers folder) keeps its files memory-mapped
+(`LoadedModel.pristine`, `modules.pristine_weights`) so the LoRA patcher can restore layers from them without copies.
 Hash: `CheckpointInfo.sha256` is the whole-file SHA-256 (A1111's checkpoint hash, Civitai's AutoV2) cached in
 cache.json; it is computed when a checkpoint is loaded (listing only reuses cached values), and never for folders.
 """
