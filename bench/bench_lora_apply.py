@@ -57,16 +57,18 @@ sys.path[:0] = [str(ROOT), str(ROOT / "extensions-builtin" / "Lora")]
 
 from lora_registry import NetworkRegistry  # noqa: E402
 from networks import LoraEngine, NetworkRequest  # noqa: E402
+from patcher import Patcher, compute_dtype  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from modules.checkpoint_convert import scheduler_config, unet_ldm_module_map_for  # noqa: E402
 from modules.model_configs import build_components, family_config  # noqa: E402
 from modules.sd_model_types import CheckpointInfo, LoadedModel  # noqa: E402
-from modules.tokenizer import tokenizers_for  # noqa: E402
+from modules.sd_models import load_checkpoint  # noqa: E402
+from modules.tiny_models import single_file_state_dict  # noqa: E402
 
 log = logging.getLogger("bench_lora_apply")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GIB = 1 << 30
+MODE_TEXT = {"file": "the checkpoint file", "copies": "backup copies"}
 
 
 # ------------------------------------------------------------------------------------------------ machine
@@ -156,25 +158,23 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
                 buffer.copy_(torch.arange(buffer.shape[-1], device=buffer.device).expand_as(buffer))
 
 
-def build_model(family: str, quick: bool, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """A full-size (or, with `quick`, tiny) model of `family` with random weights on `device` in `dtype`."""
+def build_model(family: str, quick: bool, device: torch.device, dtype: torch.dtype, folder: Path) -> LoadedModel:
+    """A full-size (or, with `quick`, tiny) model of `family` with random weights, written as an A1111 single-file
+    checkpoint (`folder/model.safetensors`, in `dtype`) and loaded from it on `device` the way the WebUI loads one,
+    so the engine can read pristine weights back from the memory-mapped file."""
     config = family_config(family, tiny=quick)
     built = build_components(config, empty=True)
     parts = [built["unet"], built["vae"], *built["text_encoders"]]
     for seed, module in enumerate(parts):
-        module.to(dtype=dtype)
-        module.to_empty(device=device)
+        module.to_empty(device="cpu")
         randomize_(module, seed)
         module.eval().requires_grad_(False)
-    unet = built["unet"]
-    return LoadedModel(
-        family=family, unet=unet, vae=built["vae"], text_encoders=built["text_encoders"],
-        tokenizers=tokenizers_for(config), prediction_type="epsilon",
-        scheduler_config=scheduler_config(family, "epsilon"),
-        checkpoint=CheckpointInfo(path=Path(f"random-{family}.safetensors"), name=f"random-{family}",
-                                  format="single-file"),
-        device=device, dtype=dtype, ldm_unet_names=unet_ldm_module_map_for(unet),
-    )
+    built["config"] = config
+    path = folder / "model.safetensors"
+    save_file(single_file_state_dict(built, family, dtype=dtype), str(path))
+    del built, parts
+    gc.collect()
+    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format="single-file"), device, dtype)
 
 
 def param_bytes(module: torch.nn.Module) -> int:
@@ -257,6 +257,7 @@ class Row:
     diffusers: float | None = None
     layers: int | None = None
     notes: str = ""
+    kernels: float | None = None  # the same copies and products as bare torch calls on scratch tensors
 
 
 @dataclass
@@ -271,6 +272,32 @@ class Machine:
     def floor(self, nbytes: float, flops: float) -> float:
         """The larger of the memory time and the arithmetic time."""
         return max(nbytes / self.bandwidth, flops / self.matmul_rate)
+
+
+def kernel_times(model: LoadedModel, rank: int, device: torch.device) -> dict[str, tuple[float, float]]:
+    """{target: (copy seconds, addmm seconds)}: the best of 3 bare `W.copy_(W0)` and `W.addmm_(up, down)` (rank
+    `rank`, the compute dtype) on scratch tensors of each target's flattened weight shape, timed once per shape.
+
+    Their sum over a row's layers is what the same work costs with nothing but the two kernels per layer: the
+    engine's overhead is its time over that sum."""
+    by_shape: dict[tuple[int, int], tuple[float, float]] = {}
+    result: dict[str, tuple[float, float]] = {}
+    for name, _, module in lora_targets(model):
+        shape = (module.weight.shape[0], module.weight[0].numel())
+        if shape not in by_shape:
+            by_shape[shape] = _bare_kernels(shape, rank, compute_dtype(module.weight), device)
+        result[name] = by_shape[shape]
+    return result
+
+
+def _bare_kernels(shape: tuple[int, int], rank: int, dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    weight = torch.randn(shape, device=device, dtype=dtype)
+    pristine = torch.randn(shape, device=device, dtype=dtype)
+    up = torch.randn(shape[0], rank, device=device, dtype=dtype)
+    down = torch.randn(rank, shape[1], device=device, dtype=dtype)
+    copy_s = min(timed(lambda: weight.copy_(pristine), device)[0] for _ in range(3))
+    addmm_s = min(timed(lambda: weight.addmm_(up, down), device)[0] for _ in range(3))
+    return copy_s, addmm_s
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
@@ -320,13 +347,17 @@ def unet_steps(model: LoadedModel, steps: int, device: torch.device, dtype: torc
 
 
 def engine_rows(model: LoadedModel, machine: Machine, folder: Path, algo: str, flops: dict[str, float],
-                device: torch.device, profile: bool, rounds: int) -> tuple[list[Row], dict[str, Any]]:
+                device: torch.device, profile: bool, rounds: int, copies: bool,
+                kernels: dict[str, tuple[float, float]] | None) -> tuple[list[Row], dict[str, Any]]:
     """Run the engine's sequence on files `{algo}_a`/`{algo}_b` `rounds` times (best time per row; the file loads
-    happen in round 1 only); return the rows and facts for later phases."""
+    happen in round 1 only); return the rows and facts for later phases. `copies`: the patcher holds backup copies
+    instead of reading pristine weights back from the checkpoint file."""
     registry = NetworkRegistry([folder], cache=None)
     registry.refresh()
     engine = LoraEngine(registry)
     engine.set_model(model)
+    if copies:
+        engine.patcher = Patcher()
     a, b = f"{algo}_a", f"{algo}_b"
     rows: dict[str, Row] = {}
     facts: dict[str, Any] = {}
@@ -344,8 +375,11 @@ def engine_rows(model: LoadedModel, machine: Machine, folder: Path, algo: str, f
             nbytes = 2 * layer_bytes(model, stats.touched)
             work = sum(flops[n] * len(engine.patcher.applied(n)) for n in stats.touched)
             extra = f"backup {engine.patcher.backup_bytes / GIB:.2f} GiB; {notes}".rstrip("; ")
+            bare = None
+            if kernels is not None and stats.layers_touched:
+                bare = sum(kernels[n][0] + kernels[n][1] * len(engine.patcher.applied(n)) for n in stats.touched)
             rows[label] = Row(label, stats.seconds, (nbytes, work) if stats.layers_touched else None,
-                              layers=stats.layers_touched, notes=extra)
+                              layers=stats.layers_touched, notes=extra, kernels=bare)
         log.info("%s: %.3f s (%d layers)", label, stats.seconds, stats.layers_touched)
         return report
 
@@ -368,7 +402,7 @@ def engine_rows(model: LoadedModel, machine: Machine, folder: Path, algo: str, f
         step("strength 1.0 -> 0.5", [NetworkRequest(a, 0.5, 0.5)])
         step("repeat, same set", [NetworkRequest(a, 0.5, 0.5)], notes="nothing to do")
         step(f"stack {a} + {b}", [NetworkRequest(a), NetworkRequest(b)])
-        step("remove all", [], notes="bitwise restore from backup")
+        step("remove all", [], notes="bitwise restore from " + ("backup copies" if copies else "the checkpoint file"))
     facts["engine"] = engine
     return list(rows.values()), facts
 
@@ -437,12 +471,13 @@ def ratio(value: float, reference: float | None) -> str:
 def print_table(title: str, rows: list[Row], machine: Machine) -> None:
     """The Markdown table of `rows`; floors from `machine`'s measured rates."""
     print(f"\n### {title}\n")
-    print("| operation | seconds | x floor | x diffusers | layers touched | notes |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| operation | seconds | x floor | x kernels | x diffusers | layers touched | notes |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for row in rows:
         floor = machine.floor(*row.work) if row.work else None
-        notes = "; ".join(x for x in (f"floor {floor:.3f} s" if floor is not None else "", row.notes) if x)
-        print(f"| {row.operation} | {fmt(row.seconds)} | {ratio(row.seconds, floor)} | "
+        notes = "; ".join(x for x in (f"floor {floor:.3f} s" if floor is not None else "",
+                                      f"kernels {row.kernels:.3f} s" if row.kernels is not None else "", row.notes) if x)
+        print(f"| {row.operation} | {fmt(row.seconds)} | {ratio(row.seconds, floor)} | {ratio(row.seconds, row.kernels)} | "
               f"{ratio(row.seconds, row.diffusers)} | {'—' if row.layers is None else row.layers} | {notes} |")
 
 
@@ -460,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="timed UNet steps per variant (0: skip generation)")
     parser.add_argument("--rounds", type=int, default=2, help="engine sequence repeats; best time per row")
     parser.add_argument("--profile", action="store_true", help="cProfile the first switch (file load + patch); print the top costs")
+    parser.add_argument("--backups", default="file,copies",
+                        help="where the patcher reads pristine weights: file (the memory-mapped checkpoint), copies "
+                             "(backup copies in RAM), or both (default file,copies; the last one also runs the "
+                             "generation and diffusers rows)")
     parser.add_argument("--keep", type=Path, default=None, help="write the LoRA files here and keep them")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
@@ -493,12 +532,15 @@ def main(argv: list[str] | None = None) -> int:
                                                    1024 if args.quick else 4096, repeats=2))
     free_memory(device)
 
+    base_folder = args.keep or Path(tempfile.mkdtemp(prefix="bench_lora_apply_"))
+    folder = base_folder / "Lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    (base_folder / "checkpoint").mkdir(exist_ok=True)
     log.info("building %s%s on %s (%s)", family, " (tiny)" if args.quick else "", device, dtype)
-    build_s, model = timed(lambda: build_model(family, args.quick, device, dtype), device)
+    build_s, model = timed(lambda: build_model(family, args.quick, device, dtype, base_folder / "checkpoint"), device)
     unet_gb = param_bytes(model.unet) / 1e9
     te_gb = sum(param_bytes(e) for e in model.text_encoders) / 1e9
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="bench_lora_apply_"))
-    folder.mkdir(parents=True, exist_ok=True)
+    modes = [m.strip() for m in args.backups.split(",") if m.strip()]
     sections: list[tuple[str, list[Row]]] = []
     summary: list[str] = []
     profile_text = ""
@@ -508,14 +550,25 @@ def main(argv: list[str] | None = None) -> int:
             flops = write_lora(folder / f"{algo}_a.safetensors", model, algo, args.rank, seed=1)
             write_lora(folder / f"{algo}_b.safetensors", model, algo, args.rank, seed=2)
             size_mb = (folder / f"{algo}_a.safetensors").stat().st_size / 1e6
-            rows, facts = engine_rows(model, machine, folder, algo, flops, device, args.profile and algo == algos[0],
-                                      max(args.rounds, 1))
-            profile_text = profile_text or facts.get("profile", "")
             touched_gb = layer_bytes(model, [t for t, _, _ in lora_targets(model)]) / 1e9
-            summary.append(f"{algo}: {len(flops)} layers, file {size_mb:.0f} MB, touched weights {touched_gb:.2f} GB, "
-                           f"delta {sum(flops.values()) / 1e9:.1f} GFLOP, backup held {facts['backup_bytes'] / GIB:.2f}"
-                           f" GiB, RSS with it applied {facts['rss_applied'] / GIB:.2f} GiB")
-            engine = facts.pop("engine")
+            kernels = kernel_times(model, args.rank, device) if algo == "locon" else None
+            by_mode: dict[str, list[Row]] = {}
+            for mode in modes:
+                log.info("engine sequence, W0 from %s", mode)
+                mode_rows, facts = engine_rows(model, machine, folder, algo, flops, device,
+                                               args.profile and algo == algos[0] and mode == modes[0],
+                                               max(args.rounds, 1), copies=mode == "copies", kernels=kernels)
+                by_mode[mode] = mode_rows
+                profile_text = profile_text or facts.get("profile", "")
+                summary.append(f"{algo}, W0 from {MODE_TEXT[mode]}: {len(flops)} layers, file {size_mb:.0f} MB, "
+                               f"touched weights {touched_gb:.2f} GB, delta {sum(flops.values()) / 1e9:.1f} GFLOP, "
+                               f"backup held {facts['backup_bytes'] / GIB:.2f} GiB, RSS with it applied "
+                               f"{facts['rss_applied'] / GIB:.2f} GiB")
+                engine = facts.pop("engine")
+                if mode != modes[-1]:
+                    del engine
+                    free_memory(device)
+            rows = by_mode[modes[-1]]
             base_steps: list[float] = []
             merged = unfused = None
             diffusers_only: list[Row] = []
@@ -533,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                 by_label = {"file load": times["load_a"], "first apply": times["fuse"],
                             f"switch {algo}_a -> ": times["switch_ab"], f"switch {algo}_b -> ": times["switch_ba"],
                             "strength": times["strength"], "stack": times["stack"], "remove": times["unfuse"]}
-                for row in rows:
+                for row in (r for mode_rows in by_mode.values() for r in mode_rows):
                     for prefix, value in by_label.items():
                         if row.operation.startswith(prefix):
                             row.diffusers = value
@@ -559,10 +612,11 @@ def main(argv: list[str] | None = None) -> int:
                                     notes=f"{unfused / base:.2f}x no-LoRA step"))
             rows.extend(diffusers_only)
             shape = {"locon": f"rank {args.rank}", "loha": "rank 16 Linear / 8 conv", "lokr": "factor 8, full halves"}[algo]
-            sections.append((f"{algo} ({family}, {shape})", rows))
+            for mode in modes:
+                sections.append((f"{algo} ({family}, {shape}), W0 from {MODE_TEXT[mode]}", by_mode[mode]))
     finally:
         if args.keep is None:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(base_folder, ignore_errors=True)
 
     load_end = os.getloadavg()
     machine.bandwidth = max(machine.bandwidth, measure_bandwidth(device, GIB // 4 if args.quick else GIB))
