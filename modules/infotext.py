@@ -117,6 +117,30 @@ def _restore_old_hires_fix_params(res: dict[str, Any]) -> None:
     res["Hires resize-1"], res["Hires resize-2"] = width, height
 
 
+def get_override_settings(params: Mapping[str, Any], options: Any,
+                          skip_fields: Any = ()) -> list[tuple[str, str, Any]]:
+    """(infotext key, option key, value) for every option registered with an `infotext` key whose value in the
+    parsed `params` is valid and differs from the option's current value (A1111's `get_override_settings`): what a
+    pasted infotext sets for its generation only. Invalid values are skipped (logged)."""
+    found = []
+    for key, info in list(options.infos.items()):
+        name = getattr(info, "infotext", "")
+        if not name or name in skip_fields or params.get(name) is None:
+            continue
+        try:
+            value = info.coerce(params[name])
+        except ValueError as exc:
+            log.info("infotext %s ignored: %s", name, exc)
+            continue
+        choices = info.current_choices()
+        if choices is not None and info.kind != "list" and value not in choices:
+            log.info("infotext %s=%r ignored: not one of %r", name, value, choices)
+            continue
+        if value != options.get(key):
+            found.append((name, key, value))
+    return found
+
+
 def parse_generation_parameters(text: str, callbacks: Any = None) -> dict[str, Any]:
     """Parse an infotext into A1111's dict: `Prompt`, `Negative prompt`, every `key: value` of the last line
     (quoted values unquoted, `WxH` values split into `key-1`/`key-2`), plus A1111's defaults for missing keys.

@@ -3,7 +3,8 @@
 Each option has a key, a default, a label and a section (the Settings tab groups by section); `choices` and
 `minimum`/`maximum` make the Settings tab show a dropdown or slider and make `set` validate. Keys found in
 `config.json` that nobody registered are kept and written back unchanged (an extension that is not loaded
-today keeps its settings). Writes are atomic.
+today keeps its settings). Writes are atomic; a `set`/`update` whose write fails (full disk, read-only folder)
+raises the OSError naming config.json and leaves both the file and the values in memory as they were.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OptionInfo:
-    """One registered option. `kind` is derived from the default's type unless given."""
+    """One registered option. `kind` is derived from the default's type unless given.
+
+    `infotext`: the infotext key that records this option (A1111's `OptionInfo.infotext`); a pasted infotext holding
+    that key brings the value back as an override setting (`modules.infotext.get_override_settings`).
+    """
 
     key: str
     default: Any
@@ -34,6 +39,7 @@ class OptionInfo:
     step: float | None = None
     comment: str = ""
     onchange: Callable[[Any], None] | None = field(default=None, repr=False)
+    infotext: str = ""
 
     @property
     def kind(self) -> str:
@@ -136,9 +142,14 @@ class Options:
             if choices is not None and value not in choices and info.kind != "list":
                 raise ValueError(f"option {key!r} must be one of {choices!r}, got {value!r}")
             old = self.get(key)
+            before = dict(self._values)
             self._values[key] = value
             if save:
-                self.save()
+                try:
+                    self.save()
+                except OSError:
+                    self._values = before
+                    raise
         if old != value and info.onchange is not None:
             info.onchange(value)
         return old != value
@@ -150,8 +161,13 @@ class Options:
                 if key not in self.infos:
                     raise KeyError(f"unknown option {key!r}")
                 self.infos[key].coerce(value)
+            before = dict(self._values)
             changed = [key for key, value in values.items() if self.set(key, value, save=False)]
-            self.save()
+            try:
+                self.save()
+            except OSError:
+                self._values = before
+                raise
             return changed
 
     def as_dict(self) -> dict[str, Any]:

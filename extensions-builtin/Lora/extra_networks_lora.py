@@ -5,7 +5,11 @@ Tag syntax (A1111's plus extensions):
 * `<lora:name>`, `<lora:name:w>` (text encoder and UNet), `<lora:name:te:unet>`, `<lora:name:te:unet:dyn>`
 * named `te=`, `unet=`, `dyn=` override the positional ones; `hr=w` is the weight in the hires pass (both parts).
 A malformed tag (`<lora:x:abc>`, `<lora:x:>`, a NaN weight) is reported in the generation's comments naming the tag,
-and the other LoRAs in the prompt still apply (A1111 drops all of them).
+and the other LoRAs in the prompt still apply (A1111 drops all of them). A name whose file the registry scan skipped
+(truncated, not a safetensors file, ...) is reported with the scan's reason rather than as "not found".
+
+The `lora_method` setting picks how LoRAs are applied ("native merge" or "diffusers" adapters, see `peft_method.py`,
+which also documents the `Lora method` infotext written here).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import block_weights
+import peft_method
 from bundled_embeddings import sync_bundled_embeddings
 from lora_schedule import Schedule, ScheduleError, gate_open, parse_gate
 from networks import ActivationReport, LoraEngine, NetworkRequest
@@ -98,7 +103,7 @@ class LoraTag:
         except block_weights.BlockWeightError as exc:
             raise TagError(f"{self.text}: {exc}") from None
         return NetworkRequest(name=self.name, te_multiplier=te, unet_multiplier=unet, dyn_dim=self.dyn,
-                              layer_factor=factor)
+                              layer_factor=factor, scheduled=self.is_scheduled)
 
 
 def parse_tag(params: ExtraNetworkParams) -> LoraTag:
@@ -150,6 +155,7 @@ class _StepState:
     is_hr: bool
     family: str
     presets: dict[str, list[float]]
+    method: str = peft_method.METHOD_NATIVE
     applied: tuple = ()
     history: list[tuple[int, dict[str, tuple[float, float]], int]] = field(default_factory=list)
 
@@ -190,10 +196,12 @@ class ExtraNetworkLora(ExtraNetwork):
             except TagError as exc:
                 log.warning("%s", exc)
                 add_comment(p, str(exc))
-        report = self.engine.activate(requests)
+        method = self.method()
+        report = self.engine.activate(requests, method=method)
         active_names = {a.request.name for a in report.active}
         # Only tags that loaded take part in step re-application (no rescans or error repeats per step).
-        p.lora_step_state = _StepState([t for t in tags if t.name in active_names], is_hr, model.family, presets)
+        p.lora_step_state = _StepState([t for t in tags if t.name in active_names], is_hr, model.family, presets,
+                                       method)
         if self.embeddings is not None:
             for message in sync_bundled_embeddings(self.embeddings, report.active, model.text_encoders):
                 add_comment(p, f"Lora: {message}")
@@ -203,6 +211,13 @@ class ExtraNetworkLora(ExtraNetwork):
     def _pass_steps(p: Any, is_hr: bool) -> int:
         steps = int(getattr(p, "steps", 1) or 1)
         return int(getattr(p, "hr_second_pass_steps", 0) or steps) if is_hr else steps
+
+    def method(self) -> str:
+        """The engine method ("native" / "diffusers") the `lora_method` setting asks for."""
+        try:
+            return peft_method.method_from_option(self.options.get("lora_method"))
+        except KeyError:
+            return peft_method.METHOD_NATIVE
 
     def user_presets(self) -> dict[str, list[float]]:
         """lora-block-weight presets from the `lora_lbw_presets` option (`NAME:v1,v2,...` per line)."""
@@ -222,7 +237,7 @@ class ExtraNetworkLora(ExtraNetwork):
         key = tuple((r.name, r.te_multiplier, r.unet_multiplier) for r in requests)
         if key == state.applied:
             return
-        report = self.engine.activate(requests)
+        report = self.engine.activate(requests, method=state.method)
         state.applied = key
         state.history.append((step, {a.request.name: (a.request.te_multiplier, a.request.unet_multiplier)
                                      for a in report.active}, report.stats.layers_touched))
@@ -230,12 +245,20 @@ class ExtraNetworkLora(ExtraNetwork):
             p.conditioning_stale = True
 
     def _report(self, p: Any, report: ActivationReport, is_hr: bool) -> None:
-        if report.not_found:
-            add_comment(p, "Lora not found: " + ", ".join(report.not_found))
+        missing = []
+        for name in report.not_found:  # a file that exists but was skipped by the scan: say why, not "not found"
+            reason = self.engine.registry.skipped_reason(name)
+            if reason is None:
+                missing.append(name)
+            else:
+                add_comment(p, f"Lora {name} not applied: {reason}")
+        if missing:
+            add_comment(p, "Lora not found: " + ", ".join(missing))
         for name, message in report.errors.items():
             add_comment(p, f"Lora {name} not applied: {message}" if not message.startswith(name) else message)
         for line in dict.fromkeys(report.warnings):
             add_comment(p, f"Lora {line}")
+        self._write_method(p, report, is_hr)
         if not self.options.get("lora_add_hashes_to_infotext"):
             return
         params = getattr(p, "extra_generation_params", None)
@@ -252,6 +275,20 @@ class ExtraNetworkLora(ExtraNetwork):
             params["Lora hashes"] = ", ".join(f"{name}: {value}" for name, value in hashes.items())
         else:
             params.pop("Lora hashes", None)
+
+    def _write_method(self, p: Any, report: ActivationReport, is_hr: bool) -> None:
+        """`Lora method` in the infotext (format in `peft_method`'s docstring); the hires pass keeps the first's."""
+        params = getattr(p, "extra_generation_params", None)
+        if params is None:
+            return
+        state: _StepState | None = getattr(p, "lora_step_state", None)
+        method = state.method if state is not None else self.method()
+        used = [(infotext_name(a.request.name), a.method) for a in report.active]
+        value = peft_method.infotext_value(method, used, params.get(peft_method.INFOTEXT_KEY) if is_hr else None)
+        if value is None:
+            params.pop(peft_method.INFOTEXT_KEY, None)
+        else:
+            params[peft_method.INFOTEXT_KEY] = value
 
     def deactivate(self, p: Any) -> None:
         """Weights stay merged after the generation (the next one with the same set touches nothing)."""

@@ -91,6 +91,8 @@ class LoadedLora(BaseModel):
     dyn_dim: int | None = None
     block_weights: bool = Field(description="per-block multipliers are in use")
     layers: int = Field(description="layers of the model this network changes")
+    method: str = Field("native", description="how it is applied: `native` (merged into the weights) or `diffusers` "
+                        "(a diffusers/PEFT adapter in the forward pass)")
 
 
 class LayerReport(BaseModel):
@@ -311,7 +313,8 @@ class LoraApi:
             items.append(LoadedLora(
                 name=req.name, alias=net.on_disk.alias, path=net.on_disk.filename, hash=net.on_disk.shorthash,
                 te_multiplier=req.te_multiplier, unet_multiplier=req.unet_multiplier, dyn_dim=req.dyn_dim,
-                block_weights=req.layer_factor is not None, layers=len(net.modules),
+                block_weights=req.layer_factor is not None, method=active.method,
+                layers=len(active.adapter.layers) if active.adapter is not None else len(net.modules),
             ))
         return items
 

@@ -9,6 +9,13 @@ pristine + exactly the requested LoRAs.
   layer and hands it to the `Patcher`, which touches only the layers whose list changed. A network whose delta fails
   on some layer is dropped as a whole and the others are applied again, so the weights are always pristine plus the
   networks that did load.
+* Two application methods (`activate(requests, method=...)`, the `lora_method` setting): "native" merges deltas into
+  the weights (above); "diffusers" injects diffusers/PEFT adapters applied in the forward pass (`peft_method.py`).
+  Under "diffusers", a LoRA using what diffusers cannot do (block weights, `dyn=`, step schedules, LyCORIS algorithms
+  other than LoRA/LoCon, Tucker, DoRA) is merged natively instead, with a warning saying why. Under "native", a file
+  the native loader cannot place (nothing fits, or keys left unmatched/unsupported) is tried with diffusers and
+  applied that way when diffusers places more of its layers, with a warning saying so. Both kinds can be active at
+  once; the report's `ActiveNetwork.method` says which ran.
 """
 
 from __future__ import annotations
@@ -26,14 +33,25 @@ import torch
 from key_resolver import LayerIndex, TargetLayer, split_key
 from lora_registry import NetworkOnDisk, NetworkRegistry, detect_sd_version
 from patcher import Contribution, LayerPatchError, Patcher, PatchStats
+from peft_method import METHOD_DIFFUSERS, METHOD_NATIVE, METHODS, PeftAdapter, PeftLoadError, PeftMethod, PeftStats
 
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5
+PEFT_PARTS = ("unet", "text_encoder", "text_encoder_2")  # state-dict prefixes of diffusers' LoRA files
 
 
 class NetworkLoadError(ValueError):
     """A LoRA that cannot be applied to the loaded model; the message says why."""
+
+
+class NothingFitsError(NetworkLoadError):
+    """A LoRA for the loaded model's family of which the native loader placed no layer (the diffusers method may).
+    `network` holds what the loader found (unmatched keys, unsupported groups, shape errors)."""
+
+    def __init__(self, message: str, network: Network) -> None:
+        super().__init__(message)
+        self.network = network
 
 
 @dataclass
@@ -99,8 +117,11 @@ def group_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str,
     return groups, embeddings
 
 
-def peft_alphas(metadata: dict[str, Any]) -> tuple[float | None, dict[str, float]]:
-    """(lora_alpha, alpha_pattern) from diffusers' `lora_adapter_metadata` header entry, if present."""
+def peft_alphas(metadata: dict[str, Any], prefix: str = "") -> tuple[float | None, dict[str, float]]:
+    """(lora_alpha, alpha_pattern) from diffusers' `lora_adapter_metadata` header entry, if present.
+
+    diffusers writes one LoraConfig per part with prefixed keys (`unet.lora_alpha`, `text_encoder.alpha_pattern`);
+    `prefix` picks that part's entries, falling back to unprefixed ones (`lora_alpha`) as other tools write them."""
     raw = metadata.get("lora_adapter_metadata")
     if isinstance(raw, str):
         import json  # noqa: PLC0415
@@ -111,6 +132,8 @@ def peft_alphas(metadata: dict[str, Any]) -> tuple[float | None, dict[str, float
             raw = None
     if not isinstance(raw, dict):
         return None, {}
+    if prefix and f"{prefix}.lora_alpha" in raw:
+        raw = {"lora_alpha": raw[f"{prefix}.lora_alpha"], "alpha_pattern": raw.get(f"{prefix}.alpha_pattern")}
     alpha = raw.get("lora_alpha")
     pattern = raw.get("alpha_pattern") or {}
     return (float(alpha) if alpha is not None else None), {str(k): float(v) for k, v in pattern.items()}
@@ -133,15 +156,17 @@ def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = Non
             )
     net = Network(name=name or entry.name, on_disk=entry, mtime=os.path.getmtime(entry.filename))
     groups, net.bundle_embeddings = group_tensors(tensors)
-    peft_alpha, peft_pattern = peft_alphas(entry.metadata)
+    alphas_by_part = {part: peft_alphas(entry.metadata, part) for part in ("", *PEFT_PARTS)}
     for layer_key, parts in groups.items():
         target = index.resolve(layer_key)
         if target is None:
             net.unmatched_keys.append(layer_key)
             continue
         if "." in layer_key and "lora_down.weight" in parts:  # PEFT/diffusers layout
+            part_name = layer_key.split(".")[0]
+            peft_alpha, peft_pattern = alphas_by_part[part_name if part_name in PEFT_PARTS else ""]
             if "alpha" not in parts and peft_alpha is not None:
-                alpha = next((v for k, v in peft_pattern.items() if layer_key.endswith(k)), peft_alpha)
+                alpha = next((v for k, v in peft_pattern.items() if layer_key.endswith(k.lstrip("^"))), peft_alpha)
                 parts = {**parts, "alpha": torch.tensor(alpha)}
             if "dora_scale" in parts:  # PEFT's magnitude is per output row: (out,), or (1, out, 1, 1) for convs
                 weight_dim = target.module.weight.dim()
@@ -166,7 +191,7 @@ def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = Non
         net.targets[target.name] = target
     if not net.modules:
         detail = "; ".join(net.problems()) or "the file has no layers"
-        raise NetworkLoadError(f"{entry.name}: nothing in it fits the loaded {model.family} model ({detail})")
+        raise NothingFitsError(f"{entry.name}: nothing in it fits the loaded {model.family} model ({detail})", net)
     for line in net.problems():
         log.warning("Lora %s", line)
     return net
@@ -193,14 +218,25 @@ class NetworkRequest:
     dyn_dim: int | None = None
     # Per-layer multiplier factor (block weights); None = 1 everywhere.
     layer_factor: Any = None
+    # The weights change during sampling (start=/stop=/keyframes): re-applied per step, so native merge only.
+    scheduled: bool = False
+
+    def native_only(self) -> str | None:
+        """What in this request only native merge can do (for the warning), or None."""
+        features = [label for label, used in (("block weights", self.layer_factor is not None),
+                                              ("dyn=", self.dyn_dim is not None),
+                                              ("step schedules", self.scheduled)) if used]
+        return ", ".join(features) or None
 
 
 @dataclass
 class ActiveNetwork:
-    """A network in the current set, as the prompt asked for it."""
+    """A network in the current set, as the prompt asked for it, and the method that applies it."""
 
     request: NetworkRequest
     network: Network
+    method: str = METHOD_NATIVE
+    adapter: PeftAdapter | None = None  # set when method == "diffusers"
 
 
 @dataclass
@@ -212,6 +248,7 @@ class ActivationReport:
     errors: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     stats: PatchStats = field(default_factory=PatchStats)
+    peft: PeftStats = field(default_factory=PeftStats)
 
 
 class LoraEngine:
@@ -224,6 +261,11 @@ class LoraEngine:
         self.index: LayerIndex | None = None
         self.patcher = Patcher()
         self.networks_in_memory: OrderedDict[tuple, Network] = OrderedDict()
+        self.peft: PeftMethod | None = None
+        # Per file version: the native loader's "nothing fits" (not retried) and the stand-in Network of a file only
+        # diffusers places (name, hash, bundled embeddings for the report and the embeddings).
+        self._nothing_fits: dict[tuple, NothingFitsError] = {}
+        self._diffusers_only: dict[tuple, Network] = {}
         self.active: list[ActiveNetwork] = []
         self.last_report = ActivationReport()
         self._lock = threading.RLock()
@@ -231,19 +273,35 @@ class LoraEngine:
     def set_model(self, model: Any) -> None:
         """Use a newly loaded (pristine) model; nothing of the previous model's state is kept."""
         with self._lock:
+            if self.peft is not None:
+                self.peft.remove_all()
             self.model = model
+            self.peft = PeftMethod(model) if model is not None else None
+            if self.peft is not None:  # stale PEFT layers out first: the index must hold the model's own modules
+                self.peft.unwrap_all()
+            self._nothing_fits.clear()
+            self._diffusers_only.clear()
             self.index = LayerIndex(model) if model is not None else None
-            self.patcher = Patcher()
+            self.patcher = Patcher(getattr(model, "pristine", None))
             self.networks_in_memory.clear()
             self.active = []
 
+    @staticmethod
+    def _file_key(entry: NetworkOnDisk) -> tuple:
+        return (entry.filename, os.path.getmtime(entry.filename), os.path.getsize(entry.filename))
+
     def _network(self, entry: NetworkOnDisk) -> Network:
         assert self.index is not None
-        mtime = os.path.getmtime(entry.filename)
-        key = (entry.filename, mtime, os.path.getsize(entry.filename))
+        key = self._file_key(entry)
+        if key in self._nothing_fits:
+            raise self._nothing_fits[key]
         net = self.networks_in_memory.get(key)
         if net is None:
-            net = load_network(entry, self.index)
+            try:
+                net = load_network(entry, self.index)
+            except NothingFitsError as exc:
+                self._nothing_fits[key] = exc
+                raise
             self.networks_in_memory[key] = net
             while len(self.networks_in_memory) > max(self.memory_limit, 1):
                 self.networks_in_memory.popitem(last=False)
@@ -251,13 +309,17 @@ class LoraEngine:
             self.networks_in_memory.move_to_end(key)
         return net
 
-    def activate(self, requests: list[NetworkRequest]) -> ActivationReport:
-        """Make the model hold exactly `requests` (in order; the same file twice counts twice)."""
+    def activate(self, requests: list[NetworkRequest], method: str = METHOD_NATIVE) -> ActivationReport:
+        """Make the model hold exactly `requests` (in order; the same file twice counts twice), each applied with
+        `method` ("native" or "diffusers") where it can be (see the module docstring)."""
+        if method not in METHODS:
+            raise ValueError(f"unknown LoRA method {method!r}; choose one of {', '.join(METHODS)}")
         with self._lock:
-            if self.model is None or self.index is None:
+            if self.model is None or self.index is None or self.peft is None:
                 raise RuntimeError("no model is loaded")
             report = ActivationReport()
             chosen: list[ActiveNetwork] = []
+            occurrences: dict[str, int] = {}
             rescanned = False
             for request in requests:
                 entry = self.registry.find(request.name)
@@ -268,28 +330,108 @@ class LoraEngine:
                 if entry is None:
                     report.not_found.append(request.name)
                     continue
+                occurrence = occurrences[entry.filename] = occurrences.get(entry.filename, -1) + 1
                 try:
-                    network = self._network(entry)
+                    active = self._choose(entry, request, method, occurrence, report)
                     self.registry.read_hash(entry)
                 except (lora_files.LoraFileError, NetworkLoadError, OSError) as exc:
                     report.errors[request.name] = str(exc)
                     log.error("Lora %s not applied: %s", request.name, exc)
                     continue
-                report.warnings.extend(network.problems())
-                chosen.append(ActiveNetwork(request=request, network=network))
+                chosen.append(active)
             while True:
+                native = [a for a in chosen if a.method == METHOD_NATIVE]
                 try:
-                    report.stats = self.patcher.apply(self._wanted(chosen), self._targets(chosen))
+                    report.stats = self.patcher.apply(self._wanted(native), self._targets(native))
                     break
                 except LayerPatchError as exc:
                     failed = exc.network
                     report.errors[failed.name] = f"failed on layer {exc.layer}: {exc.cause}"
                     log.error("Lora %s not applied: failed on layer %s: %s", failed.name, exc.layer, exc.cause)
-                    chosen = [a for a in chosen if a.network is not failed]
+                    chosen = [a for a in chosen if not (a.network is failed and a.method == METHOD_NATIVE)]
+            report.peft = self.peft.apply([(a.adapter, a.request.te_multiplier, a.request.unet_multiplier)
+                                           for a in chosen if a.adapter is not None])
             report.active = chosen
             self.active = chosen
             self.last_report = report
             return report
+
+    def _choose(self, entry: NetworkOnDisk, request: NetworkRequest, method: str, occurrence: int,
+                report: ActivationReport) -> ActiveNetwork:
+        """The network for `request` and the method that applies it; warnings go to `report`. Raises what makes it
+        unusable (LoraFileError, NetworkLoadError, OSError)."""
+        try:
+            network: Network | None = self._network(entry)
+            native_error: NothingFitsError | None = None
+        except NothingFitsError as exc:
+            network, native_error = None, exc
+        if method == METHOD_DIFFUSERS:
+            return self._choose_diffusers(entry, request, occurrence, report, network, native_error)
+        found = network if network is not None else native_error.network
+        # Keys native merge cannot place (not mere shape errors, which diffusers would hit too): does diffusers place
+        # more of the file? Not for requests with what only native merge does.
+        if request.native_only() is None and (found.unmatched_keys or found.unsupported):
+            try:
+                adapter = self._adapter(entry, occurrence, at_least=len(found.modules) + 1)
+            except PeftLoadError:
+                adapter = None
+            if adapter is not None:
+                report.warnings.append(f"{entry.name}: applied with diffusers ({len(adapter.layers)} layers) because "
+                                       f"native merge could not place it: {native_error or '; '.join(found.problems())}")
+                report.warnings.extend(adapter.problems())
+                return ActiveNetwork(request, network or self._stand_in(entry), METHOD_DIFFUSERS, adapter)
+        if network is None:
+            raise native_error
+        report.warnings.extend(network.problems())
+        return ActiveNetwork(request, network)
+
+    def _choose_diffusers(self, entry: NetworkOnDisk, request: NetworkRequest, occurrence: int,
+                          report: ActivationReport, network: Network | None,
+                          native_error: NothingFitsError | None) -> ActiveNetwork:
+        """Method "diffusers": the adapter, or native merge (with the reason) for what diffusers cannot do or places
+        fewer layers of."""
+        reason = request.native_only() or (diffusers_cannot(network) if network is not None else None)
+        if reason is None:
+            try:
+                adapter = self._adapter(entry, occurrence, at_least=len(network.modules) if network else 1)
+            except PeftLoadError as exc:
+                reason = str(exc)
+            else:
+                report.warnings.extend(adapter.problems())
+                return ActiveNetwork(request, network or self._stand_in(entry), METHOD_DIFFUSERS, adapter)
+        else:
+            reason = f"diffusers cannot apply {reason}"
+        if network is None:
+            raise NetworkLoadError(f"{native_error}; {reason}")
+        report.warnings.append(f"{entry.name}: applied with native merge: {reason}")
+        report.warnings.extend(network.problems())
+        return ActiveNetwork(request, network)
+
+    def _adapter(self, entry: NetworkOnDisk, occurrence: int, at_least: int = 1) -> PeftAdapter:
+        """The diffusers adapter of `entry` (injected, or cached). PeftLoadError when diffusers cannot load it or
+        places fewer than `at_least` layers (outcomes are remembered per file version: never tried twice)."""
+        assert self.peft is not None
+        file_key = self._file_key(entry)
+        known = self.peft.outcomes.get(file_key)
+        if isinstance(known, int) and known < at_least:
+            raise PeftLoadError(f"diffusers places fewer of its layers ({known}) than native merge ({at_least})")
+        adapter = self.peft.load((*file_key, occurrence), entry.name, lambda: lora_files.load_tensors(entry.filename),
+                                 entry.metadata)
+        if len(adapter.layers) < at_least:
+            self.peft.discard(adapter)
+            raise PeftLoadError(f"diffusers places fewer of its layers ({len(adapter.layers)}) than native merge "
+                                f"({at_least})")
+        return adapter
+
+    def _stand_in(self, entry: NetworkOnDisk) -> Network:
+        """A Network without native modules for a file only diffusers places (name, file, bundled embeddings)."""
+        key = self._file_key(entry)
+        network = self._diffusers_only.get(key)
+        if network is None:
+            _, embeddings = group_tensors(lora_files.load_tensors(entry.filename))
+            network = Network(name=entry.name, on_disk=entry, mtime=key[1], bundle_embeddings=embeddings)
+            self._diffusers_only[key] = network
+        return network
 
     @staticmethod
     def _targets(chosen: list[ActiveNetwork]) -> dict[str, TargetLayer]:
@@ -316,3 +458,16 @@ class LoraEngine:
     def deactivate_all(self) -> ActivationReport:
         """Remove every LoRA: the model's weights become bitwise pristine."""
         return self.activate([])
+
+
+def diffusers_cannot(network: Network) -> str | None:
+    """What in a natively loaded file diffusers' loader does not apply (LyCORIS algorithms other than LoRA/LoCon,
+    Tucker `lora_mid`, DoRA, the legacy weight offset, padded inpainting inputs), or None."""
+    modules = list(network.modules.values())
+    features = sorted({str(m.algorithm) for m in modules} - {"LoRA"})
+    checks = (("Tucker (lora_mid)", lambda m: "lora_mid.weight" in getattr(m, "weights", {})),
+              ("DoRA", lambda m: getattr(m, "is_dora", False)),
+              ("LyCORIS weight offsets", lambda m: getattr(m, "weight_offset", None) is not None),
+              ("a 4-channel conv_in on a 9-channel model", lambda m: isinstance(m, PaddedInputModule)))
+    features += [label for label, check in checks if any(check(m) for m in modules)]
+    return ", ".join(features) or None

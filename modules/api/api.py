@@ -64,6 +64,15 @@ class ApiError(HTTPException):
 # ----------------------------------------------------------------------------------------------- images
 
 
+
+REDACTED = "<redacted>"
+SECRET_FLAG_WORDS = ("auth", "password", "token", "secret", "key")
+
+
+def _is_secret_flag(name: str) -> bool:
+    """Flags that hold credentials (`api_auth`, `gradio_auth`, tokens, keys): never sent back by `cmd-flags`."""
+    return any(word in name.lower() for word in SECRET_FLAG_WORDS)
+
 def encode_png_base64(image: Image.Image, infotext: str | None) -> str:
     """The image as base64 PNG text, with `infotext` in its `parameters` chunk when given."""
     from modules.images import image_to_png_bytes  # noqa: PLC0415
@@ -98,13 +107,17 @@ def apply_infotext(webui: Any, req: models.Txt2ImgRequest) -> models.Txt2ImgRequ
     """Fill the fields a request did not set from its `infotext` (A1111 1.8 behaviour); explicit fields win."""
     if not req.infotext:
         return req
-    from modules.infotext import parse_generation_parameters  # noqa: PLC0415
+    from modules.infotext import get_override_settings, parse_generation_parameters  # noqa: PLC0415
 
     params = parse_generation_parameters(req.infotext, webui.callbacks)
     values = req.model_dump()
     for key, field_name in INFOTEXT_FIELDS.items():
         if key in params and field_name not in req.model_fields_set:
             values[field_name] = params[key]
+    overrides = dict(req.override_settings or {})  # options recorded in the infotext (A1111 1.8); explicit ones win
+    for _, option, value in get_override_settings(params, webui.options):
+        overrides.setdefault(option, value)
+    values["override_settings"] = overrides or None
     if "enable_hr" not in req.model_fields_set and infotext_has_hires(params):
         values["enable_hr"] = True
     values["infotext"] = None
@@ -472,7 +485,9 @@ class Api:
                     raise ApiError(422, type(exc).__name__, str(exc)) from exc
 
         def cmd_flags() -> dict[str, Any]:
-            return {k: v if isinstance(v, (str, int, float, bool, list)) or v is None else str(v)
+            """The flags, with credentials redacted (A1111 returns `--api-auth` passwords to every client)."""
+            return {k: REDACTED if v and _is_secret_flag(k) else
+                    v if isinstance(v, (str, int, float, bool, list)) or v is None else str(v)
                     for k, v in vars(webui.args).items()}
 
         route = app.add_api_route

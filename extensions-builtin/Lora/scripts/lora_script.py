@@ -10,6 +10,7 @@ from typing import Any
 import extra_networks_lora
 import lora
 import lora_api
+import peft_method
 import trigger_words
 import ui_extra_networks_lora
 import ui_lora_tools
@@ -35,6 +36,11 @@ def register_options(options: Any) -> None:
                 maximum=50)
     options.add("lora_lbw_presets", "", "Block-weight presets for lbw= (one NAME:v1,v2,... per line, "
                 "lora-block-weight's lbwpresets.txt format)", section)
+    options.add("lora_method", peft_method.OPTION_DEFAULT, "LoRA method", section,
+                choices=list(peft_method.OPTION_CHOICES), infotext=peft_method.INFOTEXT_KEY,
+                comment="native merge: deltas merged into the weights (every feature, no cost per step); diffusers: "
+                        "diffusers/PEFT adapters added in the forward pass (block weights, dyn=, schedules and "
+                        "LyCORIS algorithms other than LoRA/LoCon still use native merge)")
 
 
 def setup(webui: Any) -> None:
@@ -63,6 +69,13 @@ def setup(webui: Any) -> None:
 
     def infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
         hashes = params.get("Lora hashes")
+        # `Lora method` becomes the `lora_method` option's value, which the host turns into an override setting
+        # (OptionInfo.infotext); LoRAs without a recorded method were merged natively (as A1111 does).
+        method = peft_method.option_from_infotext(params.get(peft_method.INFOTEXT_KEY))
+        if method is None and hashes:
+            method = peft_method.OPTION_DEFAULT
+        if method is not None:
+            params[peft_method.INFOTEXT_KEY] = method
         if not hashes:
             return
         for key in ("Prompt", "Hires prompt"):
