@@ -1,7 +1,9 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename over the target.
 
 A crash or a full disk during the write leaves the previous file intact (the rename is the only step that
-changes what readers see).
+changes what readers see); a failed write removes its temporary file and raises an OSError that names the target.
+A process killed mid-write leaves a hidden `.<name>.*.tmp` beside the target, which no reader looks at.
+Temporary names stay within the 255-byte name limit even for targets whose own name is close to it.
 """
 
 from __future__ import annotations
@@ -15,23 +17,36 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+MAX_TEMP_PREFIX = 200  # + 8 random characters + ".tmp" stays under the usual 255-byte limit on a file name
+
+
+def _temp_prefix(target: Path) -> str:
+    """`.<name>.` for the temporary file beside `target`, with the name cut so that the temporary name fits."""
+    name = target.name
+    while len(os.fsencode(name)) > MAX_TEMP_PREFIX:
+        name = name[:-1]
+    return f".{name}."
+
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace `path` with `data` atomically; the parent folder is created if missing."""
+    """Replace `path` with `data` atomically; the parent folder is created if missing. Failures raise OSError with
+    `filename` set to `path` when the failing call did not name a file itself (a full disk fails in `write`)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
         raise
 
 
@@ -41,8 +56,15 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, indent: int | None = 4) -> None:
-    """Replace `path` with `data` as UTF-8 JSON (non-ASCII kept readable) atomically."""
-    write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+    """Replace `path` with `data` as UTF-8 JSON (non-ASCII kept readable) atomically. Strings UTF-8 cannot hold
+    (lone surrogates: file names that are not valid UTF-8, as Python decodes them) are written as `\\u` escapes,
+    which read back as the same strings."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False) + "\n"
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        encoded = (json.dumps(data, indent=indent, ensure_ascii=True) + "\n").encode("ascii")
+    write_bytes_atomic(path, encoded)
 
 
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
@@ -63,9 +85,9 @@ def atomic_path(path: str | os.PathLike[str], directory: bool = False) -> Iterat
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
         os.close(fd)
         tmp = Path(name)
     try:

@@ -3,6 +3,9 @@
 Entries live in named subsections and are keyed by the file's absolute path (A1111 keyed by stem, which
 collides across subfolders). Each entry stores the file's mtime and size; a lookup whose file changed since
 returns nothing. Writes are atomic and batched: `set(..., save=False)` then one `save()`.
+
+The cache only saves work: a save that fails (full disk, read-only folder) is logged, leaves the previous cache.json
+as it was, keeps the values in memory and is tried again at the next save; it never fails the caller.
 """
 
 from __future__ import annotations
@@ -70,10 +73,16 @@ class DiskCache:
         if save:
             self.save()
 
-    def save(self) -> None:
-        """Write cache.json atomically if anything changed since the last save."""
+    def save(self) -> bool:
+        """Write cache.json atomically if anything changed since the last save. Returns False when the write
+        failed (logged as a warning; the previous file is intact and the next save tries again)."""
         with self._lock:
             if self.path is None or not self._dirty:
-                return
-            write_json_atomic(self.path, self._data, indent=None)
+                return True
+            try:
+                write_json_atomic(self.path, self._data, indent=None)
+            except OSError as exc:
+                log.warning("%s not saved (%s); it will be written at the next save", self.path, exc.strerror or exc)
+                return False
             self._dirty = False
+            return True

@@ -11,7 +11,8 @@ Blocks of a layer (from the loaded model's LDM/SGM names, so tiny and real model
 * SDXL, 20 values: BASE, IN00-IN08, M00, OUT00-OUT08
 * SDXL, 12 values: BASE, IN04, IN05, IN07, IN08, M00, OUT00-OUT05
 Blocks a short vector does not list keep weight 1 (they hold no attention layer in that architecture; only
-LoCon-style LoRAs have layers there). A vector of another length is refused with a message naming the lengths.
+LoCon-style LoRAs have layers there). A vector of another length, or with a NaN/Inf value, is refused with a message
+naming the lengths or the value.
 
 `in=`/`mid=`/`out=` (SD.Next): scale the UNet's down, middle and up blocks (diffusers `down_blocks`, `mid_block`,
 `up_blocks`); they combine with `lbw=` by multiplication.
@@ -19,6 +20,7 @@ LoCon-style LoRAs have layers there). A vector of another length is refused with
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
@@ -105,6 +107,9 @@ def lbw_values(spec: str, family: str, user_presets: dict[str, list[float]] | No
             values = [float(v) for v in text.split(",")]
         except ValueError:
             raise BlockWeightError(f"lbw value {text!r} is neither a preset nor comma-separated numbers") from None
+    bad = next((v for v in values if not math.isfinite(v)), None)
+    if bad is not None:
+        raise BlockWeightError(f"lbw value {bad!r} in {text!r} is not a finite number")
     lengths = sorted(n for fam, n in SLOTS if fam == layout)
     slots = SLOTS.get((layout, len(values)))
     if slots is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """All tensors of a LoRA file on the CPU.
 
     safetensors: header validated first, then memory-mapped. `.pt`/`.ckpt`: `torch.load(weights_only=True)`, so a pickle
-    that names any global outside torch's allow-list is refused; a top-level `state_dict` is unwrapped.
+    that names any global outside torch's allow-list is refused (the message names that global); a top-level
+    `state_dict` is unwrapped.
     """
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
@@ -76,9 +78,14 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise LoraFileError(f"{path.name}: refused to unpickle: the file names a forbidden global ({message})") from exc
+        # torch's weights_only messages advise loading with weights_only=False: the user only needs what was refused.
+        text = str(exc)
+        forbidden = re.search(r"GLOBAL ([\w.]+)", text)
+        if forbidden:
+            raise LoraFileError(f"{path.name}: refused to unpickle: the file names a forbidden global "
+                                f"({forbidden.group(1)}); only tensors are loaded from .pt/.ckpt files") from exc
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        message = detail.group(1).strip() if detail else (text.splitlines()[0] if text else type(exc).__name__)
         raise LoraFileError(f"{path.name}: cannot read as a torch file: {message}") from exc
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]

@@ -8,7 +8,10 @@
   registered, and those files are found by their stems (A1111's fix for issue #14655).
 * Metadata and derived facts (SD version, algorithm) are cached in cache.json, validated by mtime and size, so a warm
   rescan reads no LoRA file. Hashes (SHA-256 of the safetensors payload, 12-char short hash) are computed on demand
-  and cached the same way.
+  and cached the same way; a file rewritten since it was hashed is hashed again.
+* Files that cannot be used are skipped with the reason in `errors` (keyed by path): unreadable or malformed files,
+  folders named like LoRA files, and names that are not valid UTF-8 (they cannot be typed into a prompt nor sent in
+  JSON; their key shows the undecodable bytes as U+FFFD). `skipped_reason(name)` finds the reason by prompt name.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ CACHE_VERSION = 2
 PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 METADATA_PRIORITY = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3, "ss_num_train_images": 10,
                      "ss_tag_frequency": 20}
+
+
+def display_path(path: str) -> str:
+    """`path` with bytes that are not UTF-8 (surrogate escapes, as Python decodes such file names) shown as U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def natural_sort_key(text: str) -> list[Any]:
@@ -205,8 +213,11 @@ class NetworkOnDisk:
         for pattern in ("{}{}", "{}.preview{}"):
             for ext in PREVIEW_EXTENSIONS:
                 candidate = Path(pattern.format(base, ext))
-                if candidate.is_file():
-                    return candidate
+                try:
+                    if candidate.is_file():
+                        return candidate
+                except OSError:  # e.g. a name over the length limit: no such preview
+                    continue
         return None
 
 
@@ -236,10 +247,16 @@ class NetworkRegistry:
                 listing = frozenset(filenames)
                 for fname in sorted(filenames, key=natural_sort_key):
                     if fname.lower().endswith(lora_files.LORA_EXTENSIONS):
-                        found.append((str(root), os.path.join(dirpath, fname), listing))
+                        filename = os.path.join(dirpath, fname)
+                        try:
+                            filename[len(str(root)):].encode("utf-8")
+                        except UnicodeEncodeError:
+                            self.errors[display_path(filename)] = "file name is not valid UTF-8: rename the file"
+                            continue
+                        found.append((str(root), filename, listing))
                 for dname in list(dirnames):  # a folder named like a LoRA file is skipped, not walked into as one
                     if dname.lower().endswith(lora_files.LORA_EXTENSIONS):
-                        self.errors[os.path.join(dirpath, dname)] = "is a directory, not a LoRA file"
+                        self.errors[display_path(os.path.join(dirpath, dname))] = "is a directory, not a LoRA file"
         return found
 
     def _describe(self, root: str, filename: str, listing: frozenset[str] | None = None) -> NetworkOnDisk:
@@ -325,10 +342,33 @@ class NetworkRegistry:
         with self._lock:
             return self.available.get(name) or self.aliases.get(name)
 
+    def skipped_reason(self, name: str) -> str | None:
+        """Why the last scan skipped the file a prompt calls `name` (its stem or `sub/stem`), or None."""
+        with self._lock:
+            errors = dict(self.errors)
+        for filename, reason in errors.items():
+            root = next((str(r) for r in self.roots if filename.startswith(str(r) + os.sep)), os.path.dirname(filename))
+            relative = os.path.splitext(os.path.relpath(filename, root))[0].replace(os.sep, "/")
+            base = os.path.basename(filename)
+            if name in (relative, os.path.splitext(base)[0]):
+                return reason if reason.startswith(base) else f"{base}: {reason}"
+        return None
+
     def read_hash(self, entry: NetworkOnDisk) -> str:
-        """The entry's full hash, computed and cached on first use ('' with hashing off)."""
-        if entry.hash or not self.hashing:
+        """The entry's full hash, computed and cached on first use ('' with hashing off), and again when the file
+        changed (mtime or size) since the entry was made or last hashed."""
+        if not self.hashing:
             return entry.hash
+        try:
+            st = os.stat(entry.filename)
+        except OSError:
+            return entry.hash
+        if entry.hash and (st.st_mtime, st.st_size) == (entry.mtime, entry.size):
+            return entry.hash
+        with self._lock:
+            if entry.hash and self.hash_lookup.get(entry.shorthash) is entry:
+                del self.hash_lookup[entry.shorthash]
+        entry.mtime, entry.size = st.st_mtime, st.st_size
         entry.hash = file_hash(entry.filename, self.cache)
         with self._lock:
             self.hash_lookup[entry.shorthash] = entry

@@ -58,8 +58,9 @@ class Schedule:
         return len({w for _, w in self.keyframes}) <= 1
 
     def at(self, step: int, total: int) -> float:
-        """The weight at `step` of a `total`-step pass."""
-        frames = [(step_of(p, total), w) for p, w in self.keyframes]
+        """The weight at `step` of a `total`-step pass. Keyframes are taken in step order once fractions are turned
+        into steps (`0.9@0.5,1@3` on a 20-step pass: step 3, then step 10); equal steps keep their written order."""
+        frames = sorted(((step_of(p, total), w) for p, w in self.keyframes), key=lambda frame: frame[0])
         if step <= frames[0][0]:
             return frames[0][1]
         for (p0, w0), (p1, w1) in zip(frames, frames[1:]):

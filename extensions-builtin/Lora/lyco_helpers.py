@@ -6,9 +6,12 @@ device. Shapes use ``out``/``in`` for the layer's output/input channels and ``k.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 ACCELERATOR_DTYPES = (torch.float32, torch.bfloat16)
+MAX_OFFSET_ELEMENTS = 1 << 28  # 1 GiB of float32: more than any layer weight of the supported models
 
 
 def compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -34,7 +37,8 @@ def check_finite(key: str, weights: dict[str, torch.Tensor]) -> None:
 def legacy_weight_offset(key: str, weights: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """The legacy LyCORIS additive weight offset: dense ``bias`` part, or the sparse triple
     ``bias_indices`` (2, nnz) / ``bias_values`` (nnz,) / ``bias_size`` (2,) written by old LyCORIS extraction
-    (``--use_sparse_bias``), densified to shape ``bias_size``. None when absent."""
+    (``--use_sparse_bias``), densified to shape ``bias_size``. None when absent. A ``bias_size`` that is no layer
+    shape (more than ``MAX_OFFSET_ELEMENTS`` elements: a file cannot make us allocate terabytes) is a ValueError."""
     if "bias" in weights:
         return weights["bias"]
     sparse = [weights.get(name) for name in ("bias_indices", "bias_values", "bias_size")]
@@ -44,11 +48,13 @@ def legacy_weight_offset(key: str, weights: dict[str, torch.Tensor]) -> torch.Te
         raise ValueError(f"{key}: sparse bias needs bias_indices, bias_values and bias_size together")
     indices, values, size = sparse
     try:
-        shape = tuple(int(s) for s in size.tolist())
+        shape = tuple(int(s) for s in size.reshape(-1).tolist())
+        if not shape or min(shape) < 1 or math.prod(shape) > MAX_OFFSET_ELEMENTS:
+            raise ValueError(f"bias_size {list(shape)} is not the shape of a layer weight")
         offset = torch.sparse_coo_tensor(indices.long(), values.float(), shape, check_invariants=True)
-    except (RuntimeError, ValueError) as error:
+        return offset.to_dense()
+    except (RuntimeError, ValueError, TypeError) as error:
         raise ValueError(f"{key}: malformed sparse bias (bias_indices/bias_values/bias_size): {error}") from error
-    return offset.to_dense()
 
 
 def as_2d(tensor: torch.Tensor) -> torch.Tensor:

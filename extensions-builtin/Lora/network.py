@@ -7,6 +7,9 @@ current weight into a :class:`Delta` such that the merged layer is ``W + delta.w
 Reference semantics: what the LyCORIS library computes at inference (its module ``forward``) for the same
 file; where A1111 or ComfyUI differ, the strategy module says so in its docstring.
 
+Every part a strategy consumes must hold values: an empty one (a rank-0 factor) is refused with a ValueError, as are
+parts whose shapes make the strategy's own parsing fail in any other way (the message names the key and the shapes).
+
 Common parts read here (all optional):
 
 * ``alpha``: scalar; the strength scale of low-rank strategies is ``alpha / rank``. As in LyCORIS, an
@@ -64,6 +67,10 @@ class NetworkModule:
         if ignored:
             logger.warning("%s: %s ignores parts %s", key, self.algorithm, ", ".join(ignored))
         lyco_helpers.check_finite(key, self.weights)
+        for name in self.parts:  # a rank-0 factor would fail later inside torch with a message naming nothing
+            tensor = self.weights.get(name)
+            if tensor is not None and tensor.numel() == 0:
+                raise ValueError(f"{key}: {self.algorithm} part {name!r} is empty (shape {tuple(tensor.shape)}, rank 0?)")
         self.rank: int | None = None
         self.alpha: float | None = self._scalar("alpha")
         self.scale_override: float | None = self._scalar("scale")
@@ -72,7 +79,11 @@ class NetworkModule:
         if self.is_dora and not self.supports_dora:
             raise ValueError(f"{key}: {self.algorithm} does not support a dora_scale part")
         self.weight_offset = lyco_helpers.legacy_weight_offset(key, self.weights)
-        self._parse()
+        try:
+            self._parse()
+        except (IndexError, RuntimeError, TypeError) as exc:  # parts too malformed for the strategy's own checks
+            shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in sorted(self.weights.items()))
+            raise ValueError(f"{key}: {self.algorithm} parts do not fit together ({shapes}): {exc}") from exc
 
     # ----------------------------------------------------------------------------------------------- building
     @classmethod

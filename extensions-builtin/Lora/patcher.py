@@ -131,7 +131,8 @@ class Patcher:
         """Rewrite every layer whose wanted contributions differ from what it holds; others are not touched.
 
         `wanted` maps layer names to contributions in order; layers absent from it want nothing (restored).
-        Raises `LayerPatchError` for the first contribution that fails; layers rewritten before stay consistent.
+        Raises `LayerPatchError` for the first contribution that fails (its layer is left pristine, with no state);
+        layers rewritten before stay consistent.
         """
         start = time.perf_counter()
         stats = PatchStats()
@@ -211,14 +212,14 @@ class Patcher:
                 failure.__cause__ = exc
                 break
             bound += delta_bound
-        if failure is None and not self._finite(new_weight, new_bias, bound, weight.dtype):
-            failure = LayerPatchError(contributions[-1].network, name,
-                                      ValueError("the merged weight has NaN or Inf values"))
+            if not self._finite(new_weight, new_bias, bound, weight.dtype):  # blame the one that overflowed
+                failure = LayerPatchError(contribution.network, name,
+                                          ValueError("the merged weight has NaN or Inf values"))
+                break
         if failure is not None:
-            if in_place:  # put back what the layer held before this call
-                self._rebuild(name, new_weight, state)
-            if not state.applied:
-                del self.layers[name]
+            # Back to pristine without running any network's code again; the engine drops the failing network and
+            # applies the others afresh.
+            self._restore(name, state)
             raise failure
         if not in_place:
             weight.copy_(new_weight)
@@ -242,13 +243,6 @@ class Patcher:
         if bound < largest / 2:
             return True
         return max_abs(weight) <= largest
-
-    def _rebuild(self, name: str, weight: torch.Tensor, state: _LayerState) -> None:
-        """Rewrite `weight` in place as pristine + the contributions the layer held (they applied before)."""
-        weight.copy_(self._pristine_weight(name, state))
-        bias = None if state.bias_backup is None else state.bias_backup.to(weight.device, weight.dtype, copy=True)
-        for contribution in state.applied:
-            bias, _ = self._add_contribution(weight, bias, contribution)
 
     @staticmethod
     def _add_contribution(weight: torch.Tensor, bias: torch.Tensor | None,

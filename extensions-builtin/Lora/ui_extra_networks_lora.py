@@ -14,7 +14,8 @@ Layout of the work:
   `thumb` (preview file or embedded cover image of a registered entry only), `metadata` (popup HTML), `blocks`
   (per-block strength chart), `editor` (dialog data), `save` (sidecar via `save_user_metadata`), `replace-preview`.
   Entries are addressed by their full filename, looked up in the registry's own list: no path from a request is
-  ever opened.
+  ever opened. As in the API (lora_api.py), a preview is served, a sidecar written and a `.txt` description read
+  only when its real path (symlinks resolved) lies inside the Lora folders (403 / no description otherwise).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import lora_block_strength
 import ui_edit_user_metadata
 from fastapi import Body, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
+from lora_api import inside
 from lora_registry import PREVIEW_EXTENSIONS, NetworkOnDisk, prompt_name
 from user_metadata import UserMetadataError, save_user_metadata
 
@@ -73,10 +75,14 @@ def _cover_image(entry: NetworkOnDisk) -> tuple[bytes, str] | None:
 
 
 class DirListing:
-    """Previews and `.txt` descriptions per folder, from one directory listing each (no stat per candidate name)."""
+    """Previews and `.txt` descriptions per folder, from one directory listing each (no stat per candidate name).
 
-    def __init__(self) -> None:
+    With `roots`, a description file is read only when its real path lies inside them (a `.txt` symlinked to a file
+    elsewhere would otherwise show that file's text on the card)."""
+
+    def __init__(self, roots: list[Any] | None = None) -> None:
         self._folders: dict[str, tuple[dict[str, tuple[int, str]], dict[str, tuple[int, str]]]] = {}
+        self._roots = roots
 
     def _folder(self, folder: str) -> tuple[dict[str, tuple[int, str]], dict[str, tuple[int, str]]]:
         found = self._folders.get(folder)
@@ -118,9 +124,15 @@ class DirListing:
         return os.path.join(folder, found[1]) if found else None
 
     def text_in(self, folder: str, stem: str) -> str | None:
-        """The `<stem>.txt` / `<stem>.description.txt` file, if any."""
+        """The `<stem>.txt` / `<stem>.description.txt` file, if any (and inside the roots, when given)."""
         found = self._folder(folder)[1].get(stem)
-        return os.path.join(folder, found[1]) if found else None
+        if not found:
+            return None
+        path = os.path.join(folder, found[1])
+        if self._roots is not None and not inside(path, self._roots):
+            log.warning("Lora description %s ignored: it lies outside the Lora folders", path)
+            return None
+        return path
 
     def description(self, entry: NetworkOnDisk) -> str:
         """Sidecar `description` when the key exists (even empty), else `<stem>.txt` / `<stem>.description.txt`."""
@@ -269,7 +281,7 @@ class LoraPage:
     def build_card(self, entry: NetworkOnDisk, listing: DirListing | None = None, alias: str | None = None,
                    sources: tuple[str | None, str | None] | None = None) -> dict[str, Any]:
         """One card's data (plain JSON values; the browser escapes nothing because it only uses textContent)."""
-        listing = listing or DirListing()
+        listing = listing or DirListing(self.registry.roots)
         facts = self._file_facts(entry)
         preview, text = sources or self._sources(entry, listing)
         if alias is None:
@@ -328,7 +340,7 @@ class LoraPage:
     def card(self, entry: NetworkOnDisk, listing: DirListing | None = None) -> dict[str, Any]:
         """The card of an entry (cached)."""
         prefer_filename = self.webui.options.get("lora_preferred_name") == "Filename"
-        return self._card_entry(entry, listing or DirListing(), prefer_filename)[0]
+        return self._card_entry(entry, listing or DirListing(self.registry.roots), prefer_filename)[0]
 
     def cards_payload(self) -> tuple[str, bytes, bytes]:
         """(version, JSON bytes, gzip bytes) of every card, cached until the version changes."""
@@ -336,7 +348,7 @@ class LoraPage:
         with self._lock:
             if self._payload is not None and self._payload[0] == version:
                 return self._payload
-            listing = DirListing()
+            listing = DirListing(self.registry.roots)
             prefer_filename = self.webui.options.get("lora_preferred_name") == "Filename"
             cards = ",".join(self._card_entry(entry, listing, prefer_filename)[1] for entry in self._entries)
             errors = [{"file": f, "reason": r} for f, r in sorted(self.registry.errors.items())][:200]
@@ -423,7 +435,7 @@ class LoraPage:
 
     def editor(self, entry: NetworkOnDisk) -> dict[str, Any]:
         """The edit dialog's data."""
-        description = DirListing().description(entry)
+        description = DirListing(self.registry.roots).description(entry)
         return ui_edit_user_metadata.editor_payload(entry, description, self.webui.paths.outputs_dir)
 
     def save(self, entry: NetworkOnDisk, fields: dict[str, Any]) -> dict[str, Any]:
@@ -446,6 +458,13 @@ def _key_entry(page: LoraPage, key: str) -> NetworkOnDisk:
     if entry is None:
         raise HTTPException(status_code=404, detail=f"no Lora file {key!r}; press Refresh")
     return entry
+
+
+def _guard(page: LoraPage, path: os.PathLike[str], what: str) -> None:
+    """403 unless the real path of `path` (symlinks resolved) lies inside the Lora folders (the API's rule)."""
+    if not inside(path, page.registry.roots):
+        log.warning("Lora page refused %s %s: outside the Lora folders", what, path)
+        raise HTTPException(status_code=403, detail=f"the {what} lies outside the Lora folders")
 
 
 def mount_routes(app: Any, page: LoraPage) -> None:
@@ -474,6 +493,7 @@ def mount_routes(app: Any, page: LoraPage) -> None:
         preview = entry.preview_path()
         headers = {"Cache-Control": "public, max-age=604800"}  # the URL carries the file's mtime
         if preview is not None:
+            _guard(page, preview, "preview")
             media = IMAGE_TYPES.get(preview.suffix.lower(), "application/octet-stream")
             return FileResponse(preview, media_type=media, headers=headers)
         cover = _cover_image(entry)
@@ -495,6 +515,10 @@ def mount_routes(app: Any, page: LoraPage) -> None:
         fields = payload.get("fields")
         if not isinstance(fields, dict):
             raise HTTPException(status_code=422, detail="fields must be an object")
+        sidecar = entry.sidecar_path()
+        _guard(page, sidecar.parent, "sidecar folder")
+        if sidecar.exists() or sidecar.is_symlink():
+            _guard(page, sidecar, "sidecar")
         try:
             return {"card": page.save(entry, fields)}
         except UserMetadataError as exc:

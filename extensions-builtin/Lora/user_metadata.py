@@ -8,6 +8,7 @@ card editor in the UI and by `POST /sdapi/v1/lora/metadata`, so both write the s
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 from lora_registry import NetworkOnDisk
@@ -17,6 +18,9 @@ from modules.atomic_io import read_json, write_json_atomic
 EDITABLE_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes")
 SD_VERSIONS = ("SD1", "SD2", "SDXL", "Unknown")
 MAX_TEXT = 100_000
+# One read-modify-write of a sidecar at a time, whoever writes (the API, the card editor, any thread): without it two
+# concurrent saves both read the old file and the second write brings back a value the first one replaced.
+_WRITE_LOCK = threading.Lock()
 
 
 class UserMetadataError(ValueError):
@@ -64,10 +68,11 @@ def read_user_metadata(entry: NetworkOnDisk) -> dict[str, Any]:
 
 def save_user_metadata(entry: NetworkOnDisk, changes: dict[str, Any]) -> dict[str, Any]:
     """Merge validated `changes` into the sidecar (unknown keys kept), write it atomically as UTF-8, update the
-    entry in memory, and return the new content."""
+    entry in memory, and return the new content. Concurrent saves are serialised, so none is lost."""
     clean = validate(changes)
-    data = read_user_metadata(entry)
-    data.update(clean)
-    write_json_atomic(entry.sidecar_path(), data)
-    entry.user_metadata = data
+    with _WRITE_LOCK:
+        data = read_user_metadata(entry)
+        data.update(clean)
+        write_json_atomic(entry.sidecar_path(), data)
+        entry.user_metadata = data
     return data
