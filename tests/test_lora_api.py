@@ -400,6 +400,8 @@ def test_paths_as_names_are_refused(client, name):
 
 
 def test_symlinks_pointing_outside_the_lora_folders_are_refused(client, lora_dir, tmp_path):
+    """A preview or sidecar symlinked to a place outside the Lora folders and not beside the LoRA's real file is
+    neither served, shown nor written, also inside a symlinked Lora folder (a link from there to a third folder)."""
     outside = tmp_path / "outside"
     outside.mkdir()
     secret_png = outside / "secret.png"
@@ -409,26 +411,64 @@ def test_symlinks_pointing_outside_the_lora_folders_are_refused(client, lora_dir
     shutil.copyfile(lora_dir / "demo_lora.safetensors", lora_dir / "evil.safetensors")
     (lora_dir / "evil.png").symlink_to(secret_png)
     (lora_dir / "evil.json").symlink_to(secret_json)
-    shutil.copyfile(lora_dir / "demo_lora.safetensors", outside / "linked.safetensors")
-    (outside / "linked.png").write_bytes(secret_png.read_bytes())
-    (lora_dir / "linked_folder").symlink_to(outside, target_is_directory=True)
+    store = tmp_path / "store"  # a symlinked Lora folder whose own companions link to a third folder
+    store.mkdir()
+    shutil.copyfile(lora_dir / "demo_lora.safetensors", store / "escape.safetensors")
+    (store / "escape.png").symlink_to(secret_png)
+    (store / "escape.json").symlink_to(secret_json)
+    (lora_dir / "linked_store").symlink_to(store, target_is_directory=True)
     try:
         client.post("/sdapi/v1/refresh-loras")
-        for name in ("evil", "linked_folder/linked"):
+        for name in ("evil", "linked_store/escape"):
             assert "outside the Lora folders" in error_of(client.get("/sdapi/v1/lora/preview",
                                                                      params={"name": name}), 403)
             assert "outside the Lora folders" in error_of(client.get("/sdapi/v1/lora/thumb",
                                                                      params={"name": name}), 403)
-        details = client.get("/sdapi/v1/lora", params={"name": "evil"})
-        assert details.status_code == 200 and "TOP-SECRET" not in details.text
-        assert details.json()["preview_url"] is None
-        assert "sidecar ignored" in " ".join(details.json()["problems"])
-        refused = client.post("/sdapi/v1/lora/metadata", json={"name": "evil", "notes": "overwrite"})
-        assert "outside the Lora folders" in error_of(refused, 403)
+            details = client.get("/sdapi/v1/lora", params={"name": name})
+            assert details.status_code == 200 and "TOP-SECRET" not in details.text
+            assert details.json()["preview_url"] is None and details.json()["user_metadata"] == {}
+            assert "sidecar ignored" in " ".join(details.json()["problems"])
+            refused = client.post("/sdapi/v1/lora/metadata", json={"name": name, "notes": "overwrite"})
+            assert "outside the Lora folders" in error_of(refused, 403)
+            assert "outside the Lora folders" in error_of(client.post("/sdapi/v1/lora/metadata",
+                                                                      json={"name": name}), 403)  # read-only call
         assert json.loads(secret_json.read_text()) == {"description": "TOP-SECRET"}
+        assert (lora_dir / "evil.json").is_symlink() and (store / "escape.json").is_symlink()
     finally:
-        for link in ("evil.png", "evil.json", "linked_folder", "evil.safetensors"):
+        for link in ("evil.png", "evil.json", "linked_store", "evil.safetensors"):
             (lora_dir / link).unlink()
+        client.post("/sdapi/v1/refresh-loras")
+
+
+def test_a_symlinked_lora_folder_keeps_its_preview_and_sidecar(client, lora_dir, tmp_path):
+    """`models/Lora/shared -> /mnt/loras`: the preview and sidecar beside the LoRA's real file are served, shown and
+    editable (the companion rule allows the LoRA file's real folder), and edits land in the real sidecar."""
+    store = tmp_path / "mnt-loras"
+    store.mkdir()
+    shutil.copyfile(lora_dir / "demo_lora.safetensors", store / "shared_style.safetensors")
+    Image.new("RGB", (64, 32), (0, 128, 255)).save(store / "shared_style.png")
+    (store / "shared_style.json").write_text(json.dumps({"description": "from the shared folder", "tool": 1}))
+    (lora_dir / "shared").symlink_to(store, target_is_directory=True)
+    name = "shared/shared_style"
+    try:
+        client.post("/sdapi/v1/refresh-loras")
+        details = client.get("/sdapi/v1/lora", params={"name": name})
+        assert details.status_code == 200, details.text[:300]
+        body = details.json()
+        assert body["user_metadata"] == {"description": "from the shared folder", "tool": 1}
+        assert not [p for p in body["problems"] if "sidecar" in p]
+        preview = client.get(body["preview_url"])
+        assert preview.status_code == 200 and preview.content == (store / "shared_style.png").read_bytes()
+        thumb = client.get(body["thumb_url"] + "&size=32")
+        assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (32, 16)
+        edited = client.post("/sdapi/v1/lora/metadata", json={"name": name, "notes": "edited through the link"})
+        assert edited.status_code == 200, edited.text[:300]
+        assert json.loads((store / "shared_style.json").read_text()) == {
+            "description": "from the shared folder", "tool": 1, "notes": "edited through the link"}
+        assert client.get("/sdapi/v1/lora", params={"name": name}).json()["user_metadata"]["notes"] == \
+            "edited through the link"
+    finally:
+        (lora_dir / "shared").unlink()
         client.post("/sdapi/v1/refresh-loras")
 
 

@@ -237,3 +237,58 @@ def test_rescan_notices_new_files_and_state_reports_the_model(env):
     new_state = client.get("/lora-ui/state").json()
     assert new_state["version"] != state["version"]
     assert "later" in cards_by_name(client)
+
+
+def test_a_symlinked_lora_folder_keeps_its_companions_and_outside_links_stay_refused(env, tmp_path):
+    """`models/Lora/shared -> /mnt/loras`: previews, `.txt` descriptions and sidecars beside the LoRA's real file show
+    on the cards, in the editor, and can be saved; a companion symlinked from there to another folder is refused."""
+    webui, page, client, _, _ = env
+    lora_dir = webui.paths.lora_dir
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "secret.txt").write_text("TOP-SECRET text")
+    (private / "secret.json").write_text(json.dumps({"description": "TOP-SECRET", "activation text": "TOP-SECRET"}))
+    (private / "secret.png").write_bytes(png_bytes((255, 0, 0)))
+    store = tmp_path / "mnt-loras"
+    tiny_lora(store / "shared_txt.safetensors")
+    (store / "shared_txt.txt").write_text("described in the shared folder", encoding="utf-8")
+    (store / "shared_txt.png").write_bytes(png_bytes((0, 90, 0)))
+    tiny_lora(store / "shared_json.safetensors")
+    (store / "shared_json.json").write_text(json.dumps({"description": "shared sidecar", "activation text": "blue"}))
+    tiny_lora(store / "escape.safetensors")
+    (store / "escape.txt").symlink_to(private / "secret.txt")
+    (store / "escape.json").symlink_to(private / "secret.json")
+    (store / "escape.png").symlink_to(private / "secret.png")
+    (lora_dir / "shared").symlink_to(store, target_is_directory=True)
+    try:
+        page.refresh()
+        response = client.get("/lora-ui/cards")
+        cards = {card["name"]: card for card in response.json()["cards"]}
+        assert "TOP-SECRET" not in response.text
+        assert cards["shared_txt"]["description"] == "described in the shared folder"
+        assert client.get(cards["shared_txt"]["preview"]).content == png_bytes((0, 90, 0))
+        assert cards["shared_json"]["description"] == "shared sidecar" and cards["shared_json"]["activation"] == "blue"
+        key = str(lora_dir / "shared" / "shared_json.safetensors")
+        assert client.get("/lora-ui/editor", params={"key": key}).json()["fields"]["description"] == "shared sidecar"
+        saved = client.post("/lora-ui/save", json={"key": key, "fields": {"notes": "kept in the real folder"}})
+        assert saved.status_code == 200 and saved.json()["card"]["description"] == "shared sidecar"
+        assert json.loads((store / "shared_json.json").read_text())["notes"] == "kept in the real folder"
+        txt_key = str(lora_dir / "shared" / "shared_txt.safetensors")  # no sidecar yet: created beside the file
+        assert client.post("/lora-ui/save", json={"key": txt_key, "fields": {"notes": "new"}}).status_code == 200
+        assert json.loads((store / "shared_txt.json").read_text()) == {"notes": "new"}
+
+        escape = cards["escape"]
+        assert escape["description"] == "" and escape["activation"] == ""  # neither the .txt nor the sidecar is read
+        escape_key = str(lora_dir / "shared" / "escape.safetensors")
+        assert client.get("/lora-ui/editor", params={"key": escape_key}).json()["fields"]["description"] == ""
+        thumb = client.get("/lora-ui/thumb", params={"key": escape_key})
+        assert thumb.status_code == 403 and "outside the Lora folders" in thumb.json()["detail"]
+        refused = client.post("/lora-ui/save", json={"key": escape_key, "fields": {"notes": "through the link"}})
+        assert refused.status_code == 403 and "outside the Lora folders" in refused.json()["detail"]
+        assert json.loads((private / "secret.json").read_text())["description"] == "TOP-SECRET"
+        assert (store / "escape.json").is_symlink()
+        errors = {item["file"]: item["reason"] for item in response.json()["errors"]}
+        assert "sidecar ignored" in errors[str(lora_dir / "shared" / "escape.json")]
+    finally:
+        (lora_dir / "shared").unlink()
+        page.refresh()

@@ -7,9 +7,11 @@ import json
 import os
 import struct
 
+import pytest
 import torch
-from lora_registry import NetworkRegistry, detect_sd_version
+from lora_registry import NetworkRegistry, companion_allowed, detect_sd_version
 from safetensors.torch import save_file
+from user_metadata import SidecarNotAllowed, read_user_metadata, save_user_metadata
 
 from modules.cache import DiskCache
 
@@ -89,3 +91,82 @@ def test_metadata_cache_is_validated_by_mtime_and_size(tmp_path):
     write(path, metadata={"ss_output_name": "second-name"})
     registry.refresh()
     assert registry.find("a").alias == "second-name"
+
+
+def test_sidecars_follow_the_companion_rule(tmp_path):
+    """Sidecars inside the Lora folders or beside the LoRA's real file are read (a symlinked Lora folder keeps its
+    sidecars); a sidecar symlinked anywhere else is ignored, its reason kept in `errors`, and never written."""
+    root = tmp_path / "Lora"
+    store = tmp_path / "mnt-loras"  # reached through a symlinked folder, the common `models/Lora/shared` setup
+    private = tmp_path / "private"
+    private.mkdir()
+    secret = private / "secret.json"
+    secret.write_text(json.dumps({"description": "TOP-SECRET"}))
+    write(root / "plain.safetensors")
+    (root / "plain.json").write_text(json.dumps({"description": "plain sidecar"}))
+    write(store / "shared.safetensors")
+    (store / "shared.json").write_text(json.dumps({"description": "shared sidecar"}))
+    write(store / "fresh.safetensors")  # no sidecar yet: a save creates it beside the real file
+    write(store / "escape.safetensors")
+    (store / "escape.json").symlink_to(secret)  # inside the linked folder, but pointing to a third folder
+    os.symlink(store, root / "shared", target_is_directory=True)
+    write(root / "evil.safetensors")
+    (root / "evil.json").symlink_to(secret)
+    write(tmp_path / "files" / "filelink.safetensors")  # the LoRA file itself is a symlink ...
+    (tmp_path / "files" / "filelink.json").write_text(json.dumps({"description": "beside the real file"}))
+    (root / "filelink.safetensors").symlink_to(tmp_path / "files" / "filelink.safetensors")
+    (root / "filelink.json").symlink_to(tmp_path / "files" / "filelink.json")  # ... and its sidecar sits beside it
+    write(root / "sub" / "inner.safetensors")
+    (root / "sub" / "inner.json").symlink_to(root / "plain.json")  # a link that stays inside the Lora folder
+    write(root / "broken.safetensors")
+    (root / "broken.json").write_text("{not json")
+    registry = NetworkRegistry([root], None)
+    registry.refresh()
+
+    described = {e.relative_name: e.user_metadata.get("description") for e in registry.entries()}
+    assert described == {"broken": None, "evil": None, "filelink": "beside the real file", "plain": "plain sidecar",
+                         "shared/escape": None, "shared/fresh": None, "shared/shared": "shared sidecar",
+                         "sub/inner": "plain sidecar"}
+    errors = {os.path.relpath(k, root): v for k, v in registry.errors.items()}
+    assert set(errors) == {"evil.json", "shared/escape.json", "broken.json"}
+    assert errors["evil.json"] == errors["shared/escape.json"]
+    assert "symlink to outside the Lora folders" in errors["evil.json"]
+    assert "not valid JSON" in errors["broken.json"]
+    assert registry.find("evil").sidecar_problem == errors["evil.json"]
+    assert registry.skipped_reason("evil") is None and registry.skipped_reason("broken") is None  # LoRAs kept
+
+    evil = registry.find("evil")
+    assert not companion_allowed(evil.sidecar_path(), evil.filename, registry.roots)
+    assert companion_allowed(store / "new.png", registry.find("shared/fresh").filename, registry.roots)
+    assert not companion_allowed(secret, registry.find("shared/fresh").filename, registry.roots)
+    for name in ("evil", "shared/escape"):
+        with pytest.raises(SidecarNotAllowed, match="outside the Lora folders"):
+            save_user_metadata(registry.find(name), {"notes": "through the link"}, registry.roots)
+        with pytest.raises(SidecarNotAllowed):
+            read_user_metadata(registry.find(name), registry.roots)
+    assert json.loads(secret.read_text()) == {"description": "TOP-SECRET"}
+    assert (root / "evil.json").is_symlink() and (store / "escape.json").is_symlink()
+
+    save_user_metadata(registry.find("shared/shared"), {"notes": "edited"}, registry.roots)
+    assert json.loads((store / "shared.json").read_text()) == {"description": "shared sidecar", "notes": "edited"}
+    save_user_metadata(registry.find("shared/fresh"), {"notes": "new"}, registry.roots)
+    assert json.loads((store / "fresh.json").read_text()) == {"notes": "new"}
+    save_user_metadata(registry.find("filelink"), {"notes": "through an allowed link"})  # default: the entry's root
+    assert (root / "filelink.json").is_symlink()  # written at its real path: the link stays, its target changes
+    assert json.loads((tmp_path / "files" / "filelink.json").read_text())["notes"] == "through an allowed link"
+
+
+def test_a_lora_linked_into_another_folder_opens_only_its_own_companions_there(tmp_path):
+    elsewhere = tmp_path / "system"
+    elsewhere.mkdir()
+    (elsewhere / "model.safetensors").write_bytes(b"x")
+    (elsewhere / "model.preview.png").write_bytes(b"png")
+    (elsewhere / "passwd").write_text("root:x:0:0")
+    lora_dir = tmp_path / "Lora"
+    lora_dir.mkdir()
+    os.symlink(elsewhere / "model.safetensors", lora_dir / "x.safetensors")
+    os.symlink(elsewhere / "model.preview.png", lora_dir / "x.png")
+    os.symlink(elsewhere / "passwd", lora_dir / "x.txt")
+    lora = lora_dir / "x.safetensors"
+    assert companion_allowed(lora_dir / "x.png", lora, [lora_dir])  # the real file's own preview, beside it
+    assert not companion_allowed(lora_dir / "x.txt", lora, [lora_dir])  # any other file of that folder is not

@@ -17,8 +17,10 @@ Beyond A1111 (SD.Next's names where it has them):
   made from it (cached in memory per app, keyed by file, mtime, size and thumbnail size).
 
 Names from requests are LoRA names, never paths: absolute paths and `..` components are refused (400), unknown names
-answer 404, and a file is read or written only when its real path (symlinks resolved) lies inside the real path of
-one of the Lora roots (403 otherwise). Every route sits under `/sdapi/`, so the host's `--api-auth` covers it.
+answer 404, and a preview or sidecar is read or written only when `lora_registry.companion_allowed` allows it: its
+real path (symlinks resolved) lies inside the real path of one of the Lora roots, or directly in the LoRA file's real
+folder (a symlinked Lora folder keeps its previews and sidecars); 403 otherwise. Every route sits under `/sdapi/`, so
+the host's `--api-auth` covers it.
 All state (thumbnail and layer-report caches, write lock) lives on the `LoraApi` object that `mount` stores on
 `app.state.lora_api`.
 """
@@ -34,12 +36,12 @@ import threading
 import urllib.parse
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import user_metadata
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from lora_registry import companion_allowed
 from networks import NetworkLoadError, load_network
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
@@ -187,19 +189,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def inside(path: str | os.PathLike[str], roots: list[Path]) -> bool:
-    """Whether the real path of `path` (symlinks resolved) lies inside the real path of one of `roots`."""
-    real = os.path.realpath(path)
-    for root in roots:
-        real_root = os.path.realpath(root)
-        try:
-            if os.path.commonpath([real, real_root]) == real_root:
-                return True
-        except ValueError:  # different drives
-            continue
-    return False
-
-
 def most_common(values: list[Any]) -> Any:
     """The most frequent non-None value, or None."""
     present = [v for v in values if v is not None]
@@ -255,19 +244,20 @@ class LoraApi:
             raise ApiError(404, "LoraNotFound", f"Lora {name!r} not found; see GET {API}/loras")
         return entry
 
-    def guarded(self, path: str | os.PathLike[str], what: str) -> str:
-        """The real path of `path`; ApiError 403 when it lies outside the Lora folders."""
-        if not inside(path, self.registry.roots):
-            log.warning("Lora API refused %s %s: outside the Lora folders", what, path)
-            raise ApiError(403, "OutsideLoraFolders", f"the {what} lies outside the Lora folders")
+    def guarded(self, path: str | os.PathLike[str], entry: Any, what: str) -> str:
+        """The real path of the companion file `path` of `entry`; ApiError 403 when `companion_allowed` refuses it."""
+        if not companion_allowed(path, entry.filename, self.registry.roots):
+            log.warning("Lora API refused %s %s: outside the Lora folders and not beside the LoRA file", what, path)
+            raise ApiError(403, "OutsideLoraFolders",
+                           f"the {what} lies outside the Lora folders and not beside the LoRA file")
         return os.path.realpath(path)
 
     def preview_file(self, entry: Any) -> str:
-        """Real path of the entry's preview; 404 without one, 403 when it points outside the roots."""
+        """Real path of the entry's preview; 404 without one, 403 when the companion rule refuses it."""
         preview = entry.preview_path()
         if preview is None:
             raise ApiError(404, "NoPreview", f"Lora {entry.name!r} has no preview image")
-        return self.guarded(preview, "preview")
+        return self.guarded(preview, entry, "preview")
 
     @staticmethod
     def open_regular(real: str) -> tuple[int, os.stat_result]:
@@ -283,9 +273,9 @@ class LoraApi:
         return fd, st
 
     def urls(self, entry: Any) -> tuple[str | None, str | None]:
-        """(preview URL, thumbnail URL) when the entry has a preview inside the roots."""
+        """(preview URL, thumbnail URL) when the entry has a preview the companion rule allows."""
         preview = entry.preview_path()
-        if preview is None or not inside(preview, self.registry.roots):
+        if preview is None or not companion_allowed(preview, entry.filename, self.registry.roots):
             return None, None
         query = urllib.parse.urlencode({"name": entry.relative_name})
         return f"{API}/lora/preview?{query}", f"{API}/lora/thumb?{query}"
@@ -369,14 +359,14 @@ class LoraApi:
             full_hash = ""
             problems.append(f"hash not computed: {exc}")
         sidecar: dict[str, Any] = {}
-        if entry.sidecar_path().exists():
-            if inside(entry.sidecar_path(), self.registry.roots):
-                try:
-                    sidecar = user_metadata.read_user_metadata(entry)
-                except user_metadata.UserMetadataError as exc:
-                    problems.append(f"sidecar not readable: {exc}")
-            else:
-                problems.append("sidecar ignored: it lies outside the Lora folders")
+        try:
+            sidecar = user_metadata.read_user_metadata(entry, self.registry.roots)
+        except user_metadata.SidecarNotAllowed:
+            problems.append("sidecar ignored: it lies outside the Lora folders and not beside the LoRA file")
+        except user_metadata.UserMetadataError as exc:
+            problems.append(f"sidecar not readable: {exc}")
+        except OSError as exc:
+            problems.append(f"sidecar not readable: {exc.strerror or exc}")
         layers, rank, alpha, layer_problems, load_error = self.layer_report(entry)
         problems.extend(layer_problems)
         if layers is None:
@@ -402,13 +392,14 @@ class LoraApi:
         changes = req.model_dump(by_alias=True, exclude_none=True, exclude={"name", "changes"})
         changes.update(req.changes or {})
         sidecar = entry.sidecar_path()
-        self.guarded(sidecar.parent, "sidecar folder")
-        if sidecar.exists() or sidecar.is_symlink():
-            self.guarded(sidecar, "sidecar")
+        self.guarded(sidecar, entry, "sidecar")  # user_metadata checks again, at the moment it reads and writes
+        roots = self.registry.roots
         with self.write_lock:
             try:
-                data = user_metadata.save_user_metadata(entry, changes) if changes else \
-                    user_metadata.read_user_metadata(entry)
+                data = user_metadata.save_user_metadata(entry, changes, roots) if changes else \
+                    user_metadata.read_user_metadata(entry, roots)
+            except user_metadata.SidecarNotAllowed as exc:
+                raise ApiError(403, "OutsideLoraFolders", str(exc)) from exc
             except user_metadata.UserMetadataError as exc:
                 raise ApiError(422, "InvalidMetadata", str(exc)) from exc
             except OSError as exc:

@@ -12,6 +12,10 @@
 * Files that cannot be used are skipped with the reason in `errors` (keyed by path): unreadable or malformed files,
   folders named like LoRA files, and names that are not valid UTF-8 (they cannot be typed into a prompt nor sent in
   JSON; their key shows the undecodable bytes as U+FFFD). `skipped_reason(name)` finds the reason by prompt name.
+  A sidecar `<name>.json` that is malformed or refused by `companion_allowed` is ignored (the LoRA itself is kept)
+  and its reason is kept in `errors` under the sidecar's path too (and in the entry's `sidecar_problem`).
+* Companion files (preview image, `.txt` description, sidecar JSON) are read, served and written only where
+  `companion_allowed` says so: the one rule for symlinks, used by the registry, the API and the card page.
 """
 
 from __future__ import annotations
@@ -45,6 +49,59 @@ METADATA_PRIORITY = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 
 def display_path(path: str) -> str:
     """`path` with bytes that are not UTF-8 (surrogate escapes, as Python decodes such file names) shown as U+FFFD."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _real_inside(real: str, roots: Iterable[str | os.PathLike[str]]) -> bool:
+    """Whether the real path `real` lies inside the real path of one of `roots`."""
+    for root in roots:
+        real_root = os.path.realpath(root)
+        try:
+            if os.path.commonpath([real, real_root]) == real_root:
+                return True
+        except ValueError:  # different drives
+            continue
+    return False
+
+
+def inside(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]]) -> bool:
+    """Whether the real path of `path` (symlinks resolved) lies inside the real path of one of `roots`."""
+    return _real_inside(os.path.realpath(path), roots)
+
+
+def companion_allowed(path: str | os.PathLike[str], lora_filename: str | os.PathLike[str],
+                      roots: Iterable[str | os.PathLike[str]]) -> bool:
+    """Whether a companion file of the LoRA `lora_filename` (its preview image, `<stem>.txt` /
+    `<stem>.description.txt` description or `<stem>.json` sidecar) may be read, served or written at `path`.
+
+    The rule, the one place the registry, the API and the card page take it from: a companion is allowed when its
+    real path (symlinks resolved)
+    * lies inside the real path of one of the Lora `roots`, or
+    * lies directly in the real path of the folder the LoRA is listed in, or
+    * lies beside the LoRA file's own real path and is named after it (`<real stem>.*`), for a LoRA that is itself a
+      symlink.
+    Why: the registry follows symlinked folders and files (`models/Lora/shared -> /mnt/loras` is a common setup), so
+    `/mnt/loras/x.png` beside `/mnt/loras/x.safetensors` belongs to that LoRA and is shown. A companion that is itself
+    a symlink to anywhere else (`x.json -> /etc/passwd`, `x.png -> ~/private/photo.png`) is refused: otherwise
+    whoever can put a link into the Lora folders could read other files through the cards and the API, or overwrite
+    them through the editor. `path` need not exist (a sidecar about to be created): its real path is then the real
+    path of its folder plus its name; a dangling symlink is judged by where it points.
+    """
+    path, lora_filename = os.fspath(path), os.fspath(lora_filename)
+    folder = os.path.dirname(lora_filename)
+    if os.path.dirname(path) == folder and os.path.basename(path) not in ("", ".", "..") and not os.path.islink(path):
+        # The common case, decided by one lstat with the same answer as below: a companion in the LoRA's own folder
+        # that is no symlink has the real path of that folder plus its name, so it lies in the LoRA's real folder.
+        return True
+    real = os.path.realpath(path)
+    if _real_inside(real, roots):
+        return True
+    if os.path.dirname(real) == os.path.realpath(folder or os.curdir):
+        return True
+    # Beside the LoRA file's own real path (the LoRA itself is a symlink): only a file named after that real file, so
+    # a LoRA linked into a system folder does not open the rest of that folder (`x.txt -> /etc/passwd`).
+    real_lora = os.path.realpath(lora_filename)
+    stem = os.path.splitext(os.path.basename(real_lora))[0]
+    return os.path.dirname(real) == os.path.dirname(real_lora) and os.path.basename(real).startswith(stem + ".")
 
 
 def natural_sort_key(text: str) -> list[Any]:
@@ -165,7 +222,10 @@ def prompt_name(entry: NetworkOnDisk, preferred: str, forbidden_aliases: set[str
 
 @dataclass
 class NetworkOnDisk:
-    """One LoRA file: names, metadata, SD version, algorithm, hash (lazy), sidecar user metadata."""
+    """One LoRA file: names, metadata, SD version, algorithm, hash (lazy), sidecar user metadata.
+
+    `sidecar_problem` says why the sidecar was ignored at the last scan (malformed, or refused by
+    `companion_allowed`); None when it was read or there is none."""
 
     name: str
     filename: str
@@ -178,6 +238,7 @@ class NetworkOnDisk:
     size: int = 0
     user_metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    sidecar_problem: str | None = None
 
     @property
     def alias(self) -> str:
@@ -232,7 +293,7 @@ class NetworkRegistry:
         self.aliases: dict[str, NetworkOnDisk] = {}  # stem, relative name and unambiguous aliases -> entry
         self.forbidden_aliases: set[str] = set()
         self.hash_lookup: dict[str, NetworkOnDisk] = {}  # short hash -> entry
-        self.errors: dict[str, str] = {}  # file -> why it was skipped
+        self.errors: dict[str, str] = {}  # file -> why it was skipped (or, for a sidecar, ignored)
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- scanning
@@ -285,12 +346,23 @@ class NetworkRegistry:
             if isinstance(cached_hash, str):
                 entry.hash = cached_hash
         sidecar = entry.sidecar_path()
-        if (sidecar.name in listing) if listing is not None else sidecar.is_file():
-            try:
-                data = read_json(sidecar, default={})
-                entry.user_metadata = data if isinstance(data, dict) else {}
-            except ValueError as exc:
-                log.warning("Lora sidecar %s ignored: %s", sidecar, exc)
+        if (sidecar.name in listing) if listing is not None else (sidecar.is_file() or sidecar.is_symlink()):
+            if not companion_allowed(sidecar, filename, self.roots):
+                entry.sidecar_problem = ("sidecar ignored: it is a symlink to outside the Lora folders and not beside "
+                                         "the LoRA file")
+            else:
+                try:
+                    data = read_json(sidecar, default={})
+                except (ValueError, OSError) as exc:
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                    entry.sidecar_problem = f"sidecar ignored: {reason}"
+                else:
+                    if isinstance(data, dict):
+                        entry.user_metadata = data
+                    else:
+                        entry.sidecar_problem = "sidecar ignored: expected a JSON object"
+            if entry.sidecar_problem:
+                log.warning("Lora %s: %s", sidecar, entry.sidecar_problem)
         return entry
 
     def refresh(self) -> None:
@@ -300,7 +372,10 @@ class NetworkRegistry:
             entries: list[NetworkOnDisk] = []
             for root, filename, listing in self._walk():
                 try:
-                    entries.append(self._describe(root, filename, listing))
+                    entry = self._describe(root, filename, listing)
+                    entries.append(entry)
+                    if entry.sidecar_problem:
+                        self.errors[display_path(str(entry.sidecar_path()))] = entry.sidecar_problem
                 except (OSError, lora_files.LoraFileError) as exc:
                     reason = str(exc) if isinstance(exc, lora_files.LoraFileError) else f"cannot read: {exc.strerror or exc}"
                     self.errors[filename] = reason
@@ -347,6 +422,8 @@ class NetworkRegistry:
         with self._lock:
             errors = dict(self.errors)
         for filename, reason in errors.items():
+            if not filename.lower().endswith(lora_files.LORA_EXTENSIONS):  # an ignored sidecar, not a skipped LoRA
+                continue
             root = next((str(r) for r in self.roots if filename.startswith(str(r) + os.sep)), os.path.dirname(filename))
             relative = os.path.splitext(os.path.relpath(filename, root))[0].replace(os.sep, "/")
             base = os.path.basename(filename)

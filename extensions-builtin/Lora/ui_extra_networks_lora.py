@@ -14,8 +14,9 @@ Layout of the work:
   `thumb` (preview file or embedded cover image of a registered entry only), `metadata` (popup HTML), `blocks`
   (per-block strength chart), `editor` (dialog data), `save` (sidecar via `save_user_metadata`), `replace-preview`.
   Entries are addressed by their full filename, looked up in the registry's own list: no path from a request is
-  ever opened. As in the API (lora_api.py), a preview is served, a sidecar written and a `.txt` description read
-  only when its real path (symlinks resolved) lies inside the Lora folders (403 / no description otherwise).
+  ever opened. As in the API (lora_api.py) and the registry, a preview is served, a sidecar written and a `.txt`
+  description read only when `lora_registry.companion_allowed` allows it: its real path (symlinks resolved) lies
+  inside the Lora folders or directly in the LoRA file's real folder (403 / no description otherwise).
 """
 
 from __future__ import annotations
@@ -37,9 +38,8 @@ import lora_block_strength
 import ui_edit_user_metadata
 from fastapi import Body, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
-from lora_api import inside
-from lora_registry import PREVIEW_EXTENSIONS, NetworkOnDisk, prompt_name
-from user_metadata import UserMetadataError, save_user_metadata
+from lora_registry import PREVIEW_EXTENSIONS, NetworkOnDisk, companion_allowed, prompt_name
+from user_metadata import SidecarNotAllowed, UserMetadataError, save_user_metadata
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _cover_image(entry: NetworkOnDisk) -> tuple[bytes, str] | None:
 class DirListing:
     """Previews and `.txt` descriptions per folder, from one directory listing each (no stat per candidate name).
 
-    With `roots`, a description file is read only when its real path lies inside them (a `.txt` symlinked to a file
+    With `roots`, a description file is read only when `companion_allowed` allows it (a `.txt` symlinked to a file
     elsewhere would otherwise show that file's text on the card)."""
 
     def __init__(self, roots: list[Any] | None = None) -> None:
@@ -123,14 +123,16 @@ class DirListing:
         found = self._folder(folder)[0].get(stem)
         return os.path.join(folder, found[1]) if found else None
 
-    def text_in(self, folder: str, stem: str) -> str | None:
-        """The `<stem>.txt` / `<stem>.description.txt` file, if any (and inside the roots, when given)."""
+    def text_in(self, folder: str, stem: str, lora_filename: str) -> str | None:
+        """The `<stem>.txt` / `<stem>.description.txt` file of the LoRA `lora_filename` (`<folder>/<stem>.*`), if
+        any and, when the listing has roots, allowed by `companion_allowed`."""
         found = self._folder(folder)[1].get(stem)
         if not found:
             return None
         path = os.path.join(folder, found[1])
-        if self._roots is not None and not inside(path, self._roots):
-            log.warning("Lora description %s ignored: it lies outside the Lora folders", path)
+        if self._roots is not None and not companion_allowed(path, lora_filename, self._roots):
+            log.warning("Lora description %s ignored: it lies outside the Lora folders and not beside the LoRA file",
+                        path)
             return None
         return path
 
@@ -139,7 +141,7 @@ class DirListing:
         if "description" in entry.user_metadata:
             return str(entry.user_metadata.get("description") or "")
         folder, fname = os.path.split(entry.filename)
-        return read_description(self.text_in(folder, os.path.splitext(fname)[0]))
+        return read_description(self.text_in(folder, os.path.splitext(fname)[0], entry.filename))
 
 
 def read_description(path: str | None) -> str:
@@ -269,7 +271,9 @@ class LoraPage:
     def _sources(self, entry: NetworkOnDisk, listing: DirListing) -> tuple[str | None, str | None]:
         facts = self._file_facts(entry)
         preview = listing.preview_in(facts["folder"], facts["stem"])
-        text = None if "description" in entry.user_metadata else listing.text_in(facts["folder"], facts["stem"])
+        text = None
+        if "description" not in entry.user_metadata:
+            text = listing.text_in(facts["folder"], facts["stem"], entry.filename)
         return preview, text
 
     def _signature(self, entry: NetworkOnDisk, alias: str, preview: str | None, text: str | None) -> tuple:
@@ -439,8 +443,9 @@ class LoraPage:
         return ui_edit_user_metadata.editor_payload(entry, description, self.webui.paths.outputs_dir)
 
     def save(self, entry: NetworkOnDisk, fields: dict[str, Any]) -> dict[str, Any]:
-        """Write the sidecar (validated, unknown keys kept, atomic) and return the refreshed card."""
-        save_user_metadata(entry, fields)
+        """Write the sidecar (validated, unknown keys kept, atomic; SidecarNotAllowed when the companion rule refuses
+        it) and return the refreshed card."""
+        save_user_metadata(entry, fields, self.registry.roots)
         self.forget_card(entry)
         with self._lock:
             return self.card(entry)
@@ -460,11 +465,12 @@ def _key_entry(page: LoraPage, key: str) -> NetworkOnDisk:
     return entry
 
 
-def _guard(page: LoraPage, path: os.PathLike[str], what: str) -> None:
-    """403 unless the real path of `path` (symlinks resolved) lies inside the Lora folders (the API's rule)."""
-    if not inside(path, page.registry.roots):
-        log.warning("Lora page refused %s %s: outside the Lora folders", what, path)
-        raise HTTPException(status_code=403, detail=f"the {what} lies outside the Lora folders")
+def _guard(page: LoraPage, path: os.PathLike[str], entry: NetworkOnDisk, what: str) -> None:
+    """403 unless `companion_allowed` allows the companion file `path` of `entry` (the API's and registry's rule)."""
+    if not companion_allowed(path, entry.filename, page.registry.roots):
+        log.warning("Lora page refused %s %s: outside the Lora folders and not beside the LoRA file", what, path)
+        raise HTTPException(status_code=403, detail=f"the {what} lies outside the Lora folders and not beside the "
+                                                    "LoRA file")
 
 
 def mount_routes(app: Any, page: LoraPage) -> None:
@@ -493,7 +499,7 @@ def mount_routes(app: Any, page: LoraPage) -> None:
         preview = entry.preview_path()
         headers = {"Cache-Control": "public, max-age=604800"}  # the URL carries the file's mtime
         if preview is not None:
-            _guard(page, preview, "preview")
+            _guard(page, preview, entry, "preview")
             media = IMAGE_TYPES.get(preview.suffix.lower(), "application/octet-stream")
             return FileResponse(preview, media_type=media, headers=headers)
         cover = _cover_image(entry)
@@ -515,12 +521,11 @@ def mount_routes(app: Any, page: LoraPage) -> None:
         fields = payload.get("fields")
         if not isinstance(fields, dict):
             raise HTTPException(status_code=422, detail="fields must be an object")
-        sidecar = entry.sidecar_path()
-        _guard(page, sidecar.parent, "sidecar folder")
-        if sidecar.exists() or sidecar.is_symlink():
-            _guard(page, sidecar, "sidecar")
+        _guard(page, entry.sidecar_path(), entry, "sidecar")  # save_user_metadata checks again when it writes
         try:
             return {"card": page.save(entry, fields)}
+        except SidecarNotAllowed as exc:
+            raise HTTPException(status_code=403, detail=str(exc)) from exc
         except UserMetadataError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         except OSError as exc:

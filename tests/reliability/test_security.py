@@ -11,8 +11,10 @@ preview, a strong LoRA) that symlinks and path-like names try to reach.
   undefined, no element carries an injected handler, and each payload is visible as literal text. The HTML the
   card-page routes return holds the escaped form; saved sidecars hold the literal text.
 * (b) Every route that takes a LoRA name or card key refuses paths (`..`, absolute, URL-encoded, backslashes, NUL)
-  with a 4xx and a message; symlinked previews, sidecars and `.txt` descriptions pointing outside are refused (API and
-  card page alike); a prompt cannot load a LoRA by path; the sentinel files stay byte-identical.
+  with a 4xx and a message; symlinked previews, sidecars and `.txt` descriptions pointing outside the Lora folders
+  (and not beside the LoRA's real file) are refused by the API, the card page and the registry alike, while a
+  symlinked Lora folder keeps its own companions; a prompt cannot load a LoRA by path; the sentinel files stay
+  byte-identical.
 * (c) `--api-auth`: every route under `/sdapi/` (from the app object and `/openapi.json`) answers 401 without or with
   wrong credentials and something else with the right ones; tricks with the path do not get around it; every route
   outside `/sdapi/` is a known UI/doc route.
@@ -405,9 +407,65 @@ def test_symlinks_to_outside_files_are_refused_everywhere(site: Site, api: httpx
         card = ui.get("/lora-ui/card", params={"key": text_key}).json()["card"]
         editor = ui.get("/lora-ui/editor", params={"key": text_key}).json()
         assert card["description"] == "" and editor["fields"]["description"] == ""
+        # the registry ignores `linked.json` (a symlink to outside): no card, editor or trigger word shows it
+        linked_card = ui.get("/lora-ui/card", params={"key": key}).json()["card"]
+        assert linked_card["description"] == "" and linked_card["activation"] == ""
+        assert SECRET not in ui.get("/lora-ui/cards").text
+        assert SECRET not in ui.get("/lora-ui/editor", params={"key": key}).text
     assert (site.lora_dir / "linked.json").is_symlink()
-    ledger.bad_input(8)
+    ledger.bad_input(11)
     ledger.intact(site.sentinels() == before, "a file outside the Lora folders changed through a symlink")
+
+
+def test_a_symlinked_lora_folder_serves_only_its_own_companions(site: Site, api: httpx.Client, ledger: Any) -> None:
+    """`models/Lora/shared -> <store>`: the preview, `.txt` and sidecar beside a LoRA's real file are served, shown and
+    editable through the API and the card page; companions in that folder symlinked to the sentinels are refused."""
+    before = site.sentinels()
+    store = site.lora_dir.parent / "shared-store"
+    store.mkdir(exist_ok=True)
+    shutil.copyfile(site.lora_dir / "plain.safetensors", store / "shared_ok.safetensors")
+    (store / "shared_ok.png").write_bytes(png((0, 160, 0)))
+    (store / "shared_ok.txt").write_text("shared description")
+    (store / "shared_ok.json").write_text(json.dumps({"activation text": "shared trigger"}))
+    shutil.copyfile(site.lora_dir / "plain.safetensors", store / "shared_escape.safetensors")
+    for ext in ("png", "json", "txt"):
+        (store / f"shared_escape.{ext}").symlink_to(site.outside / f"secret.{ext}")
+    link = site.lora_dir / "shared"
+    link.symlink_to(store, target_is_directory=True)
+    try:
+        api.post("/sdapi/v1/refresh-loras")
+        ok = api.get("/sdapi/v1/lora", params={"name": "shared/shared_ok"}).json()
+        assert ok["user_metadata"] == {"activation text": "shared trigger"}
+        assert api.get(ok["preview_url"]).content == (store / "shared_ok.png").read_bytes()
+        assert api.get(ok["thumb_url"]).headers["content-type"] == "image/png"
+        edited = api.post("/sdapi/v1/lora/metadata", json={"name": "shared/shared_ok", "notes": "api"})
+        assert edited.status_code == 200 and json.loads((store / "shared_ok.json").read_text())["notes"] == "api"
+        for path in ("/sdapi/v1/lora/preview", "/sdapi/v1/lora/thumb"):
+            response = api.get(path, params={"name": "shared/shared_escape"})
+            assert response.status_code == 403 and "outside the Lora folders" in detail(response)
+        escape = api.get("/sdapi/v1/lora", params={"name": "shared/shared_escape"})
+        assert SECRET not in escape.text and escape.json()["preview_url"] is None
+        refused = api.post("/sdapi/v1/lora/metadata", json={"name": "shared/shared_escape", "notes": "x"})
+        assert refused.status_code == 403 and "outside the Lora folders" in detail(refused)
+        with httpx.Client(base_url=site.base, timeout=60) as ui:
+            ok_key, escape_key = str(link / "shared_ok.safetensors"), str(link / "shared_escape.safetensors")
+            card = ui.get("/lora-ui/card", params={"key": ok_key}).json()["card"]
+            assert card["description"] == "shared description" and card["activation"] == "shared trigger"
+            assert ui.get(card["preview"]).content == (store / "shared_ok.png").read_bytes()
+            saved = ui.post("/lora-ui/save", json={"key": ok_key, "fields": {"notes": "ui"}})
+            assert saved.status_code == 200 and json.loads((store / "shared_ok.json").read_text())["notes"] == "ui"
+            card = ui.get("/lora-ui/card", params={"key": escape_key}).json()["card"]
+            assert card["description"] == "" and card["activation"] == ""
+            assert ui.get("/lora-ui/thumb", params={"key": escape_key}).status_code == 403
+            saved = ui.post("/lora-ui/save", json={"key": escape_key, "fields": {"notes": "through the link"}})
+            assert saved.status_code == 403 and "outside the Lora folders" in saved.json()["detail"]
+            assert SECRET not in ui.get("/lora-ui/cards").text
+    finally:
+        link.unlink()
+        api.post("/sdapi/v1/refresh-loras")
+    assert all((store / f"shared_escape.{ext}").is_symlink() for ext in ("png", "json", "txt"))
+    ledger.bad_input(7)
+    ledger.intact(site.sentinels() == before, "a file outside the Lora folders changed through a linked folder")
 
 
 def test_a_prompt_cannot_load_a_lora_by_path(site: Site, api: httpx.Client, ledger: Any) -> None:
