@@ -135,3 +135,23 @@ def test_models_without_a_safetensors_file_keep_copies(tmp_path):
     assert engine.patcher.backup_bytes >= sum(weight_of(model, n).numel() * 4 for n in deltas)
     engine.deactivate_all()
     assert_bitwise_equal(model, pristine)
+
+
+def test_the_merged_path_adds_no_hook_and_changes_no_module(tmp_path):
+    """Generation with merged LoRAs runs exactly the no-LoRA forward code: same module objects and types, no hooks,
+    no per-instance `forward`, parameters updated in place (the benchmark's step-time rows rest on this)."""
+    model = load(write_single_file(tmp_path / "model.safetensors", "SD1", seed=9))
+    write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=6, conv=True)
+    engine = engine_for(tmp_path, model)
+
+    def layout() -> list[tuple]:
+        return [(name, id(m), type(m), len(m._forward_hooks) + len(m._forward_pre_hooks), "forward" in m.__dict__,
+                 tuple(p.data_ptr() for p in m.parameters(recurse=False)))
+                for part in model.torch_modules().values() for name, m in part.named_modules()]
+
+    before = layout()
+    engine.activate([NetworkRequest("a")])
+    assert engine.patcher.layers  # something was merged
+    assert layout() == before
+    assert not torch.nn.modules.module._global_forward_hooks and not torch.nn.modules.module._global_forward_pre_hooks
+    engine.deactivate_all()

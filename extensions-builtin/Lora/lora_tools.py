@@ -157,7 +157,7 @@ def combine(engine: LoraEngine, requests: list[NetworkRequest], out: Path, rank:
                             f"{key}.alpha": torch.tensor(float(down.shape[0]))}
                 report.errors[name] = 0.0
             else:
-                diff = module.weight.detach().float().cpu() - state.weight_backup.float()
+                diff = module.weight.detach().float().cpu() - engine.patcher.pristine_weight(name).float()
                 if rank is not None:
                     up, down, error = low_rank(diff, rank, None)
                     up, down = _factors_for(module.weight, up, down)

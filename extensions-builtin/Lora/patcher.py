@@ -168,6 +168,10 @@ class Patcher:
             pristine_amax=max_abs(weight),
         )
 
+    def pristine_weight(self, name: str) -> torch.Tensor:
+        """W0 of a touched layer (read-only: its backup copy, or a CPU view of the checkpoint file)."""
+        return self._pristine_weight(name, self.layers[name])
+
     def _pristine_weight(self, name: str, state: _LayerState) -> torch.Tensor:
         """W0 of a layer: its backup copy, or a view of the checkpoint file."""
         if state.weight_backup is not None:
