@@ -279,6 +279,7 @@ def test_a_symlinked_lora_folder_keeps_its_companions_and_outside_links_stay_ref
 
         escape = cards["escape"]
         assert escape["description"] == "" and escape["activation"] == ""  # neither the .txt nor the sidecar is read
+        assert escape["preview"] == ""  # no thumbnail URL for a refused preview (rather than a broken image)
         escape_key = str(lora_dir / "shared" / "escape.safetensors")
         assert client.get("/lora-ui/editor", params={"key": escape_key}).json()["fields"]["description"] == ""
         thumb = client.get("/lora-ui/thumb", params={"key": escape_key})

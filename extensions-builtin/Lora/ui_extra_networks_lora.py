@@ -116,23 +116,27 @@ class DirListing:
     def preview(self, entry: NetworkOnDisk) -> str | None:
         """Same order as `NetworkOnDisk.preview_path`: `<stem>.png|jpg|jpeg|webp|gif`, then `<stem>.preview.*`."""
         folder, fname = os.path.split(entry.filename)
-        return self.preview_in(folder, os.path.splitext(fname)[0])
+        return self.preview_in(folder, os.path.splitext(fname)[0], entry.filename)
 
-    def preview_in(self, folder: str, stem: str) -> str | None:
-        """The preview file of the LoRA `<folder>/<stem>.*`, if any."""
-        found = self._folder(folder)[0].get(stem)
-        return os.path.join(folder, found[1]) if found else None
+    def preview_in(self, folder: str, stem: str, lora_filename: str) -> str | None:
+        """The preview file of the LoRA `lora_filename` (`<folder>/<stem>.*`), if any and allowed (see `_companion`);
+        a refused preview gives the card no thumbnail rather than a broken one."""
+        return self._companion(0, folder, stem, lora_filename, "preview")
 
     def text_in(self, folder: str, stem: str, lora_filename: str) -> str | None:
         """The `<stem>.txt` / `<stem>.description.txt` file of the LoRA `lora_filename` (`<folder>/<stem>.*`), if
-        any and, when the listing has roots, allowed by `companion_allowed`."""
-        found = self._folder(folder)[1].get(stem)
+        any and allowed (see `_companion`)."""
+        return self._companion(1, folder, stem, lora_filename, "description")
+
+    def _companion(self, kind: int, folder: str, stem: str, lora_filename: str, what: str) -> str | None:
+        """The listed companion file (0: preview, 1: description) of a LoRA; when the listing has roots, only one
+        that `companion_allowed` accepts."""
+        found = self._folder(folder)[kind].get(stem)
         if not found:
             return None
         path = os.path.join(folder, found[1])
         if self._roots is not None and not companion_allowed(path, lora_filename, self._roots):
-            log.warning("Lora description %s ignored: it lies outside the Lora folders and not beside the LoRA file",
-                        path)
+            log.warning("Lora %s %s ignored: it lies outside the Lora folders and not beside the LoRA file", what, path)
             return None
         return path
 
@@ -270,7 +274,7 @@ class LoraPage:
 
     def _sources(self, entry: NetworkOnDisk, listing: DirListing) -> tuple[str | None, str | None]:
         facts = self._file_facts(entry)
-        preview = listing.preview_in(facts["folder"], facts["stem"])
+        preview = listing.preview_in(facts["folder"], facts["stem"], entry.filename)
         text = None
         if "description" not in entry.user_metadata:
             text = listing.text_in(facts["folder"], facts["stem"], entry.filename)
