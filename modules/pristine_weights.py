@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from modules.checkpoint_convert import ldm_tensor_to_model
 from modules.safetensors_header import read_header
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,6 @@ class PristineWeights:
     def view(self, param: str) -> torch.Tensor | None:
         """The pristine value of `param` in the file's dtype, on the CPU, without a copy where the transform allows
         (a transpose copies); None when unknown or when the file changed on disk since it was mapped."""
-        from modules.checkpoint_convert import ldm_tensor_to_model  # noqa: PLC0415 - conversion imports models
-
         source = self._sources.get(param)
         if source is None:
             return None

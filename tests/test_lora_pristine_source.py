@@ -25,8 +25,8 @@ from modules.sd_model_types import CheckpointInfo
 from modules.sd_models import load_checkpoint
 
 
-def load(path, fmt: str = "single-file"):
-    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", torch.float32)
+def load(path, fmt: str = "single-file", dtype: torch.dtype = torch.float32):
+    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", dtype)
 
 
 def engine_for(tmp_path, model) -> LoraEngine:
@@ -79,6 +79,25 @@ def test_no_backup_copies_exact_merge_and_bitwise_restore(tmp_path, family, fmt,
     assert_merged(model, pristine, deltas, -0.5)
     engine.deactivate_all()
     assert engine.patcher.layers == {}
+    assert_bitwise_equal(model, pristine)
+
+
+def test_bfloat16_weights_are_rebuilt_in_float32_from_the_weight_then_the_file(tmp_path):
+    """Weights the patcher cannot rebuild in place (bfloat16 here; fp16/bf16 on CUDA) get a float32 working copy: taken
+    from the weight itself on first use, read back from the file afterwards; either way W0 + delta, rounded once."""
+    model = load(write_single_file(tmp_path / "model.safetensors", "SD1", seed=10, dtype=torch.bfloat16),
+                 dtype=torch.bfloat16)
+    pristine = state_snapshot(model)
+    deltas = write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=7, only=8)
+    engine = engine_for(tmp_path, model)
+    for scale in (1.0, 0.5):  # first apply, then a strength change
+        engine.activate([NetworkRequest("a", scale, scale)])
+        assert engine.patcher.file_backed_layers == len(deltas)
+        for name, delta in deltas.items():
+            want = (pristine[f"{name}.weight"].float() + scale * delta).to(torch.bfloat16).float()
+            got = weight_of(model, name).float()
+            assert torch.allclose(got, want, rtol=2 ** -7, atol=1e-6), f"{name}: max error {(got - want).abs().max()}"
+    engine.deactivate_all()
     assert_bitwise_equal(model, pristine)
 
 

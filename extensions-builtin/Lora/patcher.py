@@ -195,16 +195,18 @@ class Patcher:
             state = self._new_state(name, target)
             self.layers[name] = state
         dtype = compute_dtype(weight)
-        # float32 weights are rebuilt in place (pristine copied in, unless the layer holds it already, then the deltas
-        # added into the parameter itself): no working copy. Other dtypes (fp16/bf16 on CUDA) are rebuilt in float32
-        # and written back once.
+        # float32 weights are rebuilt in place (pristine copied in, then the deltas added into the parameter itself):
+        # no working copy. Other dtypes (fp16/bf16 on CUDA) are rebuilt in float32 and written back once.
+        # A layer with nothing applied holds W0 itself (checked or copied just now): nothing needs reading back.
         in_place = weight.dtype == dtype and weight.is_contiguous()
+        holds_pristine = not state.applied
         if in_place:
             new_weight = weight.detach()
-            if state.applied:
+            if not holds_pristine:
                 new_weight.copy_(self._pristine_weight(name, state))
         else:
-            new_weight = self._pristine_weight(name, state).to(weight.device, dtype=dtype, copy=True)
+            source = weight.detach() if holds_pristine else self._pristine_weight(name, state)
+            new_weight = source.to(weight.device, dtype=dtype, copy=True)
         new_bias = None if state.bias_backup is None else state.bias_backup.to(weight.device, dtype=dtype, copy=True)
         failure: LayerPatchError | None = None
         bound = state.pristine_amax
