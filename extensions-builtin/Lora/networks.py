@@ -288,7 +288,9 @@ class LoraEngine:
 
     @staticmethod
     def _file_key(entry: NetworkOnDisk) -> tuple:
-        return (entry.filename, os.path.getmtime(entry.filename), os.path.getsize(entry.filename))
+        """(file, mtime, size): one version of a file, from one stat."""
+        st = os.stat(entry.filename)
+        return (entry.filename, st.st_mtime, st.st_size)
 
     def _network(self, entry: NetworkOnDisk) -> Network:
         assert self.index is not None
@@ -412,15 +414,16 @@ class LoraEngine:
         places fewer than `at_least` layers (outcomes are remembered per file version: never tried twice)."""
         assert self.peft is not None
         file_key = self._file_key(entry)
-        known = self.peft.outcomes.get(file_key)
-        if isinstance(known, int) and known < at_least:
-            raise PeftLoadError(f"diffusers places fewer of its layers ({known}) than native merge ({at_least})")
-        adapter = self.peft.load((*file_key, occurrence), entry.name, lambda: lora_files.load_tensors(entry.filename),
-                                 entry.metadata)
-        if len(adapter.layers) < at_least:
-            self.peft.discard(adapter)
-            raise PeftLoadError(f"diffusers places fewer of its layers ({len(adapter.layers)}) than native merge "
-                                f"({at_least})")
+        placed = self.peft.outcomes.get(file_key)
+        adapter = None
+        if not (isinstance(placed, int) and placed < at_least):
+            adapter = self.peft.load((*file_key, occurrence), entry.name,
+                                     lambda: lora_files.load_tensors(entry.filename), entry.metadata)
+            placed = len(adapter.layers)
+        if placed < at_least:
+            if adapter is not None:
+                self.peft.discard(adapter)
+            raise PeftLoadError(f"diffusers places fewer of its layers ({placed}) than native merge ({at_least})")
         return adapter
 
     def _stand_in(self, entry: NetworkOnDisk) -> Network:
