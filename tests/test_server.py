@@ -68,6 +68,20 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> None:
     raise AssertionError(f"{url} did not come up in {timeout} s")
 
 
+def stop_servers(*processes: subprocess.Popen) -> None:
+    """Stop launched servers as Ctrl+C does (SIGINT to all first, so they shut down together), killing any that has
+    not exited 20 s later."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 class CardsPage:
     """A minimal extra-networks page, as an extension would register it."""
 
@@ -310,13 +324,7 @@ def launched(tmp_path_factory):
         try:
             yield f"http://127.0.0.1:{port}", process, log_path
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+            stop_servers(process)
 
 
 @pytest.mark.slow

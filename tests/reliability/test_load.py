@@ -30,7 +30,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -45,7 +44,7 @@ import pytest
 from lora_testing import tiny_loaded_model, write_kohya_lora
 from PIL import Image
 from test_lora_api import payload_hash
-from test_server import ROOT, free_port, wait_until_up
+from test_server import ROOT, free_port, stop_servers, wait_until_up
 
 from modules.tiny_models import write_single_file
 
@@ -131,13 +130,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             hashes = {stem: payload_hash(lora_dir / f"{path}.safetensors")[:12] for stem, path in FILES.items()}
             yield Server(base, process, lora_dir, log_path, hashes)
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+            stop_servers(process)
 
 
 @dataclass

@@ -29,7 +29,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +44,15 @@ from fastapi.routing import APIRoute
 from lora_testing import tiny_loaded_model, write_kohya_lora
 from PIL import Image, PngImagePlugin
 from starlette.routing import Mount, Route, WebSocketRoute
-from test_server import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, listening_addresses, wait_until_up
+from test_server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ROOT,
+    free_port,
+    listening_addresses,
+    stop_servers,
+    wait_until_up,
+)
 
 from modules.host import WebUI
 from modules.tiny_models import write_single_file
@@ -589,15 +596,7 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, tu
             started[listen] = (port, process, log_path)
         yield started
     finally:
-        for _, process, _ in started.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for _, process, _ in started.values():
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_servers(*(process for _, process, _ in started.values()))
 
 
 @pytest.mark.slow
