@@ -523,7 +523,8 @@ class Denoiser:
                     x = denoised
                     break
                 step = index // order
-                self.webui.callbacks.run("process_step", self.p, step, total_steps)
+                self.webui.callbacks.run("process_step", self.p, step, total_steps,
+                                         on_error=lambda message: extra_networks.add_comment(self.p, message))
                 if getattr(self.p, "conditioning_stale", False) and inputs.encode is not None:
                     inputs.cond, inputs.uncond = inputs.encode()
                     self.p.conditioning_stale = False
@@ -778,7 +779,7 @@ def process_images(webui: Any, p: StableDiffusionProcessingTxt2Img) -> Processed
         if model is None:
             raise ProcessingError("no Stable Diffusion model is loaded")
         _prepare(p, model)
-        webui.callbacks.run("before_process", p)
+        webui.callbacks.run("before_process", p, on_error=lambda message: extra_networks.add_comment(p, message))
         processed = _process(webui, p, model)
     webui.callbacks.run("after_process", p, processed)
     return processed

@@ -44,14 +44,19 @@ class Callbacks:
         if callback in self._callbacks.get(event, []):
             self._callbacks[event].remove(callback)
 
-    def run(self, event: str, *args: Any) -> list[Any]:
-        """Call every callback of `event`; returns their non-None results. Failures are logged, not raised."""
+    def run(self, event: str, *args: Any, on_error: Callable[[str], None] | None = None) -> list[Any]:
+        """Call every callback of `event`; returns their non-None results. A failure is logged with its traceback and
+        not raised; `on_error` also gets a one-line message naming the callback and the cause (the host puts it
+        under the image of the generation it affected)."""
         results = []
         for callback in list(self._callbacks.get(event, [])):
             try:
                 result = callback(*args)
-            except Exception:
-                log.exception("callback %s for %s failed", getattr(callback, "__qualname__", callback), event)
+            except Exception as exc:
+                name = getattr(callback, "__qualname__", callback)
+                log.exception("callback %s for %s failed", name, event)
+                if on_error is not None:
+                    on_error(f"callback {name} for {event} failed: {type(exc).__name__}: {exc}")
                 continue
             if result is not None:
                 results.append(result)

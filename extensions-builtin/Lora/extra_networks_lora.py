@@ -23,7 +23,7 @@ import block_weights
 import peft_method
 from bundled_embeddings import sync_bundled_embeddings
 from lora_schedule import Schedule, ScheduleError, gate_open, parse_gate
-from networks import ActivationReport, LoraEngine, NetworkRequest
+from networks import ActivationReport, EngineStartError, LoraEngine, NetworkRequest
 
 from modules.extra_networks import ExtraNetwork, ExtraNetworkParams, add_comment
 from modules.textual_inversion import EmbeddingDatabase
@@ -197,7 +197,12 @@ class ExtraNetworkLora(ExtraNetwork):
                 log.warning("%s", exc)
                 add_comment(p, str(exc))
         method = self.method()
-        report = self.engine.activate(requests, method=method)
+        try:
+            report = self.engine.activate(requests, method=method)
+        except EngineStartError as exc:  # logged once when it happened; each generation with LoRAs says why
+            if params_list:
+                add_comment(p, str(exc))
+            return
         active_names = {a.request.name for a in report.active}
         # Only tags that loaded take part in step re-application (no rescans or error repeats per step).
         p.lora_step_state = _StepState([t for t in tags if t.name in active_names], is_hr, model.family, presets,

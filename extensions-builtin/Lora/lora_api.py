@@ -65,7 +65,8 @@ PREVIEW_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     texts = {400: "the name is a path, not a LoRA name", 401: "missing or wrong credentials (with --api-auth)",
              403: "the file lies outside the Lora folders", 404: "no LoRA (or no preview) by that name",
-             413: "request body too large", 422: "invalid input; `detail` says what is wrong"}
+             413: "request body too large", 422: "invalid input; `detail` says what is wrong",
+             503: "the Lora engine failed to start for the loaded model; `detail` says why"}
     return {code: {"model": ErrorResponse, "description": texts[code]} for code in (401, 413, 422, *codes)}
 
 
@@ -296,7 +297,10 @@ class LoraApi:
             self.reports.clear()
 
     def loaded(self) -> list[LoadedLora]:
-        """The networks merged into the model now, in prompt order."""
+        """The networks merged into the model now, in prompt order; 503 naming the cause when the engine failed to
+        start for the loaded model."""
+        if self.engine.failure is not None:
+            raise ApiError(503, "LoraEngineFailed", f"the Lora engine failed to start: {self.engine.failure}")
         items = []
         for active in list(self.engine.active):
             req, net = active.request, active.network
@@ -495,7 +499,7 @@ class LoraApi:
         route(f"{API}/refresh-loras", self.refresh, methods=["POST"], response_model=None, tags=tags,
               responses=_errors(), summary="Rescan the Lora folders")
         route(f"{API}/loaded-loras", self.loaded, methods=["GET"], response_model=list[LoadedLora], tags=tags,
-              responses=_errors(), summary="Networks merged into the model now")
+              responses=_errors(503), summary="Networks merged into the model now")
         route(f"{API}/lora", details, methods=["GET"], response_model=LoraDetails, tags=tags,
               responses=_errors(400, 404), summary="Details of one LoRA")
         route(f"{API}/lora/metadata", self.edit_metadata, methods=["POST"], response_model=LoraMetadataResponse,

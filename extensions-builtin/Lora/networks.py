@@ -45,6 +45,10 @@ class NetworkLoadError(ValueError):
     """A LoRA that cannot be applied to the loaded model; the message says why."""
 
 
+class EngineStartError(RuntimeError):
+    """The engine failed to start for the loaded model (see `LoraEngine.set_model`); the message names the cause."""
+
+
 class NothingFitsError(NetworkLoadError):
     """A LoRA for the loaded model's family of which the native loader placed no layer (the diffusers method may).
     `network` holds what the loader found (unmatched keys, unsupported groups, shape errors)."""
@@ -268,23 +272,43 @@ class LoraEngine:
         self._diffusers_only: dict[tuple, Network] = {}
         self.active: list[ActiveNetwork] = []
         self.last_report = ActivationReport()
+        self.failure: str | None = None  # why the engine could not start for the loaded model (see set_model)
         self._lock = threading.RLock()
 
     def set_model(self, model: Any) -> None:
-        """Use a newly loaded (pristine) model; nothing of the previous model's state is kept."""
+        """Use a newly loaded (pristine) model; nothing of the previous model's state is kept.
+
+        This is the engine's start-up for that model (the host's `model_loaded` callback). If it fails, the failure is
+        logged once with its traceback and kept in `failure`: every activation then raises `EngineStartError` with
+        that cause (shown under each image), and `GET /sdapi/v1/loaded-loras` answers 503 with it."""
         with self._lock:
-            if self.peft is not None:
-                self.peft.remove_all()
-            self.model = model
-            self.peft = PeftMethod(model) if model is not None else None
-            if self.peft is not None:  # stale PEFT layers out first: the index must hold the model's own modules
-                self.peft.unwrap_all()
-            self._nothing_fits.clear()
-            self._diffusers_only.clear()
-            self.index = LayerIndex(model) if model is not None else None
-            self.patcher = Patcher(getattr(model, "pristine", None))
-            self.networks_in_memory.clear()
-            self.active = []
+            self.failure = None
+            try:
+                self._start(model)
+            except Exception as exc:  # any bug here must reach the user, not turn into "no model is loaded"
+                self.failure = f"{type(exc).__name__}: {exc}"
+                # `model` stays: the failure belongs to it (no retry, and no second traceback, per generation).
+                self.model, self.index, self.peft, self.active = model, None, None, []
+                log.exception("the Lora engine failed to start for the loaded model")
+
+    def _start(self, model: Any) -> None:
+        if self.peft is not None:
+            self.peft.remove_all()
+        self.model = model
+        self.peft = PeftMethod(model) if model is not None else None
+        if self.peft is not None:  # stale PEFT layers out first: the index must hold the model's own modules
+            self.peft.unwrap_all()
+        self._nothing_fits.clear()
+        self._diffusers_only.clear()
+        self.index = LayerIndex(model) if model is not None else None
+        self.patcher = Patcher(getattr(model, "pristine", None))
+        self.networks_in_memory.clear()
+        self.active = []
+
+    def require_started(self) -> None:
+        """Raise EngineStartError when the engine failed to start for the loaded model."""
+        if self.failure is not None:
+            raise EngineStartError(f"the Lora engine failed to start: {self.failure}")
 
     @staticmethod
     def _file_key(entry: NetworkOnDisk) -> tuple:
@@ -317,6 +341,7 @@ class LoraEngine:
         if method not in METHODS:
             raise ValueError(f"unknown LoRA method {method!r}; choose one of {', '.join(METHODS)}")
         with self._lock:
+            self.require_started()
             if self.model is None or self.index is None or self.peft is None:
                 raise RuntimeError("no model is loaded")
             report = ActivationReport()

@@ -34,9 +34,12 @@ brings back native merge.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import json
 import logging
 import math
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -63,6 +66,38 @@ _PREFIXES = ("unet", "text_encoder", "text_encoder_2")
 
 class PeftLoadError(ValueError):
     """diffusers could not convert or inject a LoRA file; the message says why."""
+
+
+def unavailable_reason() -> str | None:
+    """Why the diffusers method cannot run in this environment (None when it can).
+
+    Only looks the packages up (`importlib.util.find_spec`), imports nothing: the native method never imports what
+    this method needs. A package that is found but fails to import is reported when the method is first used."""
+    missing = [name for name in ("peft", "diffusers") if importlib.util.find_spec(name) is None]
+    if missing:
+        return (f"the diffusers LoRA method needs the package{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)}, not installed here (it comes with requirements.txt)")
+    return None
+
+
+@functools.cache
+def start_failure() -> str | None:
+    """Why the diffusers method cannot run (`unavailable_reason`, or the error importing its packages), or None.
+    Imports peft and diffusers' LoRA loaders: call it only when the method is about to be used."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+    try:
+        for module in ("peft.tuners.tuners_utils", "diffusers.loaders.lora_pipeline"):
+            importlib.import_module(module)
+    except Exception as exc:  # a broken install raises anything; the message is what the user needs
+        return f"the diffusers LoRA method could not start: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _peft_imported() -> bool:
+    """Whether peft has been imported in this process: before that, no model can hold a PEFT layer."""
+    return sys.modules.get("peft") is not None
 
 
 @dataclass
@@ -289,6 +324,9 @@ class PeftMethod:
         adapter = self.adapters.get(key)
         if adapter is not None:
             return adapter
+        failure = start_failure()
+        if failure is not None:
+            raise PeftLoadError(failure)
         outcome = self.outcomes.get(key[:3])
         if isinstance(outcome, str):
             raise PeftLoadError(outcome)
@@ -411,6 +449,8 @@ class PeftMethod:
 
     def _unwrap_unused(self) -> None:
         """Replace the PEFT layers of every part that holds no adapter by their original modules."""
+        if not _peft_imported():
+            return
         from diffusers.utils import recurse_remove_peft_layers  # noqa: PLC0415
         from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
 
@@ -438,6 +478,8 @@ class PeftMethod:
 
     def wrapped_layers(self) -> int:
         """PEFT layers in the model now (0 when no adapter is injected)."""
+        if not _peft_imported():
+            return 0
         from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
 
         return sum(isinstance(layer, BaseTunerLayer) for _, _, module in self.parts() for layer in module.modules())

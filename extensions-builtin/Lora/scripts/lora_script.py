@@ -38,9 +38,18 @@ def register_options(options: Any) -> None:
                 "lora-block-weight's lbwpresets.txt format)", section)
     options.add("lora_method", peft_method.OPTION_DEFAULT, "LoRA method", section,
                 choices=list(peft_method.OPTION_CHOICES), infotext=peft_method.INFOTEXT_KEY,
-                comment="native merge: deltas merged into the weights (every feature, no cost per step); diffusers: "
-                        "diffusers/PEFT adapters added in the forward pass (block weights, dyn=, schedules and "
-                        "LyCORIS algorithms other than LoRA/LoCon still use native merge)")
+                comment=method_comment())
+
+
+def method_comment() -> str:
+    """The `lora_method` setting's comment; it says why the diffusers method is unavailable when it is."""
+    comment = ("native merge: deltas merged into the weights (every feature, no cost per step); diffusers: "
+               "diffusers/PEFT adapters added in the forward pass (block weights, dyn=, schedules and "
+               "LyCORIS algorithms other than LoRA/LoCon still use native merge)")
+    unavailable = peft_method.unavailable_reason()
+    if unavailable is not None:
+        comment += f". diffusers is unavailable: {unavailable}; LoRAs use native merge"
+    return comment
 
 
 def setup(webui: Any) -> None:
