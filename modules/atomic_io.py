@@ -4,6 +4,8 @@ A crash or a full disk during the write leaves the previous file intact (the ren
 changes what readers see); a failed write removes its temporary file and raises an OSError that names the target.
 A process killed mid-write leaves a hidden `.<name>.*.tmp` beside the target, which no reader looks at.
 Temporary names stay within the 255-byte name limit even for targets whose own name is close to it.
+Permissions: the new file (or folder) gets the mode of the one it replaces, or the process umask's default for a new
+one (0644 / 0755 under the usual umask 022), not the 0600 / 0700 of a temporary file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +31,30 @@ def _temp_prefix(target: Path) -> str:
     return f".{name}."
 
 
+def process_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (`/proc/self/status`); elsewhere by setting
+    and restoring it at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def final_mode(target: Path, directory: bool = False) -> int:
+    """The permission bits a file or folder written over `target` should get: those of the existing `target` (not
+    followed through a symlink's own mode: the link's target's), else the umask's default for a new one."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        return (0o777 if directory else 0o666) & ~process_umask()
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace `path` with `data` atomically; the parent folder is created if missing. Failures raise OSError with
     `filename` set to `path` when the failing call did not name a file itself (a full disk fails in `write`)."""
@@ -38,6 +65,7 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), final_mode(target))
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException as exc:
@@ -92,6 +120,7 @@ def atomic_path(path: str | os.PathLike[str], directory: bool = False) -> Iterat
         tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, final_mode(target, directory))
         if directory and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -9,8 +9,6 @@ real checkpoint dropped into the folder is used the same way.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,9 @@ DEFAULT_SEED = 1234
 def ensure_embedded_default(paths: Any) -> Path | None:
     """Write `tiny-sd1-demo.safetensors` into `paths.ckpt_dir` when it holds no checkpoint at all.
 
-    The file is written to a temporary name in the same folder and renamed into place (atomic). Returns the path
-    written, or None when a checkpoint already exists.
+    The file is written to a temporary name in the same folder and renamed into place (atomic), and has the same
+    bytes on every machine and run (so its `Model hash` is the same everywhere). Returns the path written, or None
+    when a checkpoint already exists.
     """
     from modules.tiny_models import write_single_file  # noqa: PLC0415 - pulls in torch/diffusers
 
@@ -34,14 +33,6 @@ def ensure_embedded_default(paths: Any) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     if scan_checkpoints(folder):
         return None
-    target = folder / DEFAULT_NAME
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{DEFAULT_NAME}.", suffix=".tmp.safetensors", dir=folder)
-    os.close(fd)
-    try:
-        write_single_file(tmp_name, "SD1", seed=DEFAULT_SEED)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    target = write_single_file(folder / DEFAULT_NAME, "SD1", seed=DEFAULT_SEED)
     log.info("no checkpoint found: wrote the embedded tiny SD1 demo checkpoint %s", target)
     return target

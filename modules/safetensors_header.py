@@ -1,7 +1,14 @@
-"""The safetensors header, validated before any tensor is read (used for checkpoints and LoRA files alike).
+"""The safetensors format in one place: the header validated before any tensor is read (checkpoints and LoRA files
+alike), and the one writer every file the project saves goes through.
 
 Layout: an 8-byte little-endian length N, N bytes of JSON, then the tensor payload. Every problem raises
 `SafetensorsHeaderError` whose message says what is wrong (callers add the file name their way).
+
+Writing (`write_safetensors`): the same input always gives the same bytes. The safetensors library writes
+`__metadata__` in hash-map order, which differs from process to process (three fresh starts gave three checkpoint
+hashes); here the metadata keys are sorted, and tensors are laid out as the library lays them out (by dtype,
+larger elements first, so every tensor is aligned to its element size; then by name), so a file without metadata is
+byte-identical to the library's own. Tensors are streamed to the file one at a time (no whole-file buffer).
 """
 
 from __future__ import annotations
@@ -10,8 +17,13 @@ import json
 import math
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from modules.atomic_io import atomic_path
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger headers are refused before reading them
 
@@ -19,6 +31,19 @@ DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }
+
+
+TORCH_DTYPES = {
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2", torch.int16: "I16", torch.uint16: "U16", torch.float16: "F16",
+    torch.bfloat16: "BF16", torch.int32: "I32", torch.uint32: "U32", torch.float32: "F32", torch.int64: "I64",
+    torch.uint64: "U64", torch.float64: "F64",
+}
+# The library's payload order: by dtype in this order (its dtype enum, reversed: element sizes never grow, so each
+# tensor stays aligned to its element size), then by name.
+PAYLOAD_ORDER = ("U64", "I64", "F64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16", "F8_E4M3", "F8_E5M2", "I8",
+                 "U8", "BOOL")
+HEADER_ALIGNMENT = 8  # the JSON is padded with spaces so that the payload starts 8-byte aligned
 
 
 class SafetensorsHeaderError(ValueError):
@@ -87,3 +112,50 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         if start < end:
             raise SafetensorsHeaderError(f"tensors {first!r} and {second!r} overlap")
     return header
+
+
+def encode_header(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+                  ) -> tuple[bytes, list[str]]:
+    """(the 8-byte length + padded JSON header, tensor names in payload order) for `tensors` and `metadata`.
+
+    Metadata keys are sorted; tensors are ordered as the library orders them (PAYLOAD_ORDER, then name). Raises
+    SafetensorsHeaderError for a dtype safetensors cannot hold or metadata that is not str -> str."""
+    for name, tensor in tensors.items():
+        if tensor.dtype not in TORCH_DTYPES:
+            raise SafetensorsHeaderError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot hold")
+    order = sorted(tensors, key=lambda name: (PAYLOAD_ORDER.index(TORCH_DTYPES[tensors[name].dtype]), name))
+    header: dict[str, Any] = {}
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise SafetensorsHeaderError("safetensors metadata must map strings to strings")
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": TORCH_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    try:
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (names decoded from non-UTF-8 bytes): escaped, read back the same
+        raw = json.dumps(header, separators=(",", ":")).encode("ascii")
+    raw += b" " * (-len(raw) % HEADER_ALIGNMENT)
+    return struct.pack("<Q", len(raw)) + raw, order
+
+
+def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
+                      metadata: Mapping[str, str] | None = None) -> Path:
+    """Write `tensors` (any device, any layout) and `metadata` as a safetensors file at `path`, atomically (temporary
+    file + rename, mode of the file replaced or the umask default) and deterministically (see the module docstring)."""
+    head, order = encode_header(tensors, metadata)
+    target = Path(path)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        handle.write(head)
+        for name in order:
+            data = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+            if data.numel():
+                handle.write(memoryview(data.view(torch.uint8).numpy()))
+        handle.flush()
+        os.fsync(handle.fileno())
+    return target

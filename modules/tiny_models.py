@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from modules import checkpoint_convert, model_configs
-from modules.atomic_io import write_json_atomic
+from modules.atomic_io import atomic_path, write_json_atomic
+from modules.safetensors_header import write_safetensors
 from modules.tokenizer import tokenizers_for
 
 log = logging.getLogger(__name__)
@@ -127,24 +128,23 @@ def _ldm_state(config: dict[str, Any], states: dict[str, dict[str, torch.Tensor]
 
 def write_single_file(path: str | Path, family: str, seed: int = 0, inpainting: bool = False,
                       v_prediction: bool = False, dtype: torch.dtype | None = None) -> Path:
-    """Write a tiny A1111/LDM single-file `.safetensors` (or `.ckpt` by suffix) and return its path.
+    """Write a tiny A1111/LDM single-file `.safetensors` (or `.ckpt` by suffix) atomically and return its path. The
+    same arguments give the same bytes on every machine and run (`.safetensors`).
 
     The file's metadata says `modelspec.prediction_type` = "v" or "epsilon" (the SAI model-spec key the loader
     reads), so the prediction type of a tiny SD2 model is known without A1111's test forward pass.
     """
-    from safetensors.torch import save_file  # noqa: PLC0415
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     weights = _seeded_weights(family, seed, inpainting)  # no modules needed: straight from the cached weights
     state = _ldm_state(tiny_config(family, inpainting), weights, family, seed, dtype)
     if path.suffix.lower() == ".ckpt":
-        torch.save({"state_dict": state}, path)
+        with atomic_path(path) as tmp:
+            torch.save({"state_dict": state}, tmp)
     else:
         metadata = {"format": "pt", "modelspec.prediction_type": "v" if v_prediction else "epsilon",
                     "modelspec.architecture": {"SD1": "stable-diffusion-v1", "SD2": "stable-diffusion-v2",
                                                "SDXL": "stable-diffusion-xl-v1-base"}[family]}
-        save_file(state, str(path), metadata=metadata)
+        write_safetensors(path, state, metadata)
     log.info("wrote tiny %s checkpoint %s", family, path)
     return path
 

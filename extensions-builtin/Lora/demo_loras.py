@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from modules.atomic_io import write_bytes_atomic, write_json_atomic
+from modules.safetensors_header import write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,6 @@ def ensure_demo_loras(lora_dir: Path, seed: int = 0) -> list[Path]:
     lora_dir = Path(lora_dir)
     if lora_dir.is_dir() and any(p.suffix.lower() in (".safetensors", ".pt", ".ckpt") for p in lora_dir.rglob("*")):
         return []
-    from safetensors.torch import save  # noqa: PLC0415
-
     from modules.tiny_models import build_tiny_components  # noqa: PLC0415
 
     components = build_tiny_components("SD1", seed=seed)
@@ -152,7 +151,7 @@ def ensure_demo_loras(lora_dir: Path, seed: int = 0) -> list[Path]:
             "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.title": f"Demo {algorithm}",
         }
         target = lora_dir / f"{name}.safetensors"
-        write_bytes_atomic(target, save(tensors, metadata=metadata))
+        write_safetensors(target, tensors, metadata)
         write_json_atomic(lora_dir / f"{name}.json", {
             "description": f"Demo {algorithm} for the embedded tiny model: {description}.",
             "sd version": "SD1", "activation text": trigger, "preferred weight": weight,

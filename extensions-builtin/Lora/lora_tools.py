@@ -25,7 +25,7 @@ from key_resolver import LayerIndex, kohya_key
 from networks import LoraEngine, NetworkRequest
 from tqdm import tqdm
 
-from modules.atomic_io import atomic_path
+from modules.safetensors_header import write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,6 @@ def _metadata(family: str, rank: str, extra: dict[str, str]) -> dict[str, str]:
             "ss_base_model_version": BASE_VERSIONS[family], "modelspec.architecture": ARCHITECTURES[family], **extra}
 
 
-def _save(tensors: dict[str, torch.Tensor], out: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file  # noqa: PLC0415
-
-    with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 @torch.no_grad()
@@ -124,7 +119,7 @@ def extract(base: Any, tuned: Any, out: Path, rank: int | None = None, energy: f
     if not tensors:
         raise ValueError("the checkpoints do not differ in any layer a LoRA can hold")
     label = str(rank) if rank is not None else f"energy {energy}"
-    _save(tensors, out, _metadata(base.family, str(rank or "dynamic"), {
+    write_safetensors(out, tensors, _metadata(base.family, str(rank or "dynamic"), {
         "ss_output_name": out.stem, "lora_tools.extract": f"rank {label}, conv {conv}",
         "lora_tools.max_relative_error": f"{report.max_error:.3e}"}))
     log.info("extract: %s", report.summary())
@@ -174,7 +169,7 @@ def combine(engine: LoraEngine, requests: list[NetworkRequest], out: Path, rank:
     finally:
         engine.deactivate_all()
     names = ", ".join(f"{r.name}:{r.unet_multiplier:g}" for r in requests)
-    _save(tensors, out, _metadata(model.family, str(rank or "mixed"), {"ss_output_name": out.stem,
+    write_safetensors(out, tensors, _metadata(model.family, str(rank or "mixed"), {"ss_output_name": out.stem,
                                                                        "lora_tools.combine": names}))
     log.info("combine: %s", report.summary())
     return report

@@ -26,6 +26,7 @@ from networks import LoraEngine, NetworkRequest
 
 from modules.atomic_io import atomic_path
 from modules.extra_networks import parse_prompt
+from modules.safetensors_header import write_safetensors
 from modules.sd_model_types import CheckpointInfo
 from modules.sd_models import ModelLoadError, is_diffusers_folder, load_checkpoint
 
@@ -126,17 +127,15 @@ def merge(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, overwrite: 
 
 
 def _write_single_file(model, out: Path) -> None:  # noqa: ANN001
-    from safetensors.torch import save_file  # noqa: PLC0415
-
     from modules.checkpoint_convert import diffusers_to_ldm  # noqa: PLC0415
 
     state = diffusers_to_ldm(model.torch_modules(), model.key_map, model.key_map_special)
     metadata = {k: str(v) for k, v in (model.key_map_special.get("metadata") or {}).items()}
-    with atomic_path(out) as tmp:
-        if out.suffix.lower() == ".ckpt":
+    if out.suffix.lower() == ".ckpt":
+        with atomic_path(out) as tmp:
             torch.save({"state_dict": state}, tmp)
-        else:
-            save_file(state, str(tmp), metadata=metadata or None)
+    else:
+        write_safetensors(out, state, metadata)
 
 
 def _write_diffusers(model, ckpt: Path, out: Path) -> None:  # noqa: ANN001
