@@ -21,6 +21,7 @@ import mmap
 import os
 import struct
 import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,9 @@ class MappedSafetensors:
         except (OSError, ValueError):
             self._file.close()
             raise
+        # Closed when the model that holds this object is dropped (the map keeps its own descriptor; views taken from
+        # it keep the map alive).
+        weakref.finalize(self, self._file.close)
         (header_len,) = struct.unpack("<Q", self._map[:8])
         self._data_start = 8 + header_len
         self.entries: dict[str, dict[str, Any]] = {k: v for k, v in header.items() if k != "__metadata__"}

@@ -248,6 +248,9 @@ def create_scheduler(info: SamplerInfo, scheduler_config: dict[str, Any], predic
     params = _init_parameters(info.scheduler_class)
     config = {k: v for k, v in scheduler_config.items() if k in TRAINING_KEYS and k in params}
     config["prediction_type"] = prediction_type
+    # SD's training config has steps_offset=1. Only "leading" spacing (DDIM's option below) reads it; for the other
+    # spacings it changes nothing, and without it diffusers' own pipelines warn that the config is outdated.
+    config["steps_offset"] = 1
     config.update({"timestep_spacing": "linspace"} if "timestep_spacing" in params else {})
     config.update(info.options)
     used = effective_schedule_type(info, schedule)
