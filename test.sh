@@ -26,6 +26,12 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 
 ruff check .
+
+# The user path: a second venv built by the README's first command alone (VENV_DIR=venv-user ./webui.sh
+# --install-only); tests/test_user_path.py serves from it and checks LoRAs over HTTP.
+if [ "${1:-}" != "--reliability" ]; then
+  bash tests/user_venv.sh
+fi
 export PYTHONUNBUFFERED=1
 # Tests use tiny models: one thread per process is faster, also for the servers the tests start.
 export OMP_NUM_THREADS=1
