@@ -22,17 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import extra_networks_lora
 import pytest
 import torch
-from corpus import CheckpointCase, LoraCase, checkpoint_corpus, lora_corpus, sum_deltas, weights_problems
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lora_registry import NetworkRegistry
-from lora_testing import kohya_name, lora_targets, state_snapshot, tiny_loaded_model, write_kohya_lora
-from networks import LoraEngine, NetworkRequest
 from safetensors.torch import save_file
 
+from lorakit.engine.engine import LoraEngine, NetworkRequest
+from lorakit.library.registry import NetworkRegistry
+from lorakit.prompt import extra_network as extra_networks_lora
 from modules.cache import DiskCache
 from modules.embedded_default import DEFAULT_NAME
 from modules.extra_networks import parse_prompt
@@ -40,9 +38,11 @@ from modules.host import WebUI
 from modules.options import Options
 from modules.sd_model_types import LoadedModel
 from modules.sd_models import ModelLoadError
+from tests.helpers.corpus import CheckpointCase, LoraCase, checkpoint_corpus, lora_corpus, sum_deltas, weights_problems
+from tests.helpers.lora_testing import kohya_name, lora_targets, state_snapshot, tiny_loaded_model, write_kohya_lora
 
 if TYPE_CHECKING:
-    from conftest import Ledger
+    from tests.helpers.ledger import Ledger
 
 Snapshot = dict[str, torch.Tensor]
 
@@ -208,7 +208,7 @@ def test_an_unreadable_file_is_skipped_with_its_reason(setup: Setup) -> None:
 def test_a_long_named_lora_gets_its_sidecar_and_preview_lookup(setup: Setup) -> None:
     """A 255-byte file name: the preview lookup (whose candidate names are longer than the limit) finds nothing
     instead of failing, and the sidecar (`<stem>.json`, 248 bytes) is written and read back."""
-    import user_metadata  # noqa: PLC0415
+    from lorakit.library import sidecars as user_metadata  # noqa: PLC0415
 
     case = next(case for case in setup.cases if case.name == "fs_long_name")
     registry = NetworkRegistry([case.root], setup.cache)

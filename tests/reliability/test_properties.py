@@ -23,23 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import extra_networks_lora
 import pytest
 import torch
-from corpus import weights_problems
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lora_registry import NetworkRegistry
-from lora_testing import kohya_name, lora_targets, state_snapshot, tiny_loaded_model, write_kohya_lora
-from networks import LoraEngine
 from safetensors.torch import save_file
 
+from lorakit.engine.engine import LoraEngine
+from lorakit.library.registry import NetworkRegistry
+from lorakit.prompt import extra_network as extra_networks_lora
 from modules.cache import DiskCache
 from modules.extra_networks import parse_prompt
 from modules.sd_model_types import LoadedModel
+from tests.helpers.corpus import weights_problems
+from tests.helpers.lora_testing import kohya_name, lora_targets, state_snapshot, tiny_loaded_model, write_kohya_lora
 
 if TYPE_CHECKING:
-    from conftest import Ledger
+    from tests.helpers.ledger import Ledger
 
 FULL_FORM = os.environ.get("RELIABILITY_FULL", "") not in ("", "0")  # the ledger's `full`, needed at import
 EXAMPLES = 300 if FULL_FORM else 25

@@ -7,15 +7,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import extra_networks_lora
-import lora
-import lora_api
-import peft_method
-import trigger_words
-import ui_extra_networks_lora
-import ui_lora_tools
-from lora_registry import NetworkRegistry, prompt_name
-from networks import LoraEngine
+from lorakit import a1111
+from lorakit.engine import peft_method
+from lorakit.engine.engine import LoraEngine
+from lorakit.library.registry import NetworkRegistry, prompt_name
+from lorakit.prompt import extra_network as extra_networks_lora
+from lorakit.prompt import trigger_words
+from lorakit.web import api as lora_api
+from lorakit.web import cards as ui_extra_networks_lora
+from lorakit.web import tools_tab as ui_lora_tools
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,14 @@ def setup(webui: Any) -> None:
     roots = [webui.paths.lora_dir, webui.paths.lyco_dir]
     registry = NetworkRegistry(roots, webui.cache, hashing=not webui.args.no_hashing)
     if not getattr(webui.args, "no_embedded_default", False):
-        import demo_loras  # noqa: PLC0415
+        from lorakit.library import demo_loras  # noqa: PLC0415
 
         demo_loras.ensure_demo_loras(webui.paths.lora_dir)
     registry.refresh()
     engine = LoraEngine(registry, memory_limit=int(webui.options.get("lora_in_memory_limit")))
     webui.options.infos["lora_in_memory_limit"].onchange = lambda value: setattr(engine, "memory_limit", int(value))
     webui.services["lora"] = engine
-    lora.legacy.bind(engine)
+    a1111.VIEW.bind(engine)  # the A1111 facade modules (networks, network, lora) read this engine
     handler = extra_networks_lora.ExtraNetworkLora(engine, webui.options, lambda: webui.models.current,
                                                    embeddings=webui.embeddings)
     webui.extra_networks.register(handler, aliases=["lyco"])
