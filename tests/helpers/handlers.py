@@ -7,6 +7,7 @@ from lorakit.library.registry import NetworkRegistry
 from lorakit.prompt import extra_network as extra_networks_lora
 from modules.cache import DiskCache
 from modules.extra_networks import ExtraNetworkRegistry
+from modules.generation_state import GenerationState
 from modules.options import Options
 
 
@@ -18,6 +19,7 @@ class P:
         self.comments: list[str] = []
         self.extra_generation_params: dict = {}
         self.is_hr_pass = is_hr_pass
+        self.generation_state = GenerationState()
 
 
 def make_handler(tmp_path, model):

@@ -34,6 +34,7 @@ from lorakit.prompt import extra_network as extra_networks_lora
 from modules.cache import DiskCache
 from modules.embedded_default import DEFAULT_NAME
 from modules.extra_networks import parse_prompt
+from modules.generation_state import GenerationState
 from modules.host import WebUI
 from modules.options import Options
 from modules.sd_model_types import LoadedModel
@@ -56,6 +57,7 @@ class P:
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
     is_hr_pass: bool = False
     steps: int = 20
+    generation_state: GenerationState = field(default_factory=GenerationState)
 
 
 @dataclass

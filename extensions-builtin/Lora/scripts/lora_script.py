@@ -1,5 +1,6 @@
 """Wires the Lora extension into the host: options, the registry and engine, the `lora`/`lyco` extra network,
-infotext pasting by hash, and the model-loaded hook. Everything hangs off the WebUI object (`webui.services["lora"]`).
+infotext pasting by hash, and the model-loaded hook. The engine is published for other extensions
+(`webui.services.get("lora", LoraEngine)`) and bound to the A1111 facade modules (`lorakit.a1111`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def setup(webui: Any) -> None:
     registry.refresh()
     engine = LoraEngine(registry, memory_limit=int(webui.options.get("lora_in_memory_limit")))
     webui.options.infos["lora_in_memory_limit"].onchange = lambda value: setattr(engine, "memory_limit", int(value))
-    webui.services["lora"] = engine
+    webui.services.publish("lora", engine)
     a1111.VIEW.bind(engine)  # the A1111 facade modules (networks, network, lora) read this engine
     handler = extra_networks_lora.ExtraNetworkLora(engine, webui.options, lambda: webui.models.current,
                                                    embeddings=webui.embeddings)

@@ -13,6 +13,7 @@ from lorakit.library.registry import NetworkRegistry
 from lorakit.prompt import extra_network as extra_networks_lora
 from lorakit.tools.merge import merge
 from modules.extra_networks import ExtraNetworkRegistry, parse_prompt
+from modules.generation_state import GenerationState
 from modules.options import Options
 from modules.sd_model_types import CheckpointInfo
 from modules.sd_models import load_checkpoint
@@ -105,10 +106,12 @@ def test_webui_path_and_merge_tool_match_lycoris(setup, algo, tmp_path):
         sd_model = model
         comments: list = []
         extra_generation_params: dict = {}
+        generation_state = GenerationState()
 
     for multiplier in MULTIPLIERS:
         p = P()
         p.comments, p.extra_generation_params = [], {}
+        p.generation_state = GenerationState()
         networks.activate(p, parse_prompt(f"a photo <lora:{algo}:{multiplier}>")[1])
         assert p.comments == [], p.comments
         assert engine.last_report.stats.layers_touched == len(reference)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from lorakit.prompt.extra_network import LoraStepState
 from modules.extra_networks import parse_prompt
 from modules.host import WebUI
 from modules.processing import StableDiffusionProcessingTxt2Img, process_images
@@ -171,7 +172,7 @@ def test_start_stop_gate_and_untouched_layers(webui):
         assert abs(multiplier_seen(webui, pristine, "a", probes["a"], row["a"]) - want) < 1e-4, step
         assert abs(multiplier_seen(webui, pristine, "b", probes["b"], row["b"]) - 0.5) < 1e-4, step
         assert set(touched) <= a_layers  # b's layers are never rewritten by the schedule
-    rewrites = [step for step, _, n in p.lora_step_state.history]
+    rewrites = [step for step, _, n in p.generation_state.get(LoraStepState).history]
     assert rewrites == [0, 3, 7]  # only when the weight changes
 
 
@@ -183,4 +184,4 @@ def test_keyframes_interpolate_and_te_schedule_reencodes(webui):
         te_want = 0.1 if step <= 1 else (0.6 if step >= 6 else 0.1 + 0.5 * (step - 1) / 5)
         assert abs(multiplier_seen(webui, pristine, "a", probes["a"], row["a"]) - unet_want) < 1e-4, step
         assert abs(multiplier_seen(webui, pristine, "a_te", probes["a_te"], row["a_te"]) - te_want) < 1e-4, step
-    assert not getattr(p, "conditioning_stale", False)  # the sampler re-encoded after each TE change
+    assert not p.generation_state.conditioning_stale  # the sampler re-encoded after each TE change

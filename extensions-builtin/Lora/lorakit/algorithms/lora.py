@@ -20,16 +20,11 @@ from typing import ClassVar
 import torch
 
 from ..errors import PartsError
+from ..formats.keys import DOTTED_PARTS
 from . import tensor_math as lyco_helpers
 from .base import NetworkModule
 
-PEFT_RENAMES = {
-    "lora_B.weight": "lora_up.weight",
-    "lora_A.weight": "lora_down.weight",
-    # PEFT DoRA magnitude (out,): per-output-row norm, i.e. LyCORIS' default dora_scale layout.
-    "lora_magnitude_vector": "dora_scale",
-    "lora_magnitude_vector.weight": "dora_scale",
-}
+PEFT_RENAMES = DOTTED_PARTS  # the one PEFT -> kohya part-name table
 
 
 class ModuleTypeLora(NetworkModule):

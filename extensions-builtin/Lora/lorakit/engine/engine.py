@@ -33,6 +33,7 @@ from ..algorithms import registry as strategies
 from ..errors import LoraError
 from ..formats import files as lora_files
 from ..formats.keys import LayerIndex, TargetLayer, split_key
+from ..formats.peft_metadata import pattern_alpha, peft_alphas
 from ..library.registry import NetworkOnDisk, NetworkRegistry, detect_sd_version
 from .patcher import Contribution, LayerPatchError, Patcher, PatchStats
 from .peft_method import METHOD_DIFFUSERS, METHOD_NATIVE, METHODS, PeftAdapter, PeftLoadError, PeftMethod, PeftStats
@@ -119,28 +120,6 @@ def group_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str,
     return groups, embeddings
 
 
-def peft_alphas(metadata: dict[str, Any], prefix: str = "") -> tuple[float | None, dict[str, float]]:
-    """(lora_alpha, alpha_pattern) from diffusers' `lora_adapter_metadata` header entry, if present.
-
-    diffusers writes one LoraConfig per part with prefixed keys (`unet.lora_alpha`, `text_encoder.alpha_pattern`);
-    `prefix` picks that part's entries, falling back to unprefixed ones (`lora_alpha`) as other tools write them."""
-    raw = metadata.get("lora_adapter_metadata")
-    if isinstance(raw, str):
-        import json  # noqa: PLC0415
-
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raw = None
-    if not isinstance(raw, dict):
-        return None, {}
-    if prefix and f"{prefix}.lora_alpha" in raw:
-        raw = {"lora_alpha": raw[f"{prefix}.lora_alpha"], "alpha_pattern": raw.get(f"{prefix}.alpha_pattern")}
-    alpha = raw.get("lora_alpha")
-    pattern = raw.get("alpha_pattern") or {}
-    return (float(alpha) if alpha is not None else None), {str(k): float(v) for k, v in pattern.items()}
-
-
 def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = None) -> Network:
     """Load `entry` against the model behind `index`. Raises LoraFileError / NetworkLoadError with clear messages."""
     model = index.model
@@ -168,7 +147,8 @@ def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = Non
             part_name = layer_key.split(".")[0]
             peft_alpha, peft_pattern = alphas_by_part[part_name if part_name in PEFT_PARTS else ""]
             if "alpha" not in parts and peft_alpha is not None:
-                alpha = next((v for k, v in peft_pattern.items() if layer_key.endswith(k.lstrip("^"))), peft_alpha)
+                alpha = pattern_alpha(peft_pattern, layer_key)
+                alpha = peft_alpha if alpha is None else alpha
                 parts = {**parts, "alpha": torch.tensor(alpha)}
             if "dora_scale" in parts:  # PEFT's magnitude is per output row: (out,), or (1, out, 1, 1) for convs
                 weight_dim = target.module.weight.dim()

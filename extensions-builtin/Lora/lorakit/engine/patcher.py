@@ -8,7 +8,8 @@ one of two places, chosen on the layer's first use:
 * otherwise a backup copy in the weight's dtype on the CPU, dropped when no network wants the layer any more.
 Untouched layers never have a backup. Biases (tiny) are always copied.
 
-Deltas are computed in float32 (bfloat16/float32 stay as they are on CUDA) on the weight's device. float32 weights
+Deltas are computed in `tensor_math.compute_dtype` (float32; float64 weights in float64; bfloat16/float32 stay as
+they are on CUDA) on the weight's device, the same dtype the strategies compute in. float32 weights
 are rebuilt in place (pristine copied in, deltas added with `addmm_`), other dtypes in a float32 working copy written
 back once. NaN/Inf/overflow guard without an extra pass where it can be proven unnecessary: for low-rank deltas
 |W0 + sum_i up_i down_i| <= max|W0| + sum_i r_i max|up_i| max|down_i|; when that bound (from the small factors and
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..algorithms.tensor_math import compute_dtype
 from ..errors import LoraError
 from ..formats.keys import TargetLayer
 
@@ -89,13 +91,6 @@ def max_abs(tensor: torch.Tensor) -> float:
         return 0.0
     low, high = torch.aminmax(tensor)
     return float(torch.maximum(-low, high))
-
-
-def compute_dtype(weight: torch.Tensor) -> torch.dtype:
-    """float32 everywhere, except bfloat16/float32 weights on an accelerator keep their dtype."""
-    if weight.device.type != "cpu" and weight.dtype in (torch.bfloat16, torch.float32):
-        return weight.dtype
-    return torch.float32
 
 
 class Patcher:

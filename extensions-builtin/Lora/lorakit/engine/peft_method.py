@@ -34,7 +34,6 @@ brings back native merge.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -46,6 +45,7 @@ from typing import Any
 import torch
 
 from ..errors import LoraError
+from ..formats.peft_metadata import adapter_metadata, pattern_alpha
 
 log = logging.getLogger(__name__)
 
@@ -144,17 +144,6 @@ def option_from_infotext(text: Any) -> str | None:
     return next(option for option, method in OPTION_CHOICES.items() if method == parsed[0])
 
 
-def adapter_metadata(metadata: dict[str, Any]) -> dict[str, Any] | None:
-    """diffusers' `lora_adapter_metadata` header entry (LoraConfig fields) as a dict, or None."""
-    raw = metadata.get("lora_adapter_metadata")
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            return None
-    return raw if isinstance(raw, dict) and raw else None
-
-
 def _is_prefixed(metadata: dict[str, Any] | None) -> bool:
     """True for the form diffusers writes (`unet.r`, `text_encoder.lora_alpha`, ...)."""
     return bool(metadata) and any(str(key).split(".")[0] in _PREFIXES and "." in str(key) for key in metadata)
@@ -180,7 +169,7 @@ def _bake_alphas(state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] |
             layer = key[: -len(".lora_B.weight")]
             alpha = alphas.get(layer)
             if alpha is None and pattern:
-                alpha = next((v for k, v in pattern.items() if layer.endswith(k.lstrip("^"))), None)
+                alpha = pattern_alpha(pattern, layer)
             if alpha is None and default is not None:
                 alpha = float(default)
             if alpha:

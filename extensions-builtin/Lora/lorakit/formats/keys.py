@@ -25,7 +25,9 @@ from modules.sd_model_types import LoadedModel
 
 PATCHABLE_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
-# Parts that follow the layer name in dotted (diffusers/PEFT) keys, longest first; mapped to the kohya part names.
+# PEFT/diffusers part names -> kohya part names, longest first: the one rename table, used by `split_key` for dotted
+# keys and by the LoRA strategy for groups whose parts kept PEFT's names (`lora_unet_x.lora_A.weight`). PEFT's DoRA
+# magnitude (out,) is a per-output-row norm, i.e. LyCORIS' default `dora_scale` layout.
 DOTTED_PARTS = {
     "lora_A.weight": "lora_down.weight",
     "lora_B.weight": "lora_up.weight",

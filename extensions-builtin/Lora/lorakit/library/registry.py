@@ -35,12 +35,13 @@ from modules.atomic_io import read_json
 from modules.cache import DiskCache
 from modules.hashes import cache_subsection, file_hash, short_hash
 
+from ..algorithms.registry import detect_algorithm
 from ..formats import files as lora_files
 
 log = logging.getLogger(__name__)
 
 METADATA_CACHE = "lora-metadata"
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: badges from the strategies' own recogniser
 PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 METADATA_PRIORITY = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3, "ss_num_train_images": 10,
                      "ss_tag_frequency": 20}
@@ -145,33 +146,6 @@ def detect_sd_version(metadata: dict[str, Any], shapes: dict[str, list[int]]) ->
         if re.search(r"(^lora_te_|^text_encoder\.).*(mlp_fc1|mlp\.fc1)", key) and re.search(r"(down|lora_A)", key):
             return {768: "SD1", 1024: "SD2"}.get(shape[-1] if len(shape) >= 2 else -1, "Unknown")
     return "Unknown"
-
-
-ALGORITHM_MARKERS = (
-    ("hada_w1_a", "LoHa"), ("lokr_w1", "LoKr"), ("lokr_w2", "LoKr"), ("oft_blocks", "OFT"), ("oft_diag", "OFT"),
-    ("a1.weight", "GLoRA"), ("on_input", "IA3"), ("w_norm", "Norm"), (".diff", "Full"),
-    ("lora_down.weight", "LoRA"), ("lora_A.weight", "LoRA"), ("lora.down.weight", "LoRA"),
-)
-
-
-def detect_algorithm(shapes: dict[str, list[int]], metadata: dict[str, Any]) -> str:
-    """The badge for a card: the algorithm of most of its layers ("LoRA", "LoCon", "LoHa", "LoKr", ...), "+DoRA"."""
-    counts: dict[str, int] = {}
-    for key in shapes:
-        for marker, name in ALGORITHM_MARKERS:
-            if marker in key:
-                counts[name] = counts.get(name, 0) + 1
-                break
-    if not counts:
-        return "Unknown"
-    name = max(counts, key=lambda n: counts[n])
-    if name == "LoRA" and any(len(s) == 4 and s[-1] > 1 for k, s in shapes.items() if "down" in k):
-        name = "LoCon"
-    if name == "OFT" and any(len(s) == 4 for k, s in shapes.items() if "oft_blocks" in k):
-        name = "BOFT"
-    if any("dora_scale" in k or "lora_magnitude_vector" in k for k in shapes):
-        name += "+DoRA"
-    return name
 
 
 WORD_RE = re.compile(r"[-_\w']+")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules.extra_networks import ExtraNetwork, ExtraNetworkParams, add_comment
+from modules.generation_state import GenerationRequest
 from modules.textual_inversion import EmbeddingDatabase
 
 from ..engine import peft_method
@@ -149,8 +150,8 @@ def parse_request(params: ExtraNetworkParams, is_hr_pass: bool = False, family: 
 
 
 @dataclass
-class _StepState:
-    """Per-generation schedule state kept on the processing object (`p.lora_step_state`)."""
+class LoraStepState:
+    """Per-generation schedule state, kept in the generation's `GenerationState` (`p.generation_state`)."""
 
     tags: list[LoraTag]
     is_hr: bool
@@ -178,7 +179,7 @@ class ExtraNetworkLora(ExtraNetwork):
         self.current_model = current_model  # callable returning the loaded model (or None)
         self.embeddings = embeddings  # bundled embeddings are registered here while their LoRA is active
 
-    def activate(self, p: Any, params_list: list[ExtraNetworkParams]) -> None:
+    def activate(self, p: GenerationRequest, params_list: list[ExtraNetworkParams]) -> None:
         """Apply the prompt's LoRAs at the pass's first step; scheduled ones are re-applied by `on_step`."""
         is_hr = bool(getattr(p, "is_hr_pass", False))
         model = getattr(p, "sd_model", None) or self.current_model()
@@ -201,15 +202,15 @@ class ExtraNetworkLora(ExtraNetwork):
         report = self.engine.activate(requests, method=method)
         active_names = {a.request.name for a in report.active}
         # Only tags that loaded take part in step re-application (no rescans or error repeats per step).
-        p.lora_step_state = _StepState([t for t in tags if t.name in active_names], is_hr, model.family, presets,
-                                       method)
+        p.generation_state.put(LoraStepState([t for t in tags if t.name in active_names], is_hr, model.family,
+                                             presets, method))
         if self.embeddings is not None:
             for message in sync_bundled_embeddings(self.embeddings, report.active, model.text_encoders):
                 add_comment(p, f"Lora: {message}")
         self._report(p, report, is_hr)
 
     @staticmethod
-    def _pass_steps(p: Any, is_hr: bool) -> int:
+    def _pass_steps(p: GenerationRequest, is_hr: bool) -> int:
         steps = int(getattr(p, "steps", 1) or 1)
         return int(getattr(p, "hr_second_pass_steps", 0) or steps) if is_hr else steps
 
@@ -227,11 +228,11 @@ class ExtraNetworkLora(ExtraNetwork):
         except KeyError:
             return {}
 
-    def on_step(self, p: Any, step: int, total: int) -> None:
+    def on_step(self, p: GenerationRequest, step: int, total: int) -> None:
         """`process_step` callback: re-apply scheduled LoRAs when their weights change at this step. Only layers
-        whose multiplier changed are rewritten; when a text-encoder layer changed, `p.conditioning_stale` asks the
+        whose multiplier changed are rewritten; when a text-encoder layer changed, `conditioning_stale` asks the
         sampler to encode the prompts again."""
-        state: _StepState | None = getattr(p, "lora_step_state", None)
+        state = p.generation_state.get(LoraStepState)
         if state is None or not any(tag.is_scheduled for tag in state.tags):
             return
         requests = [tag.request(state.family, step, total, state.is_hr, state.presets) for tag in state.tags]
@@ -243,9 +244,9 @@ class ExtraNetworkLora(ExtraNetwork):
         state.history.append((step, {a.request.name: (a.request.te_multiplier, a.request.unet_multiplier)
                                      for a in report.active}, report.stats.layers_touched))
         if any(name.startswith("text_encoders.") for name in report.stats.touched):
-            p.conditioning_stale = True
+            p.generation_state.conditioning_stale = True
 
-    def _report(self, p: Any, report: ActivationReport, is_hr: bool) -> None:
+    def _report(self, p: GenerationRequest, report: ActivationReport, is_hr: bool) -> None:
         missing = []
         for name in report.not_found:  # a file that exists but was skipped by the scan: say why, not "not found"
             reason = self.engine.registry.skipped_reason(name)
@@ -277,12 +278,12 @@ class ExtraNetworkLora(ExtraNetwork):
         else:
             params.pop("Lora hashes", None)
 
-    def _write_method(self, p: Any, report: ActivationReport, is_hr: bool) -> None:
+    def _write_method(self, p: GenerationRequest, report: ActivationReport, is_hr: bool) -> None:
         """`Lora method` in the infotext (format in `peft_method`'s docstring); the hires pass keeps the first's."""
         params = getattr(p, "extra_generation_params", None)
         if params is None:
             return
-        state: _StepState | None = getattr(p, "lora_step_state", None)
+        state = p.generation_state.get(LoraStepState)
         method = state.method if state is not None else self.method()
         used = [(infotext_name(a.request.name), a.method) for a in report.active]
         value = peft_method.infotext_value(method, used, params.get(peft_method.INFOTEXT_KEY) if is_hr else None)
@@ -291,7 +292,7 @@ class ExtraNetworkLora(ExtraNetwork):
         else:
             params[peft_method.INFOTEXT_KEY] = value
 
-    def deactivate(self, p: Any) -> None:
+    def deactivate(self, p: GenerationRequest) -> None:
         """Weights stay merged after the generation (the next one with the same set touches nothing)."""
 
 

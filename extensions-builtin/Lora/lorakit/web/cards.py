@@ -553,7 +553,7 @@ def mount_routes(app: Any, page: LoraPage) -> None:
 def register_page(webui: Any, engine: Any) -> None:
     """Add the Lora page to the WebUI's extra-network pages and its routes to the app when it starts."""
     page = LoraPage(webui, engine)
-    webui.services.setdefault("extra_network_pages", []).append(page)
-    webui.services["lora_page"] = page
+    webui.extra_network_pages.append(page)
+    webui.services.publish("lora_page", page)
     webui.callbacks.add("app_started", lambda webui_, app: mount_routes(app, page))
     webui.callbacks.add("model_loaded", page.model_changed)

@@ -14,6 +14,7 @@ from typing import Any
 
 from modules.extra_networks import parse_prompt
 
+from ..engine.engine import LoraEngine
 from ..errors import LoraError
 from ..prompt.extra_network import parse_tag
 from ..tools import extract_combine as lora_tools
@@ -47,7 +48,7 @@ def run_extract(webui: Any, base: str, tuned: str, name: str, rank: int, energy:
     check_output(out, False, _checkpoint(webui, base), _checkpoint(webui, tuned))
     report = lora_tools.extract(load_model(_checkpoint(webui, base)), load_model(_checkpoint(webui, tuned)), out,
                                 rank=None if energy else int(rank), energy=energy or None, conv=conv)
-    webui.services["lora"].registry.refresh()
+    webui.services.get("lora", LoraEngine).registry.refresh()
     return f"Wrote {out.name}: {report.summary()}"
 
 
@@ -63,7 +64,7 @@ def run_combine(webui: Any, prompt: str, name: str, rank: int) -> str:
     """Combine the tagged LoRAs (against the loaded model) into one file in the Lora folder."""
     out = output_path(webui.paths.lora_dir, name)
     check_output(out, False)
-    engine = webui.services["lora"]
+    engine = webui.services.get("lora", LoraEngine)
     with webui.queue_lock:  # the engine's model is the one generations use: nothing else may patch it meanwhile
         model = webui.models.get()
         if engine.model is not model:
