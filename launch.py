@@ -24,7 +24,7 @@ TOOLS = {  # name -> (module of the Lora extension's package, function taking ar
 
 def run_tool(name: str, argv: list[str]) -> int:
     """Import the tool's module from the Lora extension and call its function with `argv`."""
-    from modules.extensions import EXTENSION_IMPORTS
+    from modules.extensions import EXTENSION_IMPORTS  # noqa: PLC0415 - imported where it is needed
 
     module_name, function = TOOLS[name]
     EXTENSION_IMPORTS.offer(LORA)
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
-    from modules.webui_server import serve
+    from modules.webui_server import serve  # noqa: PLC0415 - imported where it is needed
 
     return serve(argv)
 

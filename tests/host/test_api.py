@@ -259,7 +259,7 @@ def test_concurrent_txt2img_requests_all_complete(client):
     def run(seed: int) -> None:
         try:
             results[seed] = txt2img(client, prompt=f"thread {seed}", seed=seed)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(seed,)) for seed in seeds]

@@ -39,7 +39,7 @@ def _single(path: Path) -> CheckpointInfo:
     return CheckpointInfo(path=path, name=path.name, format="single-file")
 
 
-def _params(model) -> dict[str, torch.Tensor]:  # noqa: ANN001
+def _params(model) -> dict[str, torch.Tensor]:
     out = {}
     for prefix, module in model.torch_modules().items():
         out.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
@@ -338,11 +338,11 @@ def test_embedded_default_written_once_and_loadable(tmp_path: Path) -> None:
 
 
 def test_hash_cached_in_disk_cache(tmp_path: Path, files: dict[str, Path]) -> None:
-    from modules.sd_models import HASH_SUBSECTION, checkpoint_sha256
+    from modules.sd_models import HASH_SUBSECTION, checkpoint_sha256  # noqa: PLC0415 - imported where it is needed
 
     cache = DiskCache(tmp_path / "cache.json")
     value = checkpoint_sha256(files["SD1"], cache)
-    import hashlib
+    import hashlib  # noqa: PLC0415 - imported where it is needed
 
     assert value == hashlib.sha256(files["SD1"].read_bytes()).hexdigest()
     assert DiskCache(tmp_path / "cache.json").get(HASH_SUBSECTION, files["SD1"]) == value

@@ -45,7 +45,7 @@ def simple_tokenizer() -> ModuleType:
     return module.SimpleTokenizer()
 
 
-def test_vocabulary_matches_clip(simple_tokenizer) -> None:  # noqa: ANN001
+def test_vocabulary_matches_clip(simple_tokenizer) -> None:
     vocab = clip_vocab()
     assert len(vocab) == VOCAB_SIZE == len(simple_tokenizer.encoder)
     assert vocab == simple_tokenizer.encoder
@@ -54,7 +54,7 @@ def test_vocabulary_matches_clip(simple_tokenizer) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_ids_equal_openai_clip(simple_tokenizer, prompt: str) -> None:  # noqa: ANN001
+def test_ids_equal_openai_clip(simple_tokenizer, prompt: str) -> None:
     tokenizer = build_clip_tokenizer()
     ours = tokenizer(prompt).input_ids
     theirs = [49406, *simple_tokenizer.encode(prompt), 49407]

@@ -24,7 +24,7 @@ def started(tmp_path_factory: pytest.TempPathFactory):
     engine = webui.services["lora"]
     engine.registry.refresh()
     engine.set_model(model)
-    from lorakit import a1111
+    from lorakit import a1111  # noqa: PLC0415 - imported where it is needed
 
     a1111.VIEW.bind(engine)  # the last WebUI created in this test session is the one the facade reads
     yield webui, engine, model

@@ -110,7 +110,7 @@ def test_a_layer_that_fails_at_delta_time_drops_only_its_network(tmp_path: Path,
             ledger.fault()
             try:
                 report = engine.activate(wanted)
-            except Exception as exc:  # noqa: BLE001 - the product must not let it out
+            except Exception as exc:  # the product must not let it out
                 problems.append(f"{label}: activate raised {type(exc).__name__}: {exc}")
             else:
                 if report.errors != {"victim": f"failed on layer {layer}: injected fault in {layer}"} or \

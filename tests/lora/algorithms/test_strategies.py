@@ -422,8 +422,8 @@ def test_bf16_parts_compute_in_float32_and_leave_inputs_alone():
 
 # ------------------------------------------------------------------------------------------------ harness
 def tiny_models(two_text_encoders: bool = False):
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import UNet2DConditionModel  # noqa: PLC0415 - imported where it is needed
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: PLC0415 - imported where it is needed
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -538,7 +538,7 @@ def test_harness_sdxl_prefixes_and_isolated_reference(tmp_path):
 def test_glora_tucker_bm_matches_lycoris_function():
     """LyCORIS never builds GLoRA's Tucker ``bm`` (its use_tucker test contradicts itself), but its function
     ``_glora_weight`` defines the math; our module matches it."""
-    from lycoris.modules.glora import _glora_weight
+    from lycoris.modules.glora import _glora_weight  # noqa: PLC0415 - imported where it is needed
 
     layer = make_layer("conv3")
     g = torch.Generator().manual_seed(7)

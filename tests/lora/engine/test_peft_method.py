@@ -162,7 +162,7 @@ def test_both_methods_at_once_equal_both_merged(tmp_path):
 def test_peft_alphas_diffusers_would_not_read_are_kept(tmp_path):
     """PEFT-layout files whose alpha diffusers ignores (unprefixed `lora_adapter_metadata` as other tools write it, or
     `<layer>.alpha` tensors) give the native result under diffusers too (alpha / rank folded into lora_B)."""
-    import json
+    import json  # noqa: PLC0415 - imported where it is needed
 
     model = tiny_loaded_model("SD1")
     torch.manual_seed(4)

@@ -44,7 +44,7 @@ def test_multi_vector_embedding_takes_as_many_tokens(sd1):
     database = EmbeddingDatabase()
     database.register(Embedding("mystyle", [torch.randn(3, width)], source="test"))
     encoder = PromptEncoder(sd1, embeddings=database)
-    from modules.prompt_encoding import embedding_table, tokenize_line
+    from modules.prompt_encoding import embedding_table, tokenize_line  # noqa: PLC0415 - imported where it is needed
 
     table = embedding_table(encoder.specs[0], database.snapshot(), 0)
     chunks, count = tokenize_line(encoder.specs[0], "art by mystyle", embeddings=table)

@@ -87,7 +87,7 @@ def test_four_channel_lora_is_zero_padded_on_inpainting_conv_in(tmp_path):
     generator = torch.Generator().manual_seed(0)
     down = torch.randn(4, 4, 3, 3, generator=generator)
     up = torch.randn(conv.weight.shape[0], 4, 1, 1, generator=generator)
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # noqa: PLC0415 - imported where it is needed
 
     (tmp_path / "Lora").mkdir()
     save_file({"lora_unet_conv_in.lora_down.weight": down, "lora_unet_conv_in.lora_up.weight": up,

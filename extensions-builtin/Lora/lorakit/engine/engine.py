@@ -34,7 +34,8 @@ from ..errors import LoraError
 from ..formats import files as lora_files
 from ..formats.keys import LayerIndex, TargetLayer, split_key
 from ..formats.peft_metadata import pattern_alpha, peft_alphas
-from ..library.registry import NetworkOnDisk, NetworkRegistry, detect_sd_version
+from ..formats.sd_version import detect_sd_version
+from ..library.registry import NetworkOnDisk, NetworkRegistry
 from .patcher import Contribution, LayerPatchError, Patcher, PatchStats
 from .peft_method import METHOD_DIFFUSERS, METHOD_NATIVE, METHODS, PeftAdapter, PeftLoadError, PeftMethod, PeftStats
 

@@ -284,8 +284,3 @@ class Patcher:
             written += module.bias.numel() * module.bias.element_size()
         del self.layers[name]
         return written
-
-    @torch.no_grad()
-    def restore_all(self) -> PatchStats:
-        """Put every layer back to pristine (e.g. before the model is replaced or saved without LoRAs)."""
-        return self.apply({}, {})

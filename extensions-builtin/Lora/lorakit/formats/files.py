@@ -54,11 +54,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return decode_metadata(read_safetensors_header(path).get("__metadata__", {}) or {})
 
 
-def tensor_keys(path: str | os.PathLike[str]) -> list[str]:
-    """Tensor names of a safetensors file without reading the tensors."""
-    return [k for k in read_safetensors_header(path) if k != "__metadata__"]
-
-
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """All tensors of a LoRA file on the CPU.
 

@@ -37,6 +37,15 @@ DOTTED_PARTS = {
     "lora_magnitude_vector": "dora_scale",
 }
 DOTTED_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.", "base_model.model.")
+# Layer-key prefixes -> the part of the model they name ("unet", "te0" = first text encoder, "te1" = second), in the
+# order they are tried; the SD-version detector reads its key families from the same tables.
+KEY_PREFIXES = (
+    ("lora_unet_", "unet"), ("lycoris_", "unet"), ("oft_unet_", "unet"), ("diffusion_model_", "unet"),
+    ("unet.", "unet"), ("lora_te1_", "te0"), ("lora_te2_", "te1"), ("lora_te_", "te0"),
+    ("text_encoder_2.", "te1"), ("text_encoder.", "te0"), ("0_transformer_", "te0"), ("transformer_", "te0"),
+)
+KOHYA_UNET_PREFIXES = ("lora_unet_", "lycoris_unet_", "oft_unet_")  # kohya-style UNet keys (SGM names on SDXL)
+SDXL_TEXT_PREFIXES = ("lora_te1_", "lora_te2_", "text_encoder_2.")  # keys only SDXL files (two encoders) have
 PROCESSOR_RE = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(up|down)\.weight$")
 
 
@@ -74,9 +83,7 @@ def split_key(key: str) -> tuple[str, str]:
             if key.endswith("." + part):
                 return key[: -len(part) - 1], renamed
         layer, _, part = key.rpartition(".")
-        if part in ("alpha", "dora_scale", "bias") or part.startswith(("hada_", "lokr_", "oft_")):
-            return layer, part
-        return layer, part  # unknown part: the strategy registry reports it
+        return layer, part  # alpha, dora_scale, hada_*, ...; an unknown part is reported by the strategy registry
     layer, _, part = key.partition(".")
     return layer, part
 
@@ -124,12 +131,7 @@ class LayerIndex:
             key = key[len("base_model.model."):]
             candidates = ["unet:" + key.replace(".", "_")]
             return candidates + [f"te{i}:" + self._strip_text_model(key.replace(".", "_")) for i in range(2)]
-        prefixes = (
-            ("lora_unet_", "unet"), ("lycoris_", "unet"), ("oft_unet_", "unet"), ("diffusion_model_", "unet"),
-            ("unet.", "unet"), ("lora_te1_", "te0"), ("lora_te2_", "te1"), ("lora_te_", "te0"),
-            ("text_encoder_2.", "te1"), ("text_encoder.", "te0"), ("0_transformer_", "te0"), ("transformer_", "te0"),
-        )
-        for prefix, part in prefixes:
+        for prefix, part in KEY_PREFIXES:
             if key.startswith(prefix):
                 rest = key[len(prefix):].replace(".", "_")
                 if part == "unet":

@@ -37,6 +37,7 @@ from modules.hashes import cache_subsection, file_hash, short_hash
 
 from ..algorithms.registry import detect_algorithm
 from ..formats import files as lora_files
+from ..formats.sd_version import detect_sd_version
 
 log = logging.getLogger(__name__)
 
@@ -108,44 +109,6 @@ def companion_allowed(path: str | os.PathLike[str], lora_filename: str | os.Path
 def natural_sort_key(text: str) -> list[Any]:
     """Split digit runs so that "lora2" sorts before "lora10"; text compares case-insensitively."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
-def detect_sd_version(metadata: dict[str, Any], shapes: dict[str, list[int]]) -> str:
-    """"SD1", "SD2", "SDXL" or "Unknown" from the metadata and the tensor names/shapes (header only).
-
-    Order: `modelspec.architecture`; kohya's `ss_base_model_version` / `ss_v2`; then the keys: SDXL-only names
-    (`lora_te1_`/`lora_te2_`, `text_encoder_2.`, SGM `input_blocks_`/`output_blocks_` UNet names), then the width
-    of the cross-attention context (768 SD1, 1024 SD2, 2048 SDXL) read from `attn2.to_k`'s input dimension, then the
-    text-encoder width (768 SD1, 1024 SD2).
-    """
-    arch = str(metadata.get("modelspec.architecture", "")).lower()
-    if arch:
-        if "stable-diffusion-xl" in arch:
-            return "SDXL"
-        if "stable-diffusion-v2" in arch:
-            return "SD2"
-        if "stable-diffusion-v1" in arch:
-            return "SD1"
-        return "Unknown"
-    base = str(metadata.get("ss_base_model_version", "")).lower()
-    if base.startswith("sdxl"):
-        return "SDXL"
-    if base.startswith("sd_v2") or str(metadata.get("ss_v2", "")) == "True":
-        return "SD2"
-    if base.startswith("sd_v1"):
-        return "SD1"
-    keys = list(shapes)
-    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys):
-        return "SDXL"
-    if any(re.match(r"(lora|lycoris|oft)_unet_(input_blocks|output_blocks|middle_block|label_emb)", k) for k in keys):
-        return "SDXL"
-    for key, shape in shapes.items():
-        if re.search(r"attn2[._]to_k", key) and re.search(r"(lora_down|lora_A|lora\.down)\.weight$", key) and len(shape) >= 2:
-            return {768: "SD1", 1024: "SD2", 2048: "SDXL"}.get(shape[1], "Unknown")
-    for key, shape in shapes.items():
-        if re.search(r"(^lora_te_|^text_encoder\.).*(mlp_fc1|mlp\.fc1)", key) and re.search(r"(down|lora_A)", key):
-            return {768: "SD1", 1024: "SD2"}.get(shape[-1] if len(shape) >= 2 else -1, "Unknown")
-    return "Unknown"
 
 
 WORD_RE = re.compile(r"[-_\w']+")

@@ -1,9 +1,7 @@
 """Per-block LoRA weights: SD.Next's `in=`/`mid=`/`out=` and lora-block-weight's `lbw=` vectors and presets.
 
-Blocks of a layer (from the loaded model's LDM/SGM names, so tiny and real models agree):
-* `BASE`: every text-encoder layer;
-* `IN00`..`IN11` (SDXL `IN08`): `input_blocks.N`; `M00`: `middle_block`; `OUT00`..`OUT11`: `output_blocks.N`;
-* other UNet layers (time embedding, SDXL label embedding, final norm/conv) belong to no block: weight 1.
+Blocks of a layer come from `formats.blocks.block_of` (the one taxonomy): `BASE` is every text-encoder layer;
+`IN00`..`IN11` (SDXL `IN08`), `M00`, `OUT00`..`OUT11` the UNet blocks; other UNet layers belong to no block: weight 1.
 
 `lbw=` vectors (lora-block-weight's slot orders):
 * SD1/SD2, 26 values: BASE, IN00-IN11, M00, OUT00-OUT11
@@ -25,6 +23,7 @@ import re
 from collections.abc import Callable
 
 from ..errors import LoraError
+from ..formats.blocks import block_of
 from ..formats.keys import TargetLayer
 
 SLOTS: dict[tuple[str, int], list[str]] = {
@@ -64,19 +63,6 @@ class BlockWeightError(LoraError):
 def layout_family(family: str) -> str:
     """SD2 shares SD1's UNet block layout."""
     return "SDXL" if family == "SDXL" else "SD1"
-
-
-def block_of(target: TargetLayer) -> str | None:
-    """`BASE`, `INnn`, `M00`, `OUTnn`, or None for UNet layers outside the blocks."""
-    if target.is_text_encoder:
-        return "BASE"
-    name = target.ldm_name or ""
-    match = re.match(r"(input_blocks|output_blocks)\.(\d+)\.", name)
-    if match:
-        return ("IN" if match.group(1) == "input_blocks" else "OUT") + f"{int(match.group(2)):02d}"
-    if name.startswith("middle_block."):
-        return "M00"
-    return None
 
 
 def parse_presets(text: str) -> dict[str, list[float]]:

@@ -18,7 +18,7 @@ from . import extract_combine as lora_tools
 from .merge import MergeError, check_output, load_model, prepare
 
 
-def _run(action) -> int:  # noqa: ANN001
+def _run(action) -> int:
     try:
         report = action()
     except MergeError as exc:

@@ -127,7 +127,7 @@ def merge(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, overwrite: 
     return warnings
 
 
-def _write_single_file(model, out: Path) -> None:  # noqa: ANN001
+def _write_single_file(model, out: Path) -> None:
     from safetensors.torch import save_file  # noqa: PLC0415
 
     from modules.checkpoint_convert import diffusers_to_ldm  # noqa: PLC0415
@@ -141,7 +141,7 @@ def _write_single_file(model, out: Path) -> None:  # noqa: ANN001
             save_file(state, str(tmp), metadata=metadata or None)
 
 
-def _write_diffusers(model, ckpt: Path, out: Path) -> None:  # noqa: ANN001
+def _write_diffusers(model, ckpt: Path, out: Path) -> None:
     with atomic_path(out, directory=True) as tmp:
         shutil.copytree(ckpt, tmp, dirs_exist_ok=True,
                         ignore=lambda folder, names: [n for n in names if Path(folder).name in DIFFUSERS_PARTS

@@ -6,7 +6,8 @@ summed in quadrature per block: `strength(block) = sqrt(sum over layers of ||del
 
 Blocks are named as in the lora-block-weight convention, from the layer's LDM/SGM name (`TargetLayer.ldm_name`):
 `input_blocks.N` -> `INnn`, `middle_block` -> `M00`, `output_blocks.N` -> `OUTnn`; other UNet layers (time
-embedding, conv_in, out) -> `BASE`; text-encoder layers -> `TE` (one encoder) or `TE1`/`TE2`. The block list comes
+embedding, conv_in, out) -> `OTHER`; text-encoder layers -> `TE` (one encoder) or `TE1`/`TE2` (the taxonomy is
+`formats.blocks`; `BASE` there means the text encoders, as in lora-block-weight). The block list comes
 from the loaded model, so tiny test models and full-size ones show their own blocks, including the untouched ones.
 """
 
@@ -21,25 +22,17 @@ from typing import Any
 import torch
 
 from ..engine.engine import LoraEngine, Network
+from ..formats.blocks import OTHER, chart_block
+from ..formats.keys import TargetLayer
 
-BLOCK_RE = re.compile(r"^(input_blocks|middle_block|output_blocks)(?:\.(\d+))?")
 
-
-def block_label(target: Any, text_encoders: int = 1) -> str:
-    """The block a `TargetLayer` belongs to: TE/TE1/TE2, IN00.., M00, OUT00.., or BASE."""
-    if target.te_index is not None:
-        return "TE" if text_encoders <= 1 else f"TE{target.te_index + 1}"
-    match = BLOCK_RE.match(target.ldm_name or "")
-    if not match:
-        return "BASE"
-    kind, number = match.group(1), int(match.group(2) or 0)
-    if kind == "middle_block":
-        return "M00"
-    return f"{'IN' if kind == 'input_blocks' else 'OUT'}{number:02d}"
+def block_label(target: TargetLayer, text_encoders: int = 1) -> str:
+    """The chart row of a `TargetLayer`: TE/TE1/TE2, IN00.., M00, OUT00.., or OTHER (`formats.blocks.chart_block`)."""
+    return chart_block(target, text_encoders)
 
 
 def _order(label: str) -> tuple[int, int]:
-    prefixes = {"TE": 0, "BASE": 1, "IN": 2, "M": 3, "OUT": 4}
+    prefixes = {"TE": 0, OTHER: 1, "IN": 2, "M": 3, "OUT": 4}
     match = re.match(r"([A-Z]+?)(\d*)$", label)
     head, digits = (match.group(1), match.group(2)) if match else (label, "")
     return prefixes.get(head, 5), int(digits or 0)
@@ -86,7 +79,7 @@ def compute_block_strength(engine: LoraEngine, network: Network) -> BlockStrengt
         label = block_label(target, encoders)
         squares[label] = squares.get(label, 0.0) + value
         counts[label] = counts.get(label, 0) + 1
-    ordered = [label for label in sorted(squares, key=_order) if label != "BASE" or counts[label]]
+    ordered = [label for label in sorted(squares, key=_order) if label != OTHER or counts[label]]
     return BlockStrength(network.name, {label: (math.sqrt(squares[label]), counts[label]) for label in ordered})
 
 
@@ -96,7 +89,7 @@ def render_block_strength(result: BlockStrength) -> str:
     rows = []
     for label, (norm, layers) in result.blocks.items():
         percent = 100.0 * norm / peak if result.peak else 0.0
-        kind = "te" if label.startswith("TE") else ("base" if label == "BASE" else "unet")
+        kind = "te" if label.startswith("TE") else ("other" if label == OTHER else "unet")
         title = html.escape(f"{label}: delta norm {norm:.4g} over {layers} layer(s)", quote=True)
         rows.append(
             f"<div class='lora-block-row' title='{title}' data-block='{html.escape(label, quote=True)}'>"

@@ -108,7 +108,7 @@ def create_tab(webui: Any) -> tuple[Any, str, str]:
             name = gr.Textbox("extracted", label="Output LoRA name")
             result = gr.Textbox(label="Result", interactive=False)
             gr.Button("Extract", variant="primary").click(
-                lambda *a, progress=gr.Progress(track_tqdm=True): _safe(run_extract, webui, *a),  # noqa: B008
+                lambda *a, progress=gr.Progress(track_tqdm=True): _safe(run_extract, webui, *a),
                 inputs=[base, tuned, name, rank, energy, conv], outputs=[result])
         with gr.Tab("Combine"):
             prompt = gr.Textbox(label="LoRAs to combine", placeholder="<lora:a:0.5> <lora:b:1>")
@@ -117,13 +117,13 @@ def create_tab(webui: Any) -> tuple[Any, str, str]:
                 rank2 = gr.Number(0, label="Rank (0 = exact)", precision=0, minimum=0)
             result2 = gr.Textbox(label="Result", interactive=False)
             gr.Button("Combine", variant="primary").click(
-                lambda *a, progress=gr.Progress(track_tqdm=True): _safe(run_combine, webui, *a),  # noqa: B008
+                lambda *a, progress=gr.Progress(track_tqdm=True): _safe(run_combine, webui, *a),
                 inputs=[prompt, name2, rank2], outputs=[result2])
         with gr.Tab("Merge into checkpoint"):
             prompt3 = gr.Textbox(label="LoRAs to merge into the loaded checkpoint", placeholder="<lora:a:0.7>")
             name3 = gr.Textbox("merged", label="Output checkpoint name")
             result3 = gr.Textbox(label="Result", interactive=False)
             gr.Button("Merge", variant="primary").click(
-                lambda *a, progress=gr.Progress(track_tqdm=True): _safe(run_merge, webui, *a),  # noqa: B008
+                lambda *a, progress=gr.Progress(track_tqdm=True): _safe(run_merge, webui, *a),
                 inputs=[prompt3, name3], outputs=[result3])
     return block, "LoRA tools", "lora_tools"
