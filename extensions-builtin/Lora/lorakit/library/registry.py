@@ -15,7 +15,8 @@
   A sidecar `<name>.json` that is malformed or refused by `companion_allowed` is ignored (the LoRA itself is kept)
   and its reason is kept in `errors` under the sidecar's path too (and in the entry's `sidecar_problem`).
 * Companion files (preview image, `.txt` description, sidecar JSON) are read, served and written only where
-  `companion_allowed` says so: the one rule for symlinks, used by the registry, the API and the card page.
+  `library.companion.companion_allowed` says so: the one rule for symlinks, used by the registry, the API and the
+  card page.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from modules.hashes import cache_subsection, file_hash, short_hash
 from ..algorithms.registry import detect_algorithm
 from ..formats import files as lora_files
 from ..formats.sd_version import detect_sd_version
+from .companion import companion_allowed
 
 log = logging.getLogger(__name__)
 
@@ -51,59 +53,6 @@ METADATA_PRIORITY = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 
 def display_path(path: str) -> str:
     """`path` with bytes that are not UTF-8 (surrogate escapes, as Python decodes such file names) shown as U+FFFD."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _real_inside(real: str, roots: Iterable[str | os.PathLike[str]]) -> bool:
-    """Whether the real path `real` lies inside the real path of one of `roots`."""
-    for root in roots:
-        real_root = os.path.realpath(root)
-        try:
-            if os.path.commonpath([real, real_root]) == real_root:
-                return True
-        except ValueError:  # different drives
-            continue
-    return False
-
-
-def inside(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]]) -> bool:
-    """Whether the real path of `path` (symlinks resolved) lies inside the real path of one of `roots`."""
-    return _real_inside(os.path.realpath(path), roots)
-
-
-def companion_allowed(path: str | os.PathLike[str], lora_filename: str | os.PathLike[str],
-                      roots: Iterable[str | os.PathLike[str]]) -> bool:
-    """Whether a companion file of the LoRA `lora_filename` (its preview image, `<stem>.txt` /
-    `<stem>.description.txt` description or `<stem>.json` sidecar) may be read, served or written at `path`.
-
-    The rule, the one place the registry, the API and the card page take it from: a companion is allowed when its
-    real path (symlinks resolved)
-    * lies inside the real path of one of the Lora `roots`, or
-    * lies directly in the real path of the folder the LoRA is listed in, or
-    * lies beside the LoRA file's own real path and is named after it (`<real stem>.*`), for a LoRA that is itself a
-      symlink.
-    Why: the registry follows symlinked folders and files (`models/Lora/shared -> /mnt/loras` is a common setup), so
-    `/mnt/loras/x.png` beside `/mnt/loras/x.safetensors` belongs to that LoRA and is shown. A companion that is itself
-    a symlink to anywhere else (`x.json -> /etc/passwd`, `x.png -> ~/private/photo.png`) is refused: otherwise
-    whoever can put a link into the Lora folders could read other files through the cards and the API, or overwrite
-    them through the editor. `path` need not exist (a sidecar about to be created): its real path is then the real
-    path of its folder plus its name; a dangling symlink is judged by where it points.
-    """
-    path, lora_filename = os.fspath(path), os.fspath(lora_filename)
-    folder = os.path.dirname(lora_filename)
-    if os.path.dirname(path) == folder and os.path.basename(path) not in ("", ".", "..") and not os.path.islink(path):
-        # The common case, decided by one lstat with the same answer as below: a companion in the LoRA's own folder
-        # that is no symlink has the real path of that folder plus its name, so it lies in the LoRA's real folder.
-        return True
-    real = os.path.realpath(path)
-    if _real_inside(real, roots):
-        return True
-    if os.path.dirname(real) == os.path.realpath(folder or os.curdir):
-        return True
-    # Beside the LoRA file's own real path (the LoRA itself is a symlink): only a file named after that real file, so
-    # a LoRA linked into a system folder does not open the rest of that folder (`x.txt -> /etc/passwd`).
-    real_lora = os.path.realpath(lora_filename)
-    stem = os.path.splitext(os.path.basename(real_lora))[0]
-    return os.path.dirname(real) == os.path.dirname(real_lora) and os.path.basename(real).startswith(stem + ".")
 
 
 def natural_sort_key(text: str) -> list[Any]:

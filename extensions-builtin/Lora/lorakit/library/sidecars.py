@@ -4,7 +4,7 @@ Keys A1111 reads and writes: `description`, `sd version`, `activation text`, `pr
 `notes`. Every other key already in the file is kept unchanged (other tools store their own data there). Used by the
 card editor in the UI and by `POST /sdapi/v1/lora/metadata`, so both write the same file the same way.
 
-Symlinks: the sidecar is read and written only where `lora_registry.companion_allowed` allows it (inside the Lora
+Symlinks: the sidecar is read and written only where `library.companion.companion_allowed` allows it (inside the Lora
 folders, or beside the LoRA file's real location); a sidecar that is a symlink to anywhere else raises
 `SidecarNotAllowed` (the API and the card page answer 403) and is neither read nor replaced. An allowed sidecar that
 is itself a symlink is read and written at its real path: `write_json_atomic` renames a new file over its target,
@@ -24,7 +24,8 @@ from typing import Any
 from modules.atomic_io import read_json, write_json_atomic
 
 from ..errors import LoraError
-from .registry import NetworkOnDisk, companion_allowed
+from .companion import companion_allowed
+from .registry import NetworkOnDisk
 
 EDITABLE_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes")
 SD_VERSIONS = ("SD1", "SD2", "SDXL", "Unknown")

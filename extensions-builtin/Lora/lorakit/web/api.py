@@ -17,7 +17,7 @@ Beyond A1111 (SD.Next's names where it has them):
   made from it (cached in memory per app, keyed by file, mtime, size and thumbnail size).
 
 Names from requests are LoRA names, never paths: absolute paths and `..` components are refused (400), unknown names
-answer 404, and a preview or sidecar is read or written only when `lora_registry.companion_allowed` allows it: its
+answer 404, and a preview or sidecar is read or written only when `library.companion.companion_allowed` allows it: its
 real path (symlinks resolved) lies inside the real path of one of the Lora roots, or directly in the LoRA file's real
 folder (a symlinked Lora folder keeps its previews and sidecars); 403 otherwise. Every route sits under `/sdapi/`, so
 the host's `--api-auth` covers it.
@@ -31,7 +31,6 @@ import io
 import logging
 import math
 import os
-import stat
 import threading
 import urllib.parse
 from collections import Counter, OrderedDict
@@ -48,7 +47,14 @@ from modules.api.models import ErrorResponse
 
 from ..errors import LoraError
 from ..library import sidecars as user_metadata
-from ..library.registry import companion_allowed
+from ..library.companion import (
+    CompanionRefused,
+    CompanionUnreadable,
+    OpenedCompanion,
+    companion_allowed,
+    open_companion,
+)
+from ..library.registry import NetworkOnDisk
 
 log = logging.getLogger(__name__)
 
@@ -253,25 +259,19 @@ class LoraApi:
                            f"the {what} lies outside the Lora folders and not beside the LoRA file")
         return os.path.realpath(path)
 
-    def preview_file(self, entry: Any) -> str:
-        """Real path of the entry's preview; 404 without one, 403 when the companion rule refuses it."""
+    def open_preview(self, entry: NetworkOnDisk) -> OpenedCompanion:
+        """The entry's preview, opened by the companion-file service (`library.companion.open_companion`); 404
+        without one or when it cannot be read, 403 when the companion rule refuses it."""
         preview = entry.preview_path()
         if preview is None:
             raise ApiError(404, "NoPreview", f"Lora {entry.name!r} has no preview image")
-        return self.guarded(preview, entry, "preview")
-
-    @staticmethod
-    def open_regular(real: str) -> tuple[int, os.stat_result]:
-        """Open a verified real path without following a link swapped in since; 404 when it is not a file."""
         try:
-            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError as exc:
-            raise ApiError(404, "NoPreview", f"the preview cannot be read: {exc.strerror or exc}") from exc
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise ApiError(404, "NoPreview", "the preview is not a regular file")
-        return fd, st
+            return open_companion(preview, entry.filename, self.registry.roots, "preview")
+        except CompanionRefused as exc:
+            log.warning("Lora API refused preview %s: outside the Lora folders and not beside the LoRA file", preview)
+            raise ApiError(403, "OutsideLoraFolders", str(exc)) from exc
+        except CompanionUnreadable as exc:
+            raise ApiError(404, "NoPreview", str(exc)) from exc
 
     def urls(self, entry: Any) -> tuple[str | None, str | None]:
         """(preview URL, thumbnail URL) when the entry has a preview the companion rule allows."""
@@ -410,9 +410,9 @@ class LoraApi:
 
     def preview(self, name: str, if_none_match: str | None = None) -> Response:
         """`GET /sdapi/v1/lora/preview`: the preview file itself."""
-        real = self.preview_file(self.find(name))
+        opened = self.open_preview(self.find(name))
+        fd, st, real = opened.fd, opened.stat, opened.real_path
         media_type = PREVIEW_TYPES.get(os.path.splitext(real)[1].lower(), "application/octet-stream")
-        fd, st = self.open_regular(real)
         headers = {"Cache-Control": "no-cache", "ETag": f'"{st.st_mtime_ns:x}-{st.st_size:x}"'}
         if if_none_match == headers["ETag"]:
             os.close(fd)
@@ -431,8 +431,8 @@ class LoraApi:
 
     def thumb(self, name: str, size: int, if_none_match: str | None = None) -> Response:
         """`GET /sdapi/v1/lora/thumb`: a PNG thumbnail of the preview, cached per file version and size."""
-        real = self.preview_file(self.find(name))
-        fd, st = self.open_regular(real)
+        opened = self.open_preview(self.find(name))
+        fd, st, real = opened.fd, opened.stat, opened.real_path
         key = (real, st.st_mtime_ns, st.st_size, size)
         headers = {"Cache-Control": "no-cache", "ETag": f'"{st.st_mtime_ns:x}-{st.st_size:x}-{size}"'}
         if if_none_match == headers["ETag"]:

@@ -15,7 +15,7 @@ Layout of the work:
   (per-block strength chart), `editor` (dialog data), `save` (sidecar via `save_user_metadata`), `replace-preview`.
   Entries are addressed by their full filename, looked up in the registry's own list: no path from a request is
   ever opened. As in the API (lora_api.py) and the registry, a preview is served, a sidecar written and a `.txt`
-  description read only when `lora_registry.companion_allowed` allows it: its real path (symlinks resolved) lies
+  description read only when `library.companion.companion_allowed` allows it: its real path (symlinks resolved) lies
   inside the Lora folders or directly in the LoRA file's real folder (403 / no description otherwise).
 """
 
@@ -35,9 +35,10 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import Body, HTTPException, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
-from ..library.registry import PREVIEW_EXTENSIONS, NetworkOnDisk, companion_allowed, prompt_name
+from ..library.companion import CompanionRefused, CompanionUnreadable, companion_allowed, open_companion
+from ..library.registry import PREVIEW_EXTENSIONS, NetworkOnDisk, prompt_name
 from ..library.sidecars import SidecarNotAllowed, UserMetadataError, save_user_metadata
 from . import block_chart as lora_block_strength
 from . import card_metadata as ui_edit_user_metadata
@@ -501,10 +502,17 @@ def mount_routes(app: Any, page: LoraPage) -> None:
         entry = _key_entry(page, key)
         preview = entry.preview_path()
         headers = {"Cache-Control": "public, max-age=604800"}  # the URL carries the file's mtime
-        if preview is not None:
-            _guard(page, preview, entry, "preview")
+        if preview is not None:  # opened by the API's companion-file service: checked, then no link followed
+            try:
+                data = open_companion(preview, entry.filename, page.registry.roots, "preview").read()
+            except CompanionRefused as exc:
+                log.warning("Lora page refused preview %s: outside the Lora folders and not beside the LoRA file",
+                            preview)
+                raise HTTPException(status_code=403, detail=str(exc)) from exc
+            except CompanionUnreadable as exc:
+                raise HTTPException(status_code=404, detail=str(exc)) from exc
             media = IMAGE_TYPES.get(preview.suffix.lower(), "application/octet-stream")
-            return FileResponse(preview, media_type=media, headers=headers)
+            return Response(data, media_type=media, headers=headers)
         cover = _cover_image(entry)
         if cover is None:
             raise HTTPException(status_code=404, detail=f"{entry.name} has no preview")
