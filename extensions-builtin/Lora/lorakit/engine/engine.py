@@ -32,6 +32,7 @@ import torch
 from ..algorithms import registry as strategies
 from ..errors import LoraError
 from ..formats import files as lora_files
+from ..formats.family import KNOWN, SdVersion
 from ..formats.keys import LayerIndex, TargetLayer, split_key
 from ..formats.peft_metadata import pattern_alpha, peft_alphas
 from ..formats.sd_version import detect_sd_version
@@ -125,14 +126,14 @@ def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = Non
     """Load `entry` against the model behind `index`. Raises LoraFileError / NetworkLoadError with clear messages."""
     model = index.model
     version = entry.effective_sd_version
-    if version in ("SD1", "SD2", "SDXL") and version != model.family:
+    if version in KNOWN and version != model.family:
         raise NetworkLoadError(
             f"{entry.name} is a LoRA for {version}, but the loaded model is {model.family}: not applied"
         )
     tensors = lora_files.load_tensors(entry.filename)
-    if version == "Unknown" and not entry.is_safetensors:
+    if version == SdVersion.Unknown and not entry.is_safetensors:
         version = detect_sd_version({}, {k: list(v.shape) for k, v in tensors.items()})
-        if version in ("SD1", "SD2", "SDXL") and version != model.family:
+        if version in KNOWN and version != model.family:
             raise NetworkLoadError(
                 f"{entry.name} is a LoRA for {version}, but the loaded model is {model.family}: not applied"
             )

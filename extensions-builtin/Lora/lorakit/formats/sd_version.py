@@ -9,13 +9,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .family import CONTEXT_WIDTHS, KOHYA_BASE_PREFIXES, MODELSPEC_MARKERS, TEXT_ENCODER_WIDTHS, SdVersion
 from .keys import KOHYA_UNET_PREFIXES, SDXL_TEXT_PREFIXES
 
 SGM_UNET_RE = re.compile("(" + "|".join(map(re.escape, KOHYA_UNET_PREFIXES))
                          + ")(input_blocks|output_blocks|middle_block|label_emb)")
 
 
-def detect_sd_version(metadata: dict[str, Any], shapes: dict[str, list[int]]) -> str:
+def detect_sd_version(metadata: dict[str, Any], shapes: dict[str, list[int]]) -> SdVersion:
     """"SD1", "SD2", "SDXL" or "Unknown" from the metadata and the tensor names/shapes (header only).
 
     Order: `modelspec.architecture`; kohya's `ss_base_model_version` / `ss_v2`; then the keys: SDXL-only names
@@ -25,29 +26,24 @@ def detect_sd_version(metadata: dict[str, Any], shapes: dict[str, list[int]]) ->
     """
     arch = str(metadata.get("modelspec.architecture", "")).lower()
     if arch:
-        if "stable-diffusion-xl" in arch:
-            return "SDXL"
-        if "stable-diffusion-v2" in arch:
-            return "SD2"
-        if "stable-diffusion-v1" in arch:
-            return "SD1"
-        return "Unknown"
+        return next((version for marker, version in MODELSPEC_MARKERS if marker in arch), SdVersion.Unknown)
     base = str(metadata.get("ss_base_model_version", "")).lower()
-    if base.startswith("sdxl"):
-        return "SDXL"
-    if base.startswith("sd_v2") or str(metadata.get("ss_v2", "")) == "True":
-        return "SD2"
-    if base.startswith("sd_v1"):
-        return "SD1"
+    found = next((version for prefix, version in KOHYA_BASE_PREFIXES if base.startswith(prefix)), None)
+    if found is SdVersion.SDXL:
+        return found
+    if found is SdVersion.SD2 or str(metadata.get("ss_v2", "")) == "True":
+        return SdVersion.SD2
+    if found is not None:
+        return found
     keys = list(shapes)
     if any(k.startswith(SDXL_TEXT_PREFIXES) for k in keys):
-        return "SDXL"
+        return SdVersion.SDXL
     if any(SGM_UNET_RE.match(k) for k in keys):
-        return "SDXL"
+        return SdVersion.SDXL
     for key, shape in shapes.items():
         if re.search(r"attn2[._]to_k", key) and re.search(r"(lora_down|lora_A|lora\.down)\.weight$", key) and len(shape) >= 2:
-            return {768: "SD1", 1024: "SD2", 2048: "SDXL"}.get(shape[1], "Unknown")
+            return CONTEXT_WIDTHS.get(shape[1], SdVersion.Unknown)
     for key, shape in shapes.items():
         if re.search(r"(^lora_te_|^text_encoder\.).*(mlp_fc1|mlp\.fc1)", key) and re.search(r"(down|lora_A)", key):
-            return {768: "SD1", 1024: "SD2"}.get(shape[-1] if len(shape) >= 2 else -1, "Unknown")
-    return "Unknown"
+            return TEXT_ENCODER_WIDTHS.get(shape[-1] if len(shape) >= 2 else -1, SdVersion.Unknown)
+    return SdVersion.Unknown

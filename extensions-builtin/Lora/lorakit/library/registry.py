@@ -38,6 +38,7 @@ from modules.hashes import cache_subsection, file_hash, short_hash
 
 from ..algorithms.registry import detect_algorithm
 from ..formats import files as lora_files
+from ..formats.family import SdVersion
 from ..formats.sd_version import detect_sd_version
 from .companion import companion_allowed
 
@@ -117,7 +118,7 @@ class NetworkOnDisk:
     filename: str
     root: str
     metadata: dict[str, Any] = field(default_factory=dict)
-    sd_version: str = "Unknown"
+    sd_version: SdVersion = SdVersion.Unknown
     algorithm: str = "Unknown"
     hash: str = ""
     mtime: float = 0.0
@@ -151,10 +152,9 @@ class NetworkOnDisk:
         return self.filename.lower().endswith(".safetensors")
 
     @property
-    def effective_sd_version(self) -> str:
+    def effective_sd_version(self) -> SdVersion:
         """The user's `sd version` from the sidecar JSON overrides the detected one."""
-        user = self.user_metadata.get("sd version")
-        return user if user in ("SD1", "SD2", "SDXL", "Unknown") else self.sd_version
+        return SdVersion.parse(self.user_metadata.get("sd version")) or self.sd_version
 
     def sidecar_path(self) -> Path:
         return Path(os.path.splitext(self.filename)[0] + ".json")
@@ -218,7 +218,8 @@ class NetworkRegistry:
         signature = (st.st_mtime, st.st_size)
         cached = self.cache.get(METADATA_CACHE, filename, signature) if self.cache is not None else None
         if isinstance(cached, dict) and cached.get("version") == CACHE_VERSION:
-            entry.metadata, entry.sd_version, entry.algorithm = cached["metadata"], cached["sd_version"], cached["algorithm"]
+            entry.metadata, entry.algorithm = cached["metadata"], cached["algorithm"]
+            entry.sd_version = SdVersion.parse(cached["sd_version"]) or SdVersion.Unknown
         else:
             if entry.is_safetensors:
                 header = lora_files.read_safetensors_header(filename)

@@ -24,11 +24,12 @@ from typing import Any
 from modules.atomic_io import read_json, write_json_atomic
 
 from ..errors import LoraError
+from ..formats.family import KNOWN, SdVersion
 from .companion import companion_allowed
 from .registry import NetworkOnDisk
 
 EDITABLE_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes")
-SD_VERSIONS = ("SD1", "SD2", "SDXL", "Unknown")
+SD_VERSIONS = (*KNOWN, SdVersion.Unknown)
 MAX_TEXT = 100_000
 # One read-modify-write of a sidecar at a time, whoever writes (the API, the card editor, any thread): without it two
 # concurrent saves both read the old file and the second write brings back a value the first one replaced.

@@ -24,13 +24,15 @@ from collections.abc import Callable
 
 from ..errors import LoraError
 from ..formats.blocks import block_of
+from ..formats.family import SdVersion, layout_of
 from ..formats.keys import TargetLayer
 
 SLOTS: dict[tuple[str, int], list[str]] = {
-    ("SD1", 26): ["BASE", *[f"IN{i:02d}" for i in range(12)], "M00", *[f"OUT{i:02d}" for i in range(12)]],
-    ("SD1", 17): ["BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *[f"OUT{i:02d}" for i in range(3, 12)]],
-    ("SDXL", 20): ["BASE", *[f"IN{i:02d}" for i in range(9)], "M00", *[f"OUT{i:02d}" for i in range(9)]],
-    ("SDXL", 12): ["BASE", "IN04", "IN05", "IN07", "IN08", "M00", *[f"OUT{i:02d}" for i in range(6)]],
+    (SdVersion.SD1, 26): ["BASE", *[f"IN{i:02d}" for i in range(12)], "M00", *[f"OUT{i:02d}" for i in range(12)]],
+    (SdVersion.SD1, 17): ["BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00",
+                          *[f"OUT{i:02d}" for i in range(3, 12)]],
+    (SdVersion.SDXL, 20): ["BASE", *[f"IN{i:02d}" for i in range(9)], "M00", *[f"OUT{i:02d}" for i in range(9)]],
+    (SdVersion.SDXL, 12): ["BASE", "IN04", "IN05", "IN07", "IN08", "M00", *[f"OUT{i:02d}" for i in range(6)]],
 }
 
 # lora-block-weight's default presets (17 values, SD1 layout); the first five are layout-free and also expand to
@@ -61,8 +63,8 @@ class BlockWeightError(LoraError):
 
 
 def layout_family(family: str) -> str:
-    """SD2 shares SD1's UNet block layout."""
-    return "SDXL" if family == "SDXL" else "SD1"
+    """SD2 shares SD1's UNet block layout (`formats.family.layout_of`)."""
+    return layout_of(family)
 
 
 def parse_presets(text: str) -> dict[str, list[float]]:
@@ -82,7 +84,7 @@ def parse_presets(text: str) -> dict[str, list[float]]:
 def lbw_values(spec: str, family: str, user_presets: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Block -> weight for an `lbw=` value (a preset name or comma-separated numbers) on a `family` model."""
     layout = layout_family(family)
-    presets = {**(PRESETS_SDXL if layout == "SDXL" else PRESETS_SD1), **(user_presets or {})}
+    presets = {**(PRESETS_SDXL if layout == SdVersion.SDXL else PRESETS_SD1), **(user_presets or {})}
     text = spec.strip()
     if text in presets:
         values = presets[text]

@@ -26,6 +26,7 @@ from modules.textual_inversion import EmbeddingDatabase
 from ..engine import peft_method
 from ..engine.engine import ActivationReport, LoraEngine, NetworkRequest
 from ..errors import LoraError
+from ..formats.family import SdVersion
 from . import block_weights
 from .bundled_embeddings import sync_bundled_embeddings
 from .schedule import Schedule, ScheduleError, gate_open, parse_gate
@@ -144,7 +145,7 @@ def parse_tag(params: ExtraNetworkParams) -> LoraTag:
     return result
 
 
-def parse_request(params: ExtraNetworkParams, is_hr_pass: bool = False, family: str = "SD1") -> NetworkRequest:
+def parse_request(params: ExtraNetworkParams, is_hr_pass: bool = False, family: str = SdVersion.SD1) -> NetworkRequest:
     """One tag's params -> the engine request at the first step (see `LoraTag.request`). Raises TagError."""
     return parse_tag(params).request(family, is_hr_pass=is_hr_pass)
 

@@ -27,6 +27,7 @@ from modules.atomic_io import atomic_path
 
 from ..engine.engine import LoraEngine, NetworkRequest
 from ..errors import LoraError
+from ..formats.family import KOHYA_BASE_VERSIONS, MODELSPEC_ARCHITECTURES, SdVersion
 from ..formats.keys import LayerIndex, kohya_key
 
 
@@ -36,9 +37,6 @@ class ToolError(LoraError):
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = {"SD1": "stable-diffusion-v1/lora", "SD2": "stable-diffusion-v2/lora",
-                 "SDXL": "stable-diffusion-xl-v1-base/lora"}
-BASE_VERSIONS = {"SD1": "sd_v1", "SD2": "sd_v2", "SDXL": "sdxl_base_v1-0"}
 
 
 @dataclass
@@ -86,7 +84,8 @@ def _factors_for(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> 
 
 def _metadata(family: str, rank: str, extra: dict[str, str]) -> dict[str, str]:
     return {"ss_network_module": "networks.lora", "ss_network_dim": rank, "ss_network_alpha": rank,
-            "ss_base_model_version": BASE_VERSIONS[family], "modelspec.architecture": ARCHITECTURES[family], **extra}
+            "ss_base_model_version": KOHYA_BASE_VERSIONS[SdVersion(family)],
+            "modelspec.architecture": MODELSPEC_ARCHITECTURES[SdVersion(family)], **extra}
 
 
 def _save(tensors: dict[str, torch.Tensor], out: Path, metadata: dict[str, str]) -> None:

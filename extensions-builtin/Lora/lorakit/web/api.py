@@ -35,7 +35,7 @@ import threading
 import urllib.parse
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -46,6 +46,7 @@ from modules.api.api import ApiError
 from modules.api.models import ErrorResponse
 
 from ..errors import LoraError
+from ..formats.family import SdVersion
 from ..library import sidecars as user_metadata
 from ..library.companion import (
     CompanionRefused,
@@ -153,7 +154,7 @@ class LoraMetadataRequest(BaseModel):
 
     name: str = Field(min_length=1, max_length=MAX_NAME, description="LoRA name (stem, sub/stem or alias)")
     description: str | None = Field(None, max_length=user_metadata.MAX_TEXT)
-    sd_version: Literal["SD1", "SD2", "SDXL", "Unknown"] | None = Field(None, alias="sd version")
+    sd_version: SdVersion | None = Field(None, alias="sd version")
     activation_text: str | None = Field(None, alias="activation text", max_length=user_metadata.MAX_TEXT)
     preferred_weight: float | None = Field(None, alias="preferred weight", allow_inf_nan=False,
                                            description="0 means: use the default multiplier")
