@@ -25,11 +25,12 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from ..algorithms import registry as strategies
+from ..algorithms.base import Delta, NetworkModule
 from ..errors import LoraError
 from ..formats import files as lora_files
 from ..formats.family import KNOWN, SdVersion
@@ -39,6 +40,11 @@ from ..formats.sd_version import detect_sd_version
 from ..library.registry import NetworkOnDisk, NetworkRegistry
 from .patcher import Contribution, LayerPatchError, Patcher, PatchStats
 from .peft_method import METHOD_DIFFUSERS, METHOD_NATIVE, METHODS, PeftAdapter, PeftLoadError, PeftMethod, PeftStats
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from modules.sd_model_types import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ class Network:
     name: str
     on_disk: NetworkOnDisk
     mtime: float
-    modules: dict[str, Any] = field(default_factory=dict)  # target layer name -> NetworkModule
+    modules: dict[str, NetworkModule | PaddedInputModule] = field(default_factory=dict)  # target layer name -> module
     targets: dict[str, TargetLayer] = field(default_factory=dict)
     unmatched_keys: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)  # "key: reason"
@@ -89,7 +95,7 @@ class PaddedInputModule:
     """Applies a module made for a layer with fewer input channels (a 4-channel LoRA on a 9-channel inpainting
     `conv_in`): the delta is computed on the first `in_channels` input channels and zero-padded to the layer's."""
 
-    def __init__(self, inner: Any, in_channels: int) -> None:
+    def __init__(self, inner: NetworkModule, in_channels: int) -> None:
         self.inner = inner
         self.in_channels = in_channels
         self.algorithm = inner.algorithm
@@ -99,7 +105,7 @@ class PaddedInputModule:
         return None
 
     def calc_delta(self, weight: torch.Tensor, multiplier: float, dyn_dim: int | None = None,
-                   bias: torch.Tensor | None = None) -> Any:
+                   bias: torch.Tensor | None = None) -> Delta:
         delta = self.inner.calc_delta(weight[:, : self.in_channels].contiguous(), multiplier, dyn_dim, bias)
         if delta.weight is not None:
             padded = torch.zeros(weight.shape, dtype=delta.weight.dtype, device=delta.weight.device)
@@ -181,7 +187,7 @@ def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = Non
     return net
 
 
-def _pad_for_inpainting(module: Any, shape: torch.Size, target: TargetLayer) -> Any | None:
+def _pad_for_inpainting(module: NetworkModule, shape: torch.Size, target: TargetLayer) -> PaddedInputModule | None:
     """A 4-input-channel module for a 9-channel conv_in, wrapped to zero-pad; None if that is not the mismatch."""
     if len(shape) != 4 or shape[1] <= 4 or not target.name.endswith("conv_in"):
         return None
@@ -215,7 +221,7 @@ class NetworkRequest:
     unet_multiplier: float = 1.0
     dyn_dim: int | None = None
     # Per-layer multiplier factor (block weights); None = 1 everywhere.
-    layer_factor: Any = None
+    layer_factor: Callable[[TargetLayer], float] | None = None
     # The weights change during sampling (start=/stop=/keyframes): re-applied per step, so native merge only.
     scheduled: bool = False
 
@@ -253,7 +259,7 @@ class ActivationReport:
 class EngineSnapshot:
     """What the engine holds at one moment: the model, the active set (prompt order) and the networks in memory."""
 
-    model: Any
+    model: LoadedModel | None
     index: LayerIndex | None
     active: tuple[ActiveNetwork, ...]
     in_memory: tuple[Network, ...]
@@ -270,7 +276,7 @@ class LoraEngine:
     def __init__(self, registry: NetworkRegistry, memory_limit: int = 8) -> None:
         self.registry = registry
         self.memory_limit = memory_limit
-        self.model: Any = None
+        self.model: LoadedModel | None = None
         self.index: LayerIndex | None = None
         self.patcher = Patcher()
         self.networks_in_memory: OrderedDict[tuple, Network] = OrderedDict()
@@ -283,7 +289,7 @@ class LoraEngine:
         self.last_report = ActivationReport()
         self._lock = threading.RLock()
 
-    def set_model(self, model: Any) -> None:
+    def set_model(self, model: LoadedModel | None) -> None:
         """Use a newly loaded (pristine) model; nothing of the previous model's state is kept."""
         with self._lock:
             if self.peft is not None:
@@ -340,7 +346,7 @@ class LoraEngine:
             return self.index.layers[layer].module.weight.detach()
 
     @torch.no_grad()
-    def delta_at_pristine(self, network: Network, layer: str, multiplier: float = 1.0) -> Any:
+    def delta_at_pristine(self, network: Network, layer: str, multiplier: float = 1.0) -> Delta:
         """The `Delta` one network's module makes on `layer` computed at the layer's pristine weight (so IA3, OFT,
         BOFT, GLoRA and DoRA, whose deltas depend on the weight, give the same answer whatever else is active)."""
         weight = self.pristine_weight(layer)

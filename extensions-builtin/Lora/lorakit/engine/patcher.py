@@ -24,21 +24,31 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from ..algorithms.base import NetworkModule
 from ..algorithms.tensor_math import compute_dtype
 from ..errors import LoraError
 from ..formats.keys import TargetLayer
+
+if TYPE_CHECKING:
+    from modules.pristine_weights import PristineWeights
+
+
+class NamedNetwork(Protocol):
+    """What the patcher needs of a network: a name for messages (identity decides equality)."""
+
+    name: str
 
 
 @dataclass(frozen=True, eq=False)
 class Contribution:
     """One network's module on one layer, with its multiplier. Equality: same module object, same numbers."""
 
-    network: Any  # the loaded network (identity matters, not value)
-    module: Any  # network.NetworkModule
+    network: NamedNetwork  # the loaded network (identity matters, not value)
+    module: NetworkModule
     multiplier: float
     dyn_dim: int | None = None
 
@@ -57,7 +67,7 @@ class PristineUnavailableError(LoraError):
 class LayerPatchError(LoraError):
     """Computing one network's delta for one layer failed; the layer was left as it was."""
 
-    def __init__(self, network: Any, layer: str, cause: BaseException) -> None:
+    def __init__(self, network: NamedNetwork, layer: str, cause: BaseException) -> None:
         super().__init__(f"{getattr(network, 'name', network)}: layer {layer}: {cause}")
         self.network = network
         self.layer = layer
@@ -96,7 +106,7 @@ def max_abs(tensor: torch.Tensor) -> float:
 class Patcher:
     """Per-model patch state. `apply(wanted)` makes every layer hold pristine + exactly its wanted contributions."""
 
-    def __init__(self, pristine: Any = None) -> None:
+    def __init__(self, pristine: PristineWeights | None = None) -> None:
         """`pristine`: the model's `PristineWeights` (W0 read back from its checkpoint file), or None (copies)."""
         self.pristine = pristine
         self.layers: dict[str, _LayerState] = {}

@@ -40,12 +40,15 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import LoraError
 from ..formats.peft_metadata import adapter_metadata, pattern_alpha
+
+if TYPE_CHECKING:
+    from modules.sd_model_types import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +257,7 @@ def _quiet_loaders() -> Iterator[None]:
 class PeftMethod:
     """The PEFT adapters of one loaded model (see the module docstring). Not thread-safe: the engine locks."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: LoadedModel) -> None:
         self.model = model
         self.adapters: dict[tuple, PeftAdapter] = {}
         # file key -> layers diffusers placed, or the message of why it could not load the file (never retried).

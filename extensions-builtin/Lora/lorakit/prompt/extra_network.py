@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from modules.extra_networks import ExtraNetwork, ExtraNetworkParams, add_comment
 from modules.generation_state import GenerationRequest
@@ -30,6 +30,14 @@ from ..formats.family import SdVersion
 from . import block_weights
 from .bundled_embeddings import sync_bundled_embeddings
 from .schedule import Schedule, ScheduleError, gate_open, parse_gate
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from modules.options import Options
+    from modules.sd_model_types import LoadedModel
+
+    from ..library.registry import NetworkOnDisk
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +181,7 @@ class ExtraNetworkLora(ExtraNetwork):
 
     name = "lora"
 
-    def __init__(self, engine: LoraEngine, options: Any, current_model: Any,
+    def __init__(self, engine: LoraEngine, options: Options, current_model: Callable[[], LoadedModel | None],
                  embeddings: EmbeddingDatabase | None = None) -> None:
         self.engine = engine
         self.options = options
@@ -307,7 +315,8 @@ def _parse_hashes(text: str) -> dict[str, str]:
     return found
 
 
-def rewrite_names_by_hash(prompt: str, hashes_text: str, find_by_short_hash: Any, alias_of: Any) -> str:
+def rewrite_names_by_hash(prompt: str, hashes_text: str, find_by_short_hash: Callable[[str], NetworkOnDisk | None],
+                          alias_of: Callable[[NetworkOnDisk], str]) -> str:
     """Replace `<lora:NAME:` whose NAME is in `Lora hashes` with the local file that has that short hash (A1111)."""
     import re  # noqa: PLC0415
 

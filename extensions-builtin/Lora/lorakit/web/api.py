@@ -35,7 +35,7 @@ import threading
 import urllib.parse
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -56,6 +56,11 @@ from ..library.companion import (
     open_companion,
 )
 from ..library.registry import NetworkOnDisk
+
+if TYPE_CHECKING:
+    from modules.host import WebUI
+
+    from ..engine.engine import LoraEngine
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +238,7 @@ def make_thumbnail(data: bytes, size: int) -> bytes:
 class LoraApi:
     """The Lora routes for one app: the engine, the WebUI, this app's thumbnail and layer-report caches."""
 
-    def __init__(self, webui: Any, engine: Any) -> None:
+    def __init__(self, webui: WebUI, engine: LoraEngine) -> None:
         self.webui = webui
         self.engine = engine
         self.registry = engine.registry
@@ -245,14 +250,14 @@ class LoraApi:
         self.reports: OrderedDict[tuple, tuple] = OrderedDict()
 
     # ---------------------------------------------------------------- lookups
-    def find(self, name: str) -> Any:
+    def find(self, name: str) -> NetworkOnDisk:
         """The registry entry for a request's name; 400 for paths, 404 for unknown names."""
         entry = self.registry.find(check_name(name))
         if entry is None:
             raise ApiError(404, "LoraNotFound", f"Lora {name!r} not found; see GET {API}/loras")
         return entry
 
-    def guarded(self, path: str | os.PathLike[str], entry: Any, what: str) -> str:
+    def guarded(self, path: str | os.PathLike[str], entry: NetworkOnDisk, what: str) -> str:
         """The real path of the companion file `path` of `entry`; ApiError 403 when `companion_allowed` refuses it."""
         if not companion_allowed(path, entry.filename, self.registry.roots):
             log.warning("Lora API refused %s %s: outside the Lora folders and not beside the LoRA file", what, path)
@@ -274,7 +279,7 @@ class LoraApi:
         except CompanionUnreadable as exc:
             raise ApiError(404, "NoPreview", str(exc)) from exc
 
-    def urls(self, entry: Any) -> tuple[str | None, str | None]:
+    def urls(self, entry: NetworkOnDisk) -> tuple[str | None, str | None]:
         """(preview URL, thumbnail URL) when the entry has a preview the companion rule allows."""
         preview = entry.preview_path()
         if preview is None or not companion_allowed(preview, entry.filename, self.registry.roots):
@@ -310,7 +315,7 @@ class LoraApi:
             ))
         return items
 
-    def layer_report(self, entry: Any) -> tuple[LayerReport | None, int | None, float | None, list[str], str | None]:
+    def layer_report(self, entry: NetworkOnDisk) -> tuple[LayerReport | None, int | None, float | None, list[str], str | None]:
         """(layers, rank, alpha, problems, load error) of `entry` on the loaded model; (None, ...) without one.
 
         Uses the engine's loaded network when it has one, else loads the file against the model; the result (no
@@ -507,7 +512,7 @@ class LoraApi:
               responses={200: png, **not_modified, **_errors(400, 403, 404)}, summary="A small PNG of a LoRA's preview")
 
 
-def mount(app: Any, webui: Any, engine: Any) -> None:
+def mount(app: FastAPI, webui: WebUI, engine: LoraEngine) -> None:
     """Add the Lora routes to the FastAPI `app` (called from the `app_started` callback)."""
     api = LoraApi(webui, engine)
     api.register(app)

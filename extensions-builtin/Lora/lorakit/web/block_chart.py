@@ -17,13 +17,12 @@ import html
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from ..engine.engine import LoraEngine, Network
 from ..formats.blocks import OTHER, chart_block
-from ..formats.keys import TargetLayer
+from ..formats.keys import LayerIndex, TargetLayer
 
 
 def block_label(target: TargetLayer, text_encoders: int = 1) -> str:
@@ -38,7 +37,7 @@ def _order(label: str) -> tuple[int, int]:
     return prefixes.get(head, 5), int(digits or 0)
 
 
-def model_blocks(index: Any) -> list[str]:
+def model_blocks(index: LayerIndex) -> list[str]:
     """Every block label of the model behind a `LayerIndex`, in display order (TE first, then IN, M, OUT)."""
     encoders = len(index.model.text_encoders)
     labels = {block_label(target, encoders) for target in index.layers.values()}

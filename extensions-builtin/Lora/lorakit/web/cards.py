@@ -31,17 +31,23 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from fastapi import Body, HTTPException, Query, Request
+from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from ..library.companion import CompanionRefused, CompanionUnreadable, companion_allowed, open_companion
-from ..library.registry import PREVIEW_EXTENSIONS, NetworkOnDisk, prompt_name
+from ..library.registry import PREVIEW_EXTENSIONS, NetworkOnDisk, NetworkRegistry, prompt_name
 from ..library.sidecars import SidecarNotAllowed, UserMetadataError, save_user_metadata
 from . import block_chart as lora_block_strength
 from . import card_metadata as ui_edit_user_metadata
+
+if TYPE_CHECKING:
+    from modules.host import WebUI
+    from modules.sd_model_types import LoadedModel
+
+    from ..engine.engine import LoraEngine
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +182,7 @@ class LoraPage:
     title = "Lora"
     name = "lora"
 
-    def __init__(self, webui: Any, engine: Any) -> None:
+    def __init__(self, webui: WebUI, engine: LoraEngine) -> None:
         self.webui = webui
         self.engine = engine
         self._lock = threading.RLock()
@@ -191,11 +197,11 @@ class LoraPage:
 
     # ------------------------------------------------------------------------------------------- state
     @property
-    def registry(self) -> Any:
+    def registry(self) -> NetworkRegistry:
         """The engine's `NetworkRegistry`."""
         return self.engine.registry
 
-    def model_changed(self, model: Any = None) -> None:
+    def model_changed(self, model: LoadedModel | None = None) -> None:
         """`model_loaded` callback: block charts were computed on the previous model."""
         with self._lock:
             self._blocks.clear()
@@ -477,7 +483,7 @@ def _guard(page: LoraPage, path: os.PathLike[str], entry: NetworkOnDisk, what: s
                                                     "LoRA file")
 
 
-def mount_routes(app: Any, page: LoraPage) -> None:
+def mount_routes(app: FastAPI, page: LoraPage) -> None:
     """Add the page's routes (see the module docstring) to the FastAPI app."""
     def cards(request: Request) -> Response:
         version, body, zipped = page.cards_payload()
@@ -558,7 +564,7 @@ def mount_routes(app: Any, page: LoraPage) -> None:
         app.add_api_route(f"{ROUTE_PREFIX}/{path}", endpoint, methods=[method], include_in_schema=False)
 
 
-def register_page(webui: Any, engine: Any) -> None:
+def register_page(webui: WebUI, engine: LoraEngine) -> None:
     """Add the Lora page to the WebUI's extra-network pages and its routes to the app when it starts."""
     page = LoraPage(webui, engine)
     webui.extra_network_pages.append(page)

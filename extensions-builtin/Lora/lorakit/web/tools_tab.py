@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from modules.extra_networks import parse_prompt
 
-from ..engine.engine import LoraEngine
+from ..engine.engine import LoraEngine, NetworkRequest
 from ..errors import LoraError
 from ..prompt.extra_network import parse_tag
 from ..tools import extract_combine as lora_tools
 from ..tools.merge import check_output, load_model, merge
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from modules.host import WebUI
 
 NAME_RE = re.compile(r"^[\w][\w .+-]{0,120}$")
 
@@ -35,14 +40,14 @@ def output_path(folder: Path, name: str, suffix: str = ".safetensors") -> Path:
     return folder / f"{stem}{suffix}"
 
 
-def _checkpoint(webui: Any, title: str) -> Path:
+def _checkpoint(webui: WebUI, title: str) -> Path:
     info = webui.models.find(title) if title else None
     if info is None:
         raise ToolInputError(f"checkpoint not found: {title!r}")
     return Path(info.path)
 
 
-def run_extract(webui: Any, base: str, tuned: str, name: str, rank: int, energy: float, conv: bool) -> str:
+def run_extract(webui: WebUI, base: str, tuned: str, name: str, rank: int, energy: float, conv: bool) -> str:
     """Extract `tuned - base` into the Lora folder; `energy` > 0 chooses ranks by energy, else `rank` is used."""
     out = output_path(webui.paths.lora_dir, name)
     check_output(out, False, _checkpoint(webui, base), _checkpoint(webui, tuned))
@@ -52,7 +57,7 @@ def run_extract(webui: Any, base: str, tuned: str, name: str, rank: int, energy:
     return f"Wrote {out.name}: {report.summary()}"
 
 
-def _requests(prompt: str, family: str) -> list[Any]:
+def _requests(prompt: str, family: str) -> list[NetworkRequest]:
     _, data = parse_prompt(prompt)
     params = data.get("lora", []) + data.get("lyco", [])
     if not params:
@@ -60,7 +65,7 @@ def _requests(prompt: str, family: str) -> list[Any]:
     return [parse_tag(p).request(family) for p in params]
 
 
-def run_combine(webui: Any, prompt: str, name: str, rank: int) -> str:
+def run_combine(webui: WebUI, prompt: str, name: str, rank: int) -> str:
     """Combine the tagged LoRAs (against the loaded model) into one file in the Lora folder."""
     out = output_path(webui.paths.lora_dir, name)
     check_output(out, False)
@@ -74,7 +79,7 @@ def run_combine(webui: Any, prompt: str, name: str, rank: int) -> str:
     return f"Wrote {out.name}: {report.summary()}"
 
 
-def run_merge(webui: Any, prompt: str, name: str) -> str:
+def run_merge(webui: WebUI, prompt: str, name: str) -> str:
     """Merge the tagged LoRAs into a copy of the loaded checkpoint, written into the checkpoint folder."""
     current = webui.models.get().checkpoint
     source = Path(current.path)
@@ -84,7 +89,7 @@ def run_merge(webui: Any, prompt: str, name: str) -> str:
     return f"Wrote {out.name}" + "".join(f"\nwarning: {w}" for w in warnings)
 
 
-def _safe(action: Any, *args: Any) -> str:
+def _safe(action: Callable[..., str], *args: object) -> str:
     """Run a tool action; errors become the message shown under the button."""
     try:
         return action(*args)
@@ -92,7 +97,7 @@ def _safe(action: Any, *args: Any) -> str:
         return f"Error: {exc}"
 
 
-def create_tab(webui: Any) -> tuple[Any, str, str]:
+def create_tab(webui: WebUI) -> tuple[object, str, str]:
     """The Gradio block for the `ui_tabs` callback: (block, "LoRA tools", "lora_tools")."""
     import gradio as gr  # noqa: PLC0415
 
