@@ -12,11 +12,8 @@ from lorakit import a1111
 from lorakit.engine import peft_method
 from lorakit.engine.engine import LoraEngine
 from lorakit.library.registry import NetworkRegistry, prompt_name
-from lorakit.prompt import extra_network as extra_networks_lora
-from lorakit.prompt import trigger_words
-from lorakit.web import api as lora_api
-from lorakit.web import cards as ui_extra_networks_lora
-from lorakit.web import tools_tab as ui_lora_tools
+from lorakit.prompt import extra_network, trigger_words
+from lorakit.web import api, cards, tools_tab
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +55,7 @@ def setup(webui: Any) -> None:
     webui.options.infos["lora_in_memory_limit"].onchange = lambda value: setattr(engine, "memory_limit", int(value))
     webui.services.publish("lora", engine)
     a1111.VIEW.bind(engine)  # the A1111 facade modules (networks, network, lora) read this engine
-    handler = extra_networks_lora.ExtraNetworkLora(engine, webui.options, lambda: webui.models.current,
+    handler = extra_network.ExtraNetworkLora(engine, webui.options, lambda: webui.models.current,
                                                    embeddings=webui.embeddings)
     webui.extra_networks.register(handler, aliases=["lyco"])
     webui.callbacks.add("process_step", handler.on_step)
@@ -81,12 +78,12 @@ def setup(webui: Any) -> None:
             return
         for key in ("Prompt", "Hires prompt"):
             if key in params:
-                params[key] = extra_networks_lora.rewrite_names_by_hash(
+                params[key] = extra_network.rewrite_names_by_hash(
                     params[key], hashes, registry.find_by_short_hash,
                     lambda entry: prompt_name(entry, webui.options.get("lora_preferred_name"), registry.forbidden_aliases),
                 )
 
     webui.callbacks.add("infotext_pasted", infotext_pasted)
-    webui.callbacks.add("app_started", lambda webui_, app: lora_api.mount(app, webui_, engine))
-    ui_extra_networks_lora.register_page(webui, engine)
-    webui.callbacks.add("ui_tabs", ui_lora_tools.create_tab)
+    webui.callbacks.add("app_started", lambda webui_, app: api.mount(app, webui_, engine))
+    cards.register_page(webui, engine)
+    webui.callbacks.add("ui_tabs", tools_tab.create_tab)

@@ -15,7 +15,7 @@ Common parts read here (all optional):
 * ``alpha``: scalar; the strength scale of low-rank strategies is ``alpha / rank``. As in LyCORIS, an
   absent or zero alpha means "no scaling" (scale 1). (A1111 would scale by 0 for ``alpha == 0``.)
 * ``scale``: scalar; when present it replaces ``alpha / rank`` (A1111's ``scale`` part).
-* ``dora_scale``: DoRA magnitude, see :func:`lyco_helpers.weight_decompose`.
+* ``dora_scale``: DoRA magnitude, see :func:`tensor_math.weight_decompose`.
 * ``bias`` (or sparse ``bias_indices``/``bias_values``/``bias_size``): the legacy LyCORIS additive weight
   offset, added to the raw delta *before* scaling (A1111 ``finalize_updown``). It is not a layer bias.
 """
@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import PartsError
-from . import tensor_math as lyco_helpers
+from . import tensor_math
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class NetworkModule:
         ignored = sorted(set(weights) - consumed)
         if ignored:
             logger.warning("%s: %s ignores parts %s", key, self.algorithm, ", ".join(ignored))
-        lyco_helpers.check_finite(key, self.weights)
+        tensor_math.check_finite(key, self.weights)
         for name in self.parts:  # a rank-0 factor would fail later inside torch with a message naming nothing
             tensor = self.weights.get(name)
             if tensor is not None and tensor.numel() == 0:
@@ -80,7 +80,7 @@ class NetworkModule:
         self.is_dora = self.dora_scale is not None
         if self.is_dora and not self.supports_dora:
             raise PartsError(f"{key}: {self.algorithm} does not support a dora_scale part")
-        self.weight_offset = lyco_helpers.legacy_weight_offset(key, self.weights)
+        self.weight_offset = tensor_math.legacy_weight_offset(key, self.weights)
         try:
             self._parse()
         except (IndexError, RuntimeError, TypeError, ValueError) as exc:  # parts too malformed for the strategy's own checks
@@ -116,7 +116,7 @@ class NetworkModule:
 
     def _part(self, name: str, weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Part ``name`` on ``weight``'s device in ``dtype`` (default: the compute dtype for ``weight``)."""
-        return self.weights[name].to(device=weight.device, dtype=dtype or lyco_helpers.compute_dtype(weight))
+        return self.weights[name].to(device=weight.device, dtype=dtype or tensor_math.compute_dtype(weight))
 
     def _shape_error(self, what: str, got, expected) -> PartsError:
         return PartsError(
@@ -150,7 +150,7 @@ class NetworkModule:
         if self.weight_offset is not None and self.weight_offset.numel() != shape.numel():
             raise self._shape_error("bias (weight offset)", self.weight_offset.shape, shape)
         if self.dora_scale is not None:
-            lyco_helpers.dora_on_output(self.key, self.dora_scale.shape, shape)
+            tensor_math.dora_on_output(self.key, self.dora_scale.shape, shape)
 
     # ----------------------------------------------------------------------------------------------- math
     def _raw_delta(self, weight: torch.Tensor, dyn_dim: int | None, gamma: float) -> torch.Tensor:
@@ -187,8 +187,8 @@ class NetworkModule:
             return Delta(self.diff_weight(weight, dyn_dim, multiplier))
         diff = self.diff_weight(weight, dyn_dim)
         base = weight.to(diff.dtype)
-        on_output = lyco_helpers.dora_on_output(self.key, self.dora_scale.shape, weight.shape)
-        merged = lyco_helpers.weight_decompose(
+        on_output = tensor_math.dora_on_output(self.key, self.dora_scale.shape, weight.shape)
+        merged = tensor_math.weight_decompose(
             base + diff, self._part("dora_scale", weight, diff.dtype), multiplier, on_output
         )
         return Delta(merged - base)

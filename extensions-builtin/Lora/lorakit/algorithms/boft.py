@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import PartsError
-from . import tensor_math as lyco_helpers
+from . import tensor_math
 from .base import Delta, NetworkModule
 
 
@@ -62,7 +62,7 @@ class ModuleTypeBoft(NetworkModule):
     ) -> Delta:
         """``ΔW = rescale ⊙ butterfly(W) − W``."""
         self.validate(weight.shape)
-        r = lyco_helpers.cayley(self._part("oft_blocks", weight), self.constraint_factor * weight.shape[0])
+        r = tensor_math.cayley(self._part("oft_blocks", weight), self.constraint_factor * weight.shape[0])
         base = weight.to(r.dtype)
         eye = torch.eye(self.block_size, device=r.device, dtype=r.dtype)
         current = base

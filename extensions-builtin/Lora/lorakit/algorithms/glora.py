@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import PartsError
-from . import tensor_math as lyco_helpers
+from . import tensor_math
 from .base import NetworkModule
 
 FACTOR_PARTS = ("a1.weight", "a2.weight", "b1.weight", "b2.weight")
@@ -37,7 +37,7 @@ class ModuleTypeGLora(NetworkModule):
         return all(name in weights for name in FACTOR_PARTS)
 
     def _parse(self) -> None:
-        a1, a2, b1, b2 = (lyco_helpers.as_2d(self.weights[name]) for name in FACTOR_PARTS)
+        a1, a2, b1, b2 = (tensor_math.as_2d(self.weights[name]) for name in FACTOR_PARTS)
         bm = self.weights.get("bm.weight")
         new_ok = (
             a1.shape[1] == a2.shape[0] and a2.shape[1] == a1.shape[0] and (bm is not None or b1.shape[1] == b2.shape[0])
@@ -72,7 +72,7 @@ class ModuleTypeGLora(NetworkModule):
         a_in = self.weights["a1.weight"].shape[1 if self.old_layout else 0]
         b_numel = (
             self._out_rows()
-            * lyco_helpers.as_2d(self.weights["b1.weight" if self.old_layout else "b2.weight"]).shape[1]
+            * tensor_math.as_2d(self.weights["b1.weight" if self.old_layout else "b2.weight"]).shape[1]
         )
         if "bm.weight" in self.weights:
             b_numel = self._out_rows() * self.weights["b2.weight"].shape[1] * self.weights["bm.weight"][0, 0].numel()
@@ -84,14 +84,14 @@ class ModuleTypeGLora(NetworkModule):
             )
 
     def _raw_delta(self, weight: torch.Tensor, dyn_dim: int | None, gamma: float) -> torch.Tensor:
-        a1, a2, b1, b2 = (lyco_helpers.as_2d(self._part(name, weight)) for name in FACTOR_PARTS)
+        a1, a2, b1, b2 = (tensor_math.as_2d(self._part(name, weight)) for name in FACTOR_PARTS)
         base = weight.to(a1.dtype)
         if self.old_layout:
             a_first, a_second, wb = a2, a1, (b2 * gamma) @ b1
         else:
             a_first, a_second = a1, a2
             if "bm.weight" in self.weights:
-                wb = lyco_helpers.rebuild_tucker(self._part("bm.weight", weight), b1 * gamma, b2)
+                wb = tensor_math.rebuild_tucker(self._part("bm.weight", weight), b1 * gamma, b2)
             else:
                 wb = (b1 * gamma) @ b2
         wa = torch.einsum("o i ..., i j -> o j ...", base, a_first @ (a_second * gamma))

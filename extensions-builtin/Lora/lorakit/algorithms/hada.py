@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import PartsError
-from . import tensor_math as lyco_helpers
+from . import tensor_math
 from .base import NetworkModule
 
 FACTOR_PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -38,7 +38,7 @@ class ModuleTypeHada(NetworkModule):
         if a.dim() != 2 or b.dim() < 2:
             raise PartsError(f"{self.key}: LoHa hada_w{index}_a/b must be 2-D, got {tuple(a.shape)}, {tuple(b.shape)}")
         if core is None:
-            b2 = lyco_helpers.as_2d(b)
+            b2 = tensor_math.as_2d(b)
             if a.shape[1] != b2.shape[0]:
                 raise PartsError(
                     f"{self.key}: LoHa rank mismatch: hada_w{index}_a {tuple(a.shape)} vs hada_w{index}_b {tuple(b.shape)}"
@@ -65,8 +65,8 @@ class ModuleTypeHada(NetworkModule):
         a = self._part(f"hada_w{index}_a", weight) * gamma
         b = self._part(f"hada_w{index}_b", weight)
         if f"hada_t{index}" in self.weights:
-            return lyco_helpers.rebuild_tucker(self._part(f"hada_t{index}", weight), a.t(), b)
-        return a @ lyco_helpers.as_2d(b)
+            return tensor_math.rebuild_tucker(self._part(f"hada_t{index}", weight), a.t(), b)
+        return a @ tensor_math.as_2d(b)
 
     def _raw_delta(self, weight: torch.Tensor, dyn_dim: int | None, gamma: float) -> torch.Tensor:
         product = self._factor(weight, 1, gamma).reshape(weight.shape)

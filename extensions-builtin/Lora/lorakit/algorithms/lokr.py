@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import PartsError
-from . import tensor_math as lyco_helpers
+from . import tensor_math
 from .base import NetworkModule
 
 
@@ -104,11 +104,11 @@ class ModuleTypeLokr(NetworkModule):
             return self._part(f"lokr_w{index}", weight)
         a, b = self._part(f"lokr_w{index}_a", weight), self._part(f"lokr_w{index}_b", weight)
         if f"lokr_t{index}" in self.weights:
-            return lyco_helpers.rebuild_tucker(self._part(f"lokr_t{index}", weight), a.t(), b)
-        return (a @ lyco_helpers.as_2d(b)).reshape(a.shape[0], *b.shape[1:])
+            return tensor_math.rebuild_tucker(self._part(f"lokr_t{index}", weight), a.t(), b)
+        return (a @ tensor_math.as_2d(b)).reshape(a.shape[0], *b.shape[1:])
 
     def _raw_delta(self, weight: torch.Tensor, dyn_dim: int | None, gamma: float) -> torch.Tensor:
         w1, w2 = self._half(weight, 1) * gamma, self._half(weight, 2)
         if weight.dim() == 2:  # conv-shaped 1x1 halves on a Linear layer
-            w1, w2 = lyco_helpers.as_2d(w1), lyco_helpers.as_2d(w2)
-        return lyco_helpers.make_kron(w1, w2)
+            w1, w2 = tensor_math.as_2d(w1), tensor_math.as_2d(w2)
+        return tensor_math.make_kron(w1, w2)

@@ -10,7 +10,7 @@ Tucker/CP (``lora_mid.weight`` (r, r, k...), LyCORIS ``use_tucker``): ``down`` a
 
 DyLoRA ``dyn`` = d (A1111): only the first d ranks, ``up₂[:, :d] @ down₂[:d]``; the scale keeps the full rank
 (alpha / r). Ignored with a Tucker mid (as in A1111). DoRA (``dora_scale``, or PEFT's ``lora_magnitude_vector``):
-see ``lyco_helpers.weight_decompose``.
+see ``tensor_math.weight_decompose``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from ..errors import PartsError
 from ..formats.keys import DOTTED_PARTS
-from . import tensor_math as lyco_helpers
+from . import tensor_math
 from .base import NetworkModule
 
 PEFT_RENAMES = DOTTED_PARTS  # the one PEFT -> kohya part-name table
@@ -53,7 +53,7 @@ class ModuleTypeLora(NetworkModule):
             )
         rank = down.shape[0]
         if mid is None:
-            if lyco_helpers.as_2d(up).shape[1] != rank:
+            if tensor_math.as_2d(up).shape[1] != rank:
                 raise PartsError(
                     f"{self.key}: LoRA rank mismatch: lora_up {tuple(up.shape)} vs lora_down {tuple(down.shape)}"
                 )
@@ -77,7 +77,7 @@ class ModuleTypeLora(NetworkModule):
         if self._has_mid():
             mid = self.weights["lora_mid.weight"]
             return up.shape[0] * down.shape[1] * mid[0, 0].numel()
-        return up.shape[0] * lyco_helpers.as_2d(down).shape[1]
+        return up.shape[0] * tensor_math.as_2d(down).shape[1]
 
     def validate(self, layer_weight_shape: torch.Size) -> None:
         """Also require the output rows to match (a pure element count could hide a transposed file)."""
@@ -87,17 +87,17 @@ class ModuleTypeLora(NetworkModule):
             raise self._shape_error("lora_up", self.weights["lora_up.weight"].shape, (layer_weight_shape[0], self.rank))
 
     def _factors(self, weight: torch.Tensor, dyn_dim: int | None, dtype: torch.dtype | None = None):
-        up = lyco_helpers.as_2d(self._part("lora_up.weight", weight, dtype))
-        down = lyco_helpers.as_2d(self._part("lora_down.weight", weight, dtype))
+        up = tensor_math.as_2d(self._part("lora_up.weight", weight, dtype))
+        down = tensor_math.as_2d(self._part("lora_down.weight", weight, dtype))
         if dyn_dim is not None and 0 < dyn_dim < self.rank:
             up, down = up[:, :dyn_dim], down[:dyn_dim]
         return up, down
 
     def _raw_delta(self, weight: torch.Tensor, dyn_dim: int | None, gamma: float) -> torch.Tensor:
         if self._has_mid():
-            up = lyco_helpers.as_2d(self._part("lora_up.weight", weight)) * gamma
-            down = lyco_helpers.as_2d(self._part("lora_down.weight", weight))
-            return lyco_helpers.rebuild_tucker(self._part("lora_mid.weight", weight), up, down)
+            up = tensor_math.as_2d(self._part("lora_up.weight", weight)) * gamma
+            down = tensor_math.as_2d(self._part("lora_down.weight", weight))
+            return tensor_math.rebuild_tucker(self._part("lora_mid.weight", weight), up, down)
         up, down = self._factors(weight, dyn_dim)
         return (up * gamma) @ down
 

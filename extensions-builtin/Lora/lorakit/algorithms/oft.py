@@ -5,7 +5,7 @@ Variants (all 3-D block tensors, (k, n, n): k blocks of n rows, ``k · n = out``
 * LyCORIS Diag-OFT and kohya OFT: ``oft_blocks`` are free blocks ``B``; ``R = Cayley(B − Bᵀ)`` with the
   optional constraint ``c = alpha · out`` (``alpha`` part = the constraint factor, replaced by a
   ``constraint`` part when one is present; absent or 0: unconstrained), see
-  :func:`lyco_helpers.cayley`. kohya's clamp ``Q·(min(‖Q‖, c) + 1e-8)/(‖Q‖ + 1e-8)`` equals LyCORIS' rule up
+  :func:`tensor_math.cayley`. kohya's clamp ``Q·(min(‖Q‖, c) + 1e-8)/(‖Q‖ + 1e-8)`` equals LyCORIS' rule up
   to 1e-8 relative, so one rule serves both.
 * old LyCORIS ``oft_diag``: the blocks already are ``R`` (that LyCORIS saved ``get_r()``).
 
@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import PartsError
-from . import tensor_math as lyco_helpers
+from . import tensor_math
 from .base import Delta, NetworkModule
 
 
@@ -66,7 +66,7 @@ class ModuleTypeOft(NetworkModule):
         blocks = self._part("oft_diag" if self.is_r else "oft_blocks", weight)
         if self.is_r:
             return blocks
-        return lyco_helpers.cayley(blocks, self.constraint_factor * weight.shape[0])
+        return tensor_math.cayley(blocks, self.constraint_factor * weight.shape[0])
 
     def calc_delta(
         self,

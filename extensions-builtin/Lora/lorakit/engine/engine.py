@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from ..algorithms import registry as strategies
 from ..algorithms.base import Delta, NetworkModule
+from ..algorithms.registry import create_module
 from ..errors import LoraError
-from ..formats import files as lora_files
+from ..formats import files
 from ..formats.family import KNOWN, SdVersion
 from ..formats.keys import LayerIndex, TargetLayer, split_key
 from ..formats.peft_metadata import pattern_alpha, peft_alphas
@@ -136,7 +136,7 @@ def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = Non
         raise NetworkLoadError(
             f"{entry.name} is a LoRA for {version}, but the loaded model is {model.family}: not applied"
         )
-    tensors = lora_files.load_tensors(entry.filename)
+    tensors = files.load_tensors(entry.filename)
     if version == SdVersion.Unknown and not entry.is_safetensors:
         version = detect_sd_version({}, {k: list(v.shape) for k, v in tensors.items()})
         if version in KNOWN and version != model.family:
@@ -162,7 +162,7 @@ def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = Non
                 weight_dim = target.module.weight.dim()
                 parts = {**parts, "dora_scale": parts["dora_scale"].reshape(-1, *[1] * (weight_dim - 1))}
         try:
-            module = strategies.create_module(layer_key, parts)
+            module = create_module(layer_key, parts)
         except LoraError as exc:
             net.unsupported.append(f"{layer_key}: {exc}")
             continue
@@ -493,7 +493,7 @@ class LoraEngine:
         adapter = None
         if not (isinstance(placed, int) and placed < at_least):
             adapter = self.peft.load((*file_key, occurrence), entry.name,
-                                     lambda: lora_files.load_tensors(entry.filename), entry.metadata)
+                                     lambda: files.load_tensors(entry.filename), entry.metadata)
             placed = len(adapter.layers)
         if placed < at_least:
             if adapter is not None:
@@ -506,7 +506,7 @@ class LoraEngine:
         key = self._file_key(entry)
         network = self._diffusers_only.get(key)
         if network is None:
-            _, embeddings = group_tensors(lora_files.load_tensors(entry.filename))
+            _, embeddings = group_tensors(files.load_tensors(entry.filename))
             network = Network(name=entry.name, on_disk=entry, mtime=key[1], bundle_embeddings=embeddings)
             self._diffusers_only[key] = network
         return network

@@ -37,7 +37,7 @@ from modules.cache import DiskCache
 from modules.hashes import cache_subsection, file_hash, short_hash
 
 from ..algorithms.registry import detect_algorithm
-from ..formats import files as lora_files
+from ..formats import files
 from ..formats.family import SdVersion
 from ..formats.sd_version import detect_sd_version
 from .companion import companion_allowed
@@ -198,7 +198,7 @@ class NetworkRegistry:
                 dirnames.sort(key=natural_sort_key)
                 listing = frozenset(filenames)
                 for fname in sorted(filenames, key=natural_sort_key):
-                    if fname.lower().endswith(lora_files.LORA_EXTENSIONS):
+                    if fname.lower().endswith(files.LORA_EXTENSIONS):
                         filename = os.path.join(dirpath, fname)
                         try:
                             filename[len(str(root)):].encode("utf-8")
@@ -207,7 +207,7 @@ class NetworkRegistry:
                             continue
                         found.append((str(root), filename, listing))
                 for dname in list(dirnames):  # a folder named like a LoRA file is skipped, not walked into as one
-                    if dname.lower().endswith(lora_files.LORA_EXTENSIONS):
+                    if dname.lower().endswith(files.LORA_EXTENSIONS):
                         self.errors[display_path(os.path.join(dirpath, dname))] = "is a directory, not a LoRA file"
         return found
 
@@ -222,8 +222,8 @@ class NetworkRegistry:
             entry.sd_version = SdVersion.parse(cached["sd_version"]) or SdVersion.Unknown
         else:
             if entry.is_safetensors:
-                header = lora_files.read_safetensors_header(filename)
-                entry.metadata = lora_files.decode_metadata(header.get("__metadata__") or {})
+                header = files.read_safetensors_header(filename)
+                entry.metadata = files.decode_metadata(header.get("__metadata__") or {})
                 shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
             else:
                 shapes = {}
@@ -269,8 +269,8 @@ class NetworkRegistry:
                     entries.append(entry)
                     if entry.sidecar_problem:
                         self.errors[display_path(str(entry.sidecar_path()))] = entry.sidecar_problem
-                except (OSError, lora_files.LoraFileError) as exc:
-                    reason = str(exc) if isinstance(exc, lora_files.LoraFileError) else f"cannot read: {exc.strerror or exc}"
+                except (OSError, files.LoraFileError) as exc:
+                    reason = str(exc) if isinstance(exc, files.LoraFileError) else f"cannot read: {exc.strerror or exc}"
                     self.errors[filename] = reason
                     log.warning("Lora file skipped: %s: %s", filename, reason)
             self._index(entries)
@@ -315,7 +315,7 @@ class NetworkRegistry:
         with self._lock:
             errors = dict(self.errors)
         for filename, reason in errors.items():
-            if not filename.lower().endswith(lora_files.LORA_EXTENSIONS):  # an ignored sidecar, not a skipped LoRA
+            if not filename.lower().endswith(files.LORA_EXTENSIONS):  # an ignored sidecar, not a skipped LoRA
                 continue
             root = next((str(r) for r in self.roots if filename.startswith(str(r) + os.sep)), os.path.dirname(filename))
             relative = os.path.splitext(os.path.relpath(filename, root))[0].replace(os.sep, "/")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import LoraError
-from . import extract_combine as lora_tools
+from . import extract_combine
 from .merge import MergeError, check_output, load_model, prepare
 
 
@@ -44,9 +44,9 @@ def extract_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     base, tuned, out = Path(args.base), Path(args.tuned), Path(args.out)
 
-    def action() -> lora_tools.ToolReport:
+    def action() -> extract_combine.ToolReport:
         check_output(out, args.overwrite, base, tuned)
-        return lora_tools.extract(load_model(base), load_model(tuned), out, args.rank, args.energy, args.conv)
+        return extract_combine.extract(load_model(base), load_model(tuned), out, args.rank, args.energy, args.conv)
 
     return _run(action)
 
@@ -62,9 +62,9 @@ def combine_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
 
-    def action() -> lora_tools.ToolReport:
+    def action() -> extract_combine.ToolReport:
         check_output(out, args.overwrite, Path(args.ckpt))
         _, engine, requests = prepare(Path(args.ckpt), [Path(d) for d in args.lora_dir], args.prompt)
-        return lora_tools.combine(engine, requests, out, args.rank)
+        return extract_combine.combine(engine, requests, out, args.rank)
 
     return _run(action)

@@ -40,8 +40,7 @@ from fastapi.responses import Response
 from ..library.companion import CompanionRefused, CompanionUnreadable, companion_allowed, open_companion
 from ..library.registry import PREVIEW_EXTENSIONS, NetworkOnDisk, NetworkRegistry, prompt_name
 from ..library.sidecars import SidecarNotAllowed, UserMetadataError, save_user_metadata
-from . import block_chart as lora_block_strength
-from . import card_metadata as ui_edit_user_metadata
+from . import block_chart, card_metadata
 
 if TYPE_CHECKING:
     from modules.host import WebUI
@@ -273,7 +272,7 @@ class LoraPage:
             created = min(stat.st_ctime, stat.st_mtime)
         except OSError:
             created = entry.mtime
-        tags = [tag for tag, _ in ui_edit_user_metadata.training_tags(entry.metadata)[:SEARCH_TAGS]]
+        tags = [tag for tag, _ in card_metadata.training_tags(entry.metadata)[:SEARCH_TAGS]]
         folder, fname = os.path.split(entry.filename)
         facts = {"path": path, "dir": path.rpartition("/")[0], "created": int(created), "tags": tags,
                  "has_metadata": bool(entry.metadata), "folder": folder, "stem": os.path.splitext(fname)[0]}
@@ -436,8 +435,8 @@ class LoraPage:
                 return cached
         try:
             network = engine.network(entry)
-            result = lora_block_strength.compute_block_strength(engine, network)
-            body = lora_block_strength.render_block_strength(result)
+            result = block_chart.compute_block_strength(engine, network)
+            body = block_chart.render_block_strength(result)
         except Exception as exc:  # any load problem is shown in the popup, the page keeps working
             log.info("block strength of %s not available: %s", entry.name, exc)
             return f"<p class='lora-muted'>Not available for the loaded model: {html.escape(str(exc))}</p>"
@@ -450,7 +449,7 @@ class LoraPage:
     def editor(self, entry: NetworkOnDisk) -> dict[str, Any]:
         """The edit dialog's data."""
         description = DirListing(self.registry.roots).description(entry)
-        return ui_edit_user_metadata.editor_payload(entry, description, self.webui.paths.outputs_dir)
+        return card_metadata.editor_payload(entry, description, self.webui.paths.outputs_dir)
 
     def save(self, entry: NetworkOnDisk, fields: dict[str, Any]) -> dict[str, Any]:
         """Write the sidecar (validated, unknown keys kept, atomic; SidecarNotAllowed when the companion rule refuses
@@ -462,7 +461,7 @@ class LoraPage:
 
     def replace_preview(self, entry: NetworkOnDisk) -> dict[str, Any]:
         """Use the newest generated image as the preview; returns the refreshed card."""
-        ui_edit_user_metadata.replace_preview(entry, self.webui.paths.outputs_dir)
+        card_metadata.replace_preview(entry, self.webui.paths.outputs_dir)
         self.forget_card(entry)
         with self._lock:
             return self.card(entry)
@@ -525,7 +524,7 @@ def mount_routes(app: FastAPI, page: LoraPage) -> None:
         return Response(cover[0], media_type=cover[1], headers=headers)
 
     def metadata(key: str = Query(...)) -> dict[str, str]:
-        return {"html": ui_edit_user_metadata.metadata_popup_html(_key_entry(page, key))}
+        return {"html": card_metadata.metadata_popup_html(_key_entry(page, key))}
 
     def blocks(key: str = Query(...)) -> dict[str, str]:
         return {"html": page.block_strength_html(_key_entry(page, key))}

@@ -17,7 +17,7 @@ from modules.extra_networks import parse_prompt
 from ..engine.engine import LoraEngine, NetworkRequest
 from ..errors import LoraError
 from ..prompt.extra_network import parse_tag
-from ..tools import extract_combine as lora_tools
+from ..tools import extract_combine
 from ..tools.merge import check_output, load_model, merge
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def run_extract(webui: WebUI, base: str, tuned: str, name: str, rank: int, energ
     """Extract `tuned - base` into the Lora folder; `energy` > 0 chooses ranks by energy, else `rank` is used."""
     out = output_path(webui.paths.lora_dir, name)
     check_output(out, False, _checkpoint(webui, base), _checkpoint(webui, tuned))
-    report = lora_tools.extract(load_model(_checkpoint(webui, base)), load_model(_checkpoint(webui, tuned)), out,
+    report = extract_combine.extract(load_model(_checkpoint(webui, base)), load_model(_checkpoint(webui, tuned)), out,
                                 rank=None if energy else int(rank), energy=energy or None, conv=conv)
     webui.services.get("lora", LoraEngine).registry.refresh()
     return f"Wrote {out.name}: {report.summary()}"
@@ -74,7 +74,7 @@ def run_combine(webui: WebUI, prompt: str, name: str, rank: int) -> str:
         model = webui.models.get()
         if engine.model is not model:
             engine.set_model(model)
-        report = lora_tools.combine(engine, _requests(prompt, model.family), out, int(rank) or None)
+        report = extract_combine.combine(engine, _requests(prompt, model.family), out, int(rank) or None)
     engine.registry.refresh()
     return f"Wrote {out.name}: {report.summary()}"
 
