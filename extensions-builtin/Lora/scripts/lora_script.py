@@ -13,6 +13,7 @@ from lorakit.engine import peft_method
 from lorakit.engine.engine import LoraEngine
 from lorakit.library.registry import NetworkRegistry, prompt_name
 from lorakit.prompt import extra_network, trigger_words
+from lorakit.prompt.infotext import rewrite_names_by_hash
 from lorakit.web import api, cards, tools_tab
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def setup(webui: Any) -> None:
     register_options(webui.options)
     roots = [webui.paths.lora_dir, webui.paths.lyco_dir]
     registry = NetworkRegistry(roots, webui.cache, hashing=not webui.args.no_hashing)
-    if not getattr(webui.args, "no_embedded_default", False):
+    if not webui.args.no_embedded_default:
         from lorakit.library import demo_loras  # noqa: PLC0415
 
         demo_loras.ensure_demo_loras(webui.paths.lora_dir)
@@ -78,7 +79,7 @@ def setup(webui: Any) -> None:
             return
         for key in ("Prompt", "Hires prompt"):
             if key in params:
-                params[key] = extra_network.rewrite_names_by_hash(
+                params[key] = rewrite_names_by_hash(
                     params[key], hashes, registry.find_by_short_hash,
                     lambda entry: prompt_name(entry, webui.options.get("lora_preferred_name"), registry.forbidden_aliases),
                 )

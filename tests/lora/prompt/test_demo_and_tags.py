@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lorakit.library.demo_loras import DEMOS, ensure_demo_loras
-from lorakit.prompt import extra_network as extra_networks_lora
+from lorakit.prompt import infotext, tags
 from modules.extra_networks import parse_prompt
 from tests.helpers.handlers import P, make_handler
 from tests.helpers.lora_testing import assert_bitwise_equal, state_snapshot, tiny_loaded_model, write_kohya_lora
@@ -62,7 +62,7 @@ def test_positional_named_dyn_and_hr_weights(tmp_path, sd1):
     pristine = state_snapshot(sd1)
     expected = write_kohya_lora(tmp_path / "Lora" / "a.safetensors", sd1, rank=4, only=8)
     networks, engine = make_handler(tmp_path, sd1)
-    parse = extra_networks_lora.parse_request
+    parse = tags.parse_request
     params = lambda text: parse_prompt(text)[1]["lora"][0]  # noqa: E731
     r = parse(params("<lora:a:0.6:0.2:2>"))
     assert (r.te_multiplier, r.unet_multiplier, r.dyn_dim) == (0.6, 0.2, 2)
@@ -85,7 +85,7 @@ def test_pasted_infotext_names_are_rewritten_by_hash(tmp_path, sd1):
     p = activate(networks, sd1, "<lora:local_name:1>")
     shorthash = engine.active[0].network.on_disk.shorthash
     prompt = "a <lora:their_name:0.7> b <lora:other:1> <lora:their_name>"
-    rewritten = extra_networks_lora.rewrite_names_by_hash(
+    rewritten = infotext.rewrite_names_by_hash(
         prompt, f"their_name: {shorthash}, other: 000000000000", engine.registry.find_by_short_hash, lambda e: e.name)
     assert rewritten == "a <lora:local_name:0.7> b <lora:other:1> <lora:their_name>"
     assert p.extra_generation_params["Lora hashes"] == f"local_name: {shorthash}"

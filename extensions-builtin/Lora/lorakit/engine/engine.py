@@ -301,7 +301,7 @@ class LoraEngine:
             self._nothing_fits.clear()
             self._diffusers_only.clear()
             self.index = LayerIndex(model) if model is not None else None
-            self.patcher = Patcher(getattr(model, "pristine", None))
+            self.patcher = Patcher(model.pristine if model is not None else None)
             self.networks_in_memory.clear()
             self.active = []
 

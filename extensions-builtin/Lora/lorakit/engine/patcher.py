@@ -68,7 +68,7 @@ class LayerPatchError(LoraError):
     """Computing one network's delta for one layer failed; the layer was left as it was."""
 
     def __init__(self, network: NamedNetwork, layer: str, cause: BaseException) -> None:
-        super().__init__(f"{getattr(network, 'name', network)}: layer {layer}: {cause}")
+        super().__init__(f"{network.name}: layer {layer}: {cause}")
         self.network = network
         self.layer = layer
         self.cause = cause

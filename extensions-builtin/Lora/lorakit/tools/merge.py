@@ -29,7 +29,7 @@ from ..engine.engine import LoraEngine, NetworkRequest
 from ..errors import LoraError
 from ..formats import files as lora_files
 from ..library.registry import NetworkRegistry
-from ..prompt.extra_network import TagError, parse_tag
+from ..prompt.tags import TagError, parse_tag
 
 log = logging.getLogger("merge")
 

@@ -344,10 +344,10 @@ class LoraApi:
                 matched=len(network.modules), unmatched=len(network.unmatched_keys),
                 unsupported=len(network.unsupported), shape_errors=len(network.shape_errors),
                 unmatched_examples=network.unmatched_keys[:MAX_EXAMPLES],
-                algorithms=dict(Counter(str(getattr(m, "algorithm", "?")) for m in modules)),
+                algorithms=dict(Counter(str(m.algorithm) for m in modules)),
             )
-            result = (layers, most_common([_number(getattr(m, "rank", None), int) for m in modules]),
-                      most_common([_number(getattr(m, "alpha", None), float) for m in modules]),
+            result = (layers, most_common([_number(m.rank, int) for m in modules]),
+                      most_common([_number(m.alpha, float) for m in modules]),
                       network.problems(), None)
         with self.report_lock:
             self.reports[key] = result
@@ -379,8 +379,8 @@ class LoraApi:
             rank = _number(entry.metadata.get("ss_network_dim"), int)
             alpha = _number(entry.metadata.get("ss_network_alpha"), float)
         preview_url, thumb_url = self.urls(entry)
-        checkpoint = getattr(self.engine.model, "checkpoint", None)
-        model_name = str(getattr(checkpoint, "name", "") or "") or None
+        model = self.engine.model
+        model_name = (model.checkpoint.name or None) if model is not None and model.checkpoint is not None else None
         return LoraDetails(
             name=entry.name, alias=entry.alias, path=entry.filename, relative_name=entry.relative_name,
             size=entry.size, mtime=entry.mtime, algorithm=entry.algorithm, rank=rank, alpha=alpha,

@@ -207,8 +207,8 @@ class LoraPage:
 
     def model_family(self) -> str | None:
         """"SD1"/"SD2"/"SDXL" of the loaded checkpoint, None before one is loaded."""
-        model = getattr(self.engine, "model", None)
-        return getattr(model, "family", None) if model is not None else None
+        model = self.engine.model
+        return model.family if model is not None else None
 
     def _sync(self) -> None:
         """Notice a rescan (by the page, the API or anyone): new entry list, card cache dropped."""
@@ -424,7 +424,7 @@ class LoraPage:
     def block_strength_html(self, entry: NetworkOnDisk) -> str:
         """The per-block bar chart for `entry` on the loaded model (cached per file version and model)."""
         engine = self.engine
-        index = getattr(engine, "index", None)
+        index = engine.snapshot().index
         if index is None:
             return "<p class='lora-muted'>Load a checkpoint to see where this LoRA acts.</p>"
         key = (entry.filename, entry.mtime, entry.size, id(index))

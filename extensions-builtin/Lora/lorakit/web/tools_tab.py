@@ -16,7 +16,7 @@ from modules.extra_networks import parse_prompt
 
 from ..engine.engine import LoraEngine, NetworkRequest
 from ..errors import LoraError
-from ..prompt.extra_network import parse_tag
+from ..prompt.tags import parse_tag
 from ..tools import extract_combine
 from ..tools.merge import check_output, load_model, merge
 
