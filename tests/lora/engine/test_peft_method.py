@@ -25,7 +25,9 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 
-from lorakit.engine.engine import LoraEngine, NetworkRequest, NothingFitsError, load_network, peft_alphas
+from lorakit.engine.engine import LoraEngine, NetworkRequest
+from lorakit.engine.loader import NothingFitsError, load_network
+from lorakit.formats.peft_metadata import peft_alphas
 from lorakit.library.registry import NetworkRegistry
 from modules.api import models
 from modules.api.api import apply_infotext

@@ -10,7 +10,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,6 +19,20 @@ from modules.safetensors_header import SafetensorsHeaderError, read_header
 from ..errors import FormatError
 
 LORA_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
+
+
+class FileVersion(NamedTuple):
+    """One version of a LoRA file, from one stat: the key of every per-file cache (engine, diffusers method, API)."""
+
+    filename: str
+    mtime: float
+    size: int
+
+    @classmethod
+    def of(cls, filename: str) -> FileVersion:
+        """The version on disk now (raises OSError when the file cannot be stat'ed)."""
+        st = os.stat(filename)
+        return cls(filename, st.st_mtime, st.st_size)
 
 
 class LoraFileError(FormatError):

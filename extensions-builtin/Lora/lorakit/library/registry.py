@@ -148,6 +148,11 @@ class NetworkOnDisk:
         return os.path.splitext(rel)[0].replace(os.sep, "/")
 
     @property
+    def version(self) -> files.FileVersion:
+        """The file version the registry last saw (path, mtime, size): the key of per-file caches."""
+        return files.FileVersion(self.filename, self.mtime, self.size)
+
+    @property
     def is_safetensors(self) -> bool:
         return self.filename.lower().endswith(".safetensors")
 

@@ -427,7 +427,7 @@ class LoraPage:
         index = engine.snapshot().index
         if index is None:
             return "<p class='lora-muted'>Load a checkpoint to see where this LoRA acts.</p>"
-        key = (entry.filename, entry.mtime, entry.size, id(index))
+        key = (entry.version, id(index))
         with self._lock:
             cached = self._blocks.get(key)
             if cached is not None:
