@@ -25,9 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from modules.cmd_args import extension_dirs
+
+if TYPE_CHECKING:
+    from modules.host import WebUI
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ def _import_script(path: Path, ext_name: str) -> ModuleType:
     return module
 
 
-def load_extensions(webui: Any, include_user: bool = True) -> list[Extension]:
+def load_extensions(webui: WebUI, include_user: bool = True) -> list[Extension]:
     """Import every extension's scripts and call their `setup(webui)`. A failing extension is logged and skipped."""
     loaded: list[Extension] = []
     for folder in extension_dirs(include_user=include_user):

@@ -6,7 +6,7 @@ infotext pasting by hash, and the model-loaded hook. The engine is published for
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorakit import a1111
 from lorakit.engine import peft_method
@@ -16,10 +16,14 @@ from lorakit.prompt import extra_network, trigger_words
 from lorakit.prompt.infotext import rewrite_names_by_hash
 from lorakit.web import api, cards, tools_tab
 
+if TYPE_CHECKING:
+    from modules.host import WebUI
+    from modules.options import Options
+
 log = logging.getLogger(__name__)
 
 
-def register_options(options: Any) -> None:
+def register_options(options: Options) -> None:
     """The extension's options (Settings -> Extra Networks), with A1111's keys where A1111 has them."""
     section = "Extra Networks"
     options.add("lora_preferred_name", "Alias from file", "When adding to prompt, refer to Lora by", section,
@@ -42,7 +46,7 @@ def register_options(options: Any) -> None:
                         "LyCORIS algorithms other than LoRA/LoCon still use native merge)")
 
 
-def setup(webui: Any) -> None:
+def setup(webui: WebUI) -> None:
     """Called by the extension loader with the WebUI object."""
     register_options(webui.options)
     roots = [webui.paths.lora_dir, webui.paths.lyco_dir]
