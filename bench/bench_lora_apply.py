@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="write the LoRA files here and keep them")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("diffusers", "transformers", "peft", "networks", "lora_registry"):
+    for noisy in ("diffusers", "transformers", "peft", "lorakit.engine", "lorakit.library.registry"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")  # PEFT warns about the other adapter's "missing keys" on every load
     try:

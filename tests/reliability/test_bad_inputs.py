@@ -190,7 +190,7 @@ def test_duplicate_stems_are_each_reachable(setup: Setup, caplog: pytest.LogCapt
     whichever its unsorted walk finds last), and the log names the other file's `sub/stem`."""
     root = next(case.root for case in setup.cases if case.name == "fs_duplicate_stem_a")
     registry = NetworkRegistry([root], setup.cache)
-    with caplog.at_level(logging.WARNING, logger="lora_registry"):
+    with caplog.at_level(logging.WARNING, logger="lorakit.library.registry"):
         registry.refresh()
     assert f"Lora name 'style' is used by several files; {root / 'b' / 'style.safetensors'} is reachable as " \
            "'b/style'" in caplog.messages

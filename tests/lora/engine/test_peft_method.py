@@ -1,4 +1,4 @@
-"""The "diffusers" LoRA method (`peft_method.py`): LoRAs as diffusers/PEFT adapters in the forward pass.
+"""The "diffusers" LoRA method (`lorakit.engine.peft_method`): LoRAs as diffusers/PEFT adapters in the forward pass.
 
 * A real txt2img generation with a kohya LoRA and with a PEFT-format one (written by diffusers' own
   `save_lora_weights`) gives the same image under "native merge" and "diffusers" (max abs pixel difference <= 2 of 255;

@@ -8,7 +8,7 @@ pristine + exactly the requested LoRAs.
   on some layer is dropped as a whole and the others are applied again, so the weights are always pristine plus the
   networks that did load.
 * Two application methods (`activate(requests, method=...)`, the `lora_method` setting): "native" merges deltas into
-  the weights (above); "diffusers" injects diffusers/PEFT adapters applied in the forward pass (`peft_method.py`).
+  the weights (above); "diffusers" injects diffusers/PEFT adapters applied in the forward pass (`engine.peft_method`).
   Under "diffusers", a LoRA using what diffusers cannot do (block weights, `dyn=`, step schedules, LyCORIS algorithms
   other than LoRA/LoCon, Tucker, DoRA) is merged natively instead, with a warning saying why. Under "native", a file
   the native loader cannot place (nothing fits, or keys left unmatched/unsupported) is tried with diffusers and

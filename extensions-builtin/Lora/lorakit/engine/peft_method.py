@@ -18,11 +18,11 @@ PEFT wraps each target `Linear`/`Conv2d` in a layer whose `base_layer` is the or
 patcher keeps writing into those original objects (its targets were indexed before any wrapping), so both methods
 can be active at once: output = base layer with the native deltas merged + the PEFT adapters' forward terms.
 
-What diffusers cannot do stays with native merge (the engine decides, see `networks.LoraEngine.activate`): block
+What diffusers cannot do stays with native merge (the engine decides, see `engine.engine.LoraEngine.activate`): block
 weights, `dyn=`, step schedules, LyCORIS algorithms other than LoRA/LoCon, Tucker `lora_mid`, DoRA, and the legacy
 LyCORIS weight offset.
 
-Infotext `Lora method` (written by `extra_networks_lora`, read back when an infotext is pasted): the method chosen in
+Infotext `Lora method` (written by `prompt.extra_network`, read back when an infotext is pasted): the method chosen in
 Settings, then the LoRAs that ran the other way, e.g. `Lora method: diffusers` (all through diffusers),
 `Lora method: "native, diffusers: name1"` (native chosen, `name1` fell back to diffusers) or
 `Lora method: "diffusers, native: name2"` (diffusers chosen, `name2` needed native merge). Nothing is written when

@@ -5,7 +5,7 @@ A malformed tag (`<lora:x:abc>`, `<lora:x:>`, a NaN weight) is reported in the g
 and the other LoRAs in the prompt still apply (A1111 drops all of them). A name whose file the registry scan skipped
 (truncated, not a safetensors file, ...) is reported with the scan's reason rather than as "not found".
 
-The `lora_method` setting picks how LoRAs are applied ("native merge" or "diffusers" adapters, see `peft_method.py`,
+The `lora_method` setting picks how LoRAs are applied ("native merge" or "diffusers" adapters, see `engine.peft_method`,
 which also documents the `Lora method` infotext written here).
 """
 

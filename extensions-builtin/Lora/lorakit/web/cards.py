@@ -14,7 +14,7 @@ Layout of the work:
   `thumb` (preview file or embedded cover image of a registered entry only), `metadata` (popup HTML), `blocks`
   (per-block strength chart), `editor` (dialog data), `save` (sidecar via `save_user_metadata`), `replace-preview`.
   Entries are addressed by their full filename, looked up in the registry's own list: no path from a request is
-  ever opened. As in the API (lora_api.py) and the registry, a preview is served, a sidecar written and a `.txt`
+  ever opened. As in the API (`web.api`) and the registry, a preview is served, a sidecar written and a `.txt`
   description read only when `library.companion.companion_allowed` allows it: its real path (symlinks resolved) lies
   inside the Lora folders or directly in the LoRA file's real folder (403 / no description otherwise).
 """
