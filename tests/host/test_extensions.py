@@ -13,13 +13,15 @@ from modules.extensions import ExtensionImports
 
 
 @pytest.fixture
-def finder():
+def finder(tmp_path: Path):
+    """A finder of its own (not the WebUI's); afterwards it is uninstalled and the modules it loaded from the test's
+    folders are forgotten (only those: `json` must stay the standard library's)."""
     imports = ExtensionImports()
     yield imports
     if imports in sys.meta_path:
         sys.meta_path.remove(imports)
-    for name in list(sys.modules):
-        if name.split(".")[0] in imports.names:
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", "") or "").startswith(str(tmp_path)):
             del sys.modules[name]
 
 
