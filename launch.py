@@ -1,34 +1,34 @@
 """Entry point: `python launch.py [flags]` serves the WebUI; `python launch.py TOOL ...` runs a command-line tool.
 
-Tools: `merge` (bake LoRAs into a checkpoint copy; extensions-builtin/Lora/merge_tool.py), `extract` (a LoRA from
-two checkpoints) and `combine` (several LoRAs into one file; extensions-builtin/Lora/lora_tools_cli.py).
+Tools: `merge` (bake LoRAs into a checkpoint copy; `lorakit.tools.merge`), `extract` (a LoRA from two checkpoints)
+and `combine` (several LoRAs into one file; `lorakit.tools.cli`), from the Lora extension's package. The repository
+root is on `sys.path` because this script lives there; the extension's folder offers its imports through
+`modules.extensions.EXTENSION_IMPORTS`, as when the WebUI loads extensions.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import logging
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 LORA = ROOT / "extensions-builtin" / "Lora"
-TOOLS = {  # name -> (module file, function taking argv)
-    "merge": (LORA / "merge_tool.py", "main"),
-    "extract": (LORA / "lora_tools_cli.py", "extract_main"),
-    "combine": (LORA / "lora_tools_cli.py", "combine_main"),
+TOOLS = {  # name -> (module of the Lora extension's package, function taking argv)
+    "merge": ("lorakit.tools.merge", "main"),
+    "extract": ("lorakit.tools.cli", "extract_main"),
+    "combine": ("lorakit.tools.cli", "combine_main"),
 }
 
 
 def run_tool(name: str, argv: list[str]) -> int:
-    """Import the tool's module (its extension folder on sys.path) and call its `main(argv)`."""
-    path, function = TOOLS[name]
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Import the tool's module from the Lora extension and call its function with `argv`."""
+    from modules.extensions import EXTENSION_IMPORTS  # noqa: PLC0415 - imported where it is needed
+
+    module_name, function = TOOLS[name]
+    EXTENSION_IMPORTS.offer(LORA)
+    module = importlib.import_module(module_name)
     return int(getattr(module, function)(argv) or 0)
 
 
@@ -36,8 +36,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
-    sys.path.insert(0, str(ROOT))
-    from modules.webui_server import serve
+    from modules.webui_server import serve  # noqa: PLC0415 - imported where it is needed
 
     return serve(argv)
 

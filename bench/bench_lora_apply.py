@@ -1,6 +1,6 @@
 """Benchmark of LoRA switching in the built-in Lora engine, against this machine's floor and against diffusers.
 
-Usage: `venv/bin/python bench/bench_lora_apply.py [--quick] [--sdxl] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+Usage: `venv/bin/python -m bench.bench_lora_apply [--quick] [--sdxl] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
 [--rank 32] [--algos locon,loha,lokr] [--skip-diffusers] [--steps 2] [--profile]`
 
 Method
@@ -53,13 +53,17 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "extensions-builtin" / "Lora")]
+# Run from the repository root as `python -m bench.<name>` (the root is then on sys.path); the Lora extension's
+# folder offers its imports as the WebUI's extension loader does.
+from modules.extensions import EXTENSION_IMPORTS  # noqa: E402
 
-from lora_registry import NetworkRegistry  # noqa: E402
-from networks import LoraEngine, NetworkRequest  # noqa: E402
-from patcher import Patcher, compute_dtype  # noqa: E402
+EXTENSION_IMPORTS.offer(ROOT / "extensions-builtin" / "Lora")
+
 from safetensors.torch import save_file  # noqa: E402
 
+from lorakit.engine.engine import LoraEngine, NetworkRequest  # noqa: E402
+from lorakit.engine.patcher import Patcher, compute_dtype  # noqa: E402
+from lorakit.library.registry import NetworkRegistry  # noqa: E402
 from modules.model_configs import build_components, family_config  # noqa: E402
 from modules.sd_model_types import CheckpointInfo, LoadedModel  # noqa: E402
 from modules.sd_models import load_checkpoint  # noqa: E402
@@ -502,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="write the LoRA files here and keep them")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("diffusers", "transformers", "peft", "networks", "lora_registry"):
+    for noisy in ("diffusers", "transformers", "peft", "lorakit.engine", "lorakit.library.registry"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")  # PEFT warns about the other adapter's "missing keys" on every load
     try:

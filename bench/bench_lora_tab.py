@@ -1,6 +1,6 @@
 """Benchmark of the Lora tab with 10,000 LoRA files: scan, rescan, card data, first paint and search in Chromium.
 
-Usage: `venv/bin/python bench/bench_lora_tab.py [--count 10000] [--keep DIR]`
+Usage: `venv/bin/python -m bench.bench_lora_tab [--count 10000] [--keep DIR]`
 
 Generates N tiny safetensors LoRAs (real kohya key names, training metadata with tags and buckets; every 10th with a
 sidecar JSON, every 5th with a preview PNG) in 100 folders, then measures:
@@ -30,7 +30,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "extensions-builtin" / "Lora")]
+# Run from the repository root as `python -m bench.<name>` (the root is then on sys.path); the Lora extension's
+# folder offers its imports as the WebUI's extension loader does.
+from modules.extensions import EXTENSION_IMPORTS  # noqa: E402
+
+EXTENSION_IMPORTS.offer(ROOT / "extensions-builtin" / "Lora")
 
 log = logging.getLogger("bench_lora_tab")
 CHROMIUM = "/usr/bin/chromium"

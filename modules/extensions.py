@@ -2,21 +2,35 @@
 
 An extension is a folder with any of: `preload.py` (command-line flags, see `modules.cmd_args`),
 `scripts/*.py` (imported at start; a module-level `setup(webui)` function is called with the WebUI object),
-`javascript/*.js` and `style.css` (served to the browser). The extension folder is put on `sys.path` so its
-scripts can import its modules by plain name, as A1111 extensions do.
+`javascript/*.js` and `style.css` (served to the browser).
+
+Imports: an extension's folder is an import root, but it is not put on `sys.path`. `ExtensionImports` (a finder
+appended to `sys.meta_path`) offers exactly the top-level names the folder holds: each `*.py` module beside
+`preload.py` (which is loaded by path, see `modules.cmd_args`) and each package (a folder with `__init__.py`).
+So `import networks` works in any script as it does in A1111, while
+* a name is offered by one folder only (the first extension to offer it; a later one is logged and not offered);
+* the finder comes after `sys.path`, so an extension's module never shadows the standard library, an installed
+  package or the host's `modules`, and nothing but those names resolves through extension folders;
+* submodules are found through their package (`lorakit.engine` from `lorakit.__path__`), as for any package.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from modules.cmd_args import extension_dirs
+
+if TYPE_CHECKING:
+    from modules.host import WebUI
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +56,45 @@ class Extension:
         return css if css.is_file() else None
 
 
+class ExtensionImports(importlib.abc.MetaPathFinder):
+    """The top-level module and package names that extension folders offer to `import` (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, Path] = {}  # top-level name -> the folder that offers it
+
+    def offer(self, folder: Path) -> list[str]:
+        """Offer `folder`'s top-level modules and packages; returns the names it now offers. Installs the finder."""
+        if self not in sys.meta_path:
+            sys.meta_path.append(self)
+        offered = []
+        for name in self.top_level_names(folder):
+            owner = self.names.setdefault(name, folder)
+            if owner == folder:
+                offered.append(name)
+            else:
+                log.warning("extension %s: module %r is already offered by %s; not offered again", folder.name, name,
+                            owner)
+        return offered
+
+    @staticmethod
+    def top_level_names(folder: Path) -> list[str]:
+        """`*.py` modules (but `preload.py`) and packages (folders with `__init__.py`) directly in `folder`."""
+        names = [path.stem for path in folder.glob("*.py") if path.stem != "preload"]
+        names += [path.name for path in folder.iterdir() if (path / "__init__.py").is_file()] if folder.is_dir() else []
+        return sorted(name for name in names if name.isidentifier())
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        """A spec for an offered top-level name; None for everything else (submodules come through their package)."""
+        folder = self.names.get(fullname) if path is None else None
+        if folder is None:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [str(folder)])
+
+
+EXTENSION_IMPORTS = ExtensionImports()
+
+
 def _import_script(path: Path, ext_name: str) -> ModuleType:
     module_name = f"ext_{ext_name}_{path.stem}".replace("-", "_")
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -52,13 +105,12 @@ def _import_script(path: Path, ext_name: str) -> ModuleType:
     return module
 
 
-def load_extensions(webui: Any, include_user: bool = True) -> list[Extension]:
+def load_extensions(webui: WebUI, include_user: bool = True) -> list[Extension]:
     """Import every extension's scripts and call their `setup(webui)`. A failing extension is logged and skipped."""
     loaded: list[Extension] = []
     for folder in extension_dirs(include_user=include_user):
         ext = Extension(name=folder.name, path=folder, builtin=folder.parent.name == "extensions-builtin")
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
+        EXTENSION_IMPORTS.offer(folder)
         scripts_dir = folder / "scripts"
         try:
             for script in sorted(scripts_dir.glob("*.py")) if scripts_dir.is_dir() else []:

@@ -18,7 +18,7 @@ CHUNK = 1 << 20
 SHORT_HASH_LENGTH = 12
 
 
-def _hash_stream(handle, digest) -> str:  # noqa: ANN001
+def _hash_stream(handle, digest) -> str:
     """Feed the rest of `handle` to `digest` through one reused buffer (no allocation per chunk)."""
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)

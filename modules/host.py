@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from modules import cmd_args
 from modules.cache import DiskCache
@@ -25,6 +25,38 @@ from modules.state import JobState
 from modules.textual_inversion import EmbeddingDatabase
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+
+class Services:
+    """Objects extensions publish for each other by name, read back with the type the reader expects.
+
+    `webui.services.publish("lora", engine)`; `webui.services.get("lora", LoraEngine)` returns it typed (KeyError
+    when nothing is published under the name, TypeError when it is not a `LoraEngine`). `webui.services["lora"]`
+    reads it untyped. The host's own shared state has explicit `WebUI` fields instead (e.g. `extra_network_pages`,
+    `before_ui_ran`)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, object] = {}
+
+    def publish(self, name: str, service: object) -> None:
+        """Make `service` available under `name` (replacing what was there)."""
+        self._items[name] = service
+
+    def get(self, name: str, kind: type[T]) -> T:
+        """The service published under `name`, checked to be a `kind`."""
+        service = self._items[name]
+        if not isinstance(service, kind):
+            raise TypeError(f"service {name!r} is a {type(service).__name__}, not a {kind.__name__}")
+        return service
+
+    def __getitem__(self, name: str) -> object:
+        return self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
 
 
 @dataclass
@@ -43,7 +75,11 @@ class WebUI:
     embeddings: EmbeddingDatabase = field(default_factory=EmbeddingDatabase)
     queue_lock: threading.Lock = field(default_factory=threading.Lock)
     # Named objects extensions publish for others (e.g. "lora" -> the Lora extension's engine).
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
+    # Extra-network card pages registered by extensions (`modules.ui.extra_network_pages`).
+    extra_network_pages: list[Any] = field(default_factory=list)
+    before_ui_ran: bool = False  # the `before_ui` callbacks ran (once per WebUI, before the first app is built)
+    gradio_blocks: Any = None  # the Gradio Blocks of the UI, once built
 
     @classmethod
     def create(cls, argv: Sequence[str] | None = None, load_extensions_now: bool = True) -> WebUI:

@@ -51,7 +51,7 @@ class MappedSafetensors:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         header = read_header(self.path)  # validated: offsets inside the payload, sizes match dtypes and shapes
-        self._file = open(self.path, "rb")  # noqa: SIM115 - stays open while the model is loaded
+        self._file = open(self.path, "rb")  # stays open while the model is loaded
         try:
             self._identity = _identity(os.fstat(self._file.fileno()))
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)

@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from modules import extra_networks, images, infotext, sd_samplers
+from modules.generation_state import GenerationState
 from modules.prompt_encoding import EMPHASIS_MODES, Conditioning, PromptEncoder
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class StableDiffusionProcessingTxt2Img:
     used_schedule: str = field(default="Automatic", init=False, repr=False)
     job_timestamp: str = field(default="", init=False, repr=False)
     _cond_cache: dict[Any, Conditioning] = field(default_factory=dict, init=False, repr=False)
+    generation_state: GenerationState = field(default_factory=GenerationState, init=False, repr=False)
 
     # ---- validation ------------------------------------------------------------------------------------------
 
@@ -461,7 +463,7 @@ class PassInputs:
     width: int  # output pixel size of this pass (SDXL size conditioning)
     height: int
     # Encodes (cond, uncond) again; called when a step callback changed the text encoders' weights and set
-    # `p.conditioning_stale` (LoRA text-encoder weight schedules).
+    # `p.generation_state.conditioning_stale` (LoRA text-encoder weight schedules).
     encode: Callable[[], tuple[Conditioning, Conditioning]] | None = None
 
 
@@ -525,9 +527,9 @@ class Denoiser:
                 step = index // order
                 self.webui.callbacks.run("process_step", self.p, step, total_steps,
                                          on_error=lambda message: extra_networks.add_comment(self.p, message))
-                if getattr(self.p, "conditioning_stale", False) and inputs.encode is not None:
+                if self.p.generation_state.conditioning_stale and inputs.encode is not None:
                     inputs.cond, inputs.uncond = inputs.encode()
-                    self.p.conditioning_stale = False
+                    self.p.generation_state.conditioning_stale = False
                 x_in = scheduler.scale_model_input(x, t)
                 model_output = self.predict(x_in, t, inputs)
                 out = scheduler.step(model_output, t, x, **kwargs)

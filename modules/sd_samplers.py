@@ -204,13 +204,6 @@ def resolve_sampler(sampler_name: str | None, scheduler: str | None) -> tuple[Sa
     return find_sampler(name), schedule
 
 
-def api_samplers() -> list[dict[str, Any]]:
-    """`GET /sdapi/v1/samplers` items: name, aliases, options (A1111's shape)."""
-    return [{"name": s.name, "aliases": list(s.aliases),
-             "options": {} if s.automatic_schedule == "Uniform"
-             else {"scheduler": s.automatic_schedule.lower().replace(" ", "_")}} for s in SAMPLERS]
-
-
 def api_schedulers() -> list[dict[str, Any]]:
     """`GET /sdapi/v1/schedulers` items: name (snake case), label, aliases (A1111's shape)."""
     return [{"name": label.lower().replace(" ", "_"), "label": label, "aliases": None, "default_rho": -1,

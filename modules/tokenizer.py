@@ -105,7 +105,7 @@ def clean_text(text: str) -> str:
 class SDClipTokenizer(CLIPTokenizer):
     """transformers' CLIPTokenizer with CLIP's own text cleaning applied to every raw string input."""
 
-    def _encode_plus(self, text: Any, text_pair: Any = None, *args: Any, **kwargs: Any) -> Any:  # noqa: D401
+    def _encode_plus(self, text: Any, text_pair: Any = None, *args: Any, **kwargs: Any) -> Any:
         if not kwargs.get("is_split_into_words"):
             text = _clean_any(text)
             text_pair = _clean_any(text_pair)

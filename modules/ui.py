@@ -8,7 +8,7 @@ auth, as the UI is in A1111. Every action goes through the same operations as th
 (`modules.api.api`), so bad input shows a warning in the browser and never stops the server.
 
 Extra-network pages (the contract the Lora card browser plugs into): an extension appends page objects to
-`extra_network_pages(webui)` (the list `webui.services["extra_network_pages"]`) in `setup(webui)` or in its
+`extra_network_pages(webui)` (the list `webui.extra_network_pages`) in `setup(webui)` or in its
 `before_ui` callback, or returns them (one page or a list) from an `extra_networks_pages(webui)` callback.
 A page has
     title: str                          tab label ("Lora")
@@ -78,7 +78,7 @@ class ExtraNetworkPage(Protocol):
 
 def extra_network_pages(webui: Any) -> list[Any]:
     """The registry of extra-network pages on the WebUI object (created empty on first use)."""
-    return webui.services.setdefault("extra_network_pages", [])
+    return webui.extra_network_pages
 
 
 def _all_extra_network_pages(webui: Any) -> list[Any]:
@@ -562,7 +562,7 @@ def mount_ui(app: FastAPI, webui: Any) -> FastAPI:
     assets = Assets.collect(webui)
     register_ui_routes(app, webui, assets)
     demo = create_ui(webui)
-    webui.services["gradio_blocks"] = demo
+    webui.gradio_blocks = demo
     return gr.mount_gradio_app(
         app, demo, path="/",
         head=assets.head_html(), theme=_theme(), ssr_mode=False, mcp_server=False, footer_links=["api"],

@@ -229,8 +229,8 @@ def create_app(webui: Any, ui: bool | None = None, max_body_bytes: int = DEFAULT
     credentials = parse_api_auth(getattr(webui.args, "api_auth", None))
     if credentials:
         app.add_middleware(ApiAuthMiddleware, credentials=credentials)
-    if not webui.services.get("_before_ui_ran"):
-        webui.services["_before_ui_ran"] = True
+    if not webui.before_ui_ran:
+        webui.before_ui_ran = True
         webui.callbacks.run("before_ui", webui)
     Api(webui).register(app)
     if ui:

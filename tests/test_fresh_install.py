@@ -26,23 +26,24 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-import user_metadata
-from lora_registry import NetworkRegistry
 
+from lorakit.library import sidecars
+from lorakit.library.registry import NetworkRegistry
 from modules.atomic_io import process_umask, write_json_atomic
 from modules.host import WebUI
 from modules.processing import StableDiffusionProcessingTxt2Img, process_images
 from modules.webui_server import ServerThread, create_app, load_startup_model
-
-ROOT = Path(__file__).resolve().parent.parent
-EXTENSION = ROOT / "extensions-builtin" / "Lora"
+from tests.helpers.paths import LORA_DIR, ROOT
 
 
 def run_python(code: str, env_extra: dict[str, str] | None = None, timeout: int = 300) -> str:
-    """Run `code` in a fresh interpreter with the repo and the Lora extension importable; returns its stdout."""
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(EXTENSION)]), "OMP_NUM_THREADS": "1"}
+    """Run `code` in a fresh interpreter with the repo importable and the Lora extension offering its imports as the
+    extension loader does; returns its stdout."""
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    code = f"from modules.extensions import EXTENSION_IMPORTS\nEXTENSION_IMPORTS.offer(__import__('pathlib')" \
+           f".Path({str(LORA_DIR)!r}))\n" + textwrap.dedent(code)
     env |= env_extra or {}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout
@@ -138,7 +139,7 @@ WRITE_FILES = """
     import hashlib
     from pathlib import Path
     from types import SimpleNamespace
-    import demo_loras
+    from lorakit.library import demo_loras
     from modules.embedded_default import ensure_embedded_default
     from modules.tiny_models import write_single_file
     root = Path("{folder}")
@@ -180,7 +181,7 @@ def test_a_saved_sidecar_keeps_its_mode_and_new_files_get_the_umask_default(tmp_
     entry = registry.find("style")
     for wanted in (0o644, 0o664, 0o600):
         os.chmod(sidecar, wanted)
-        user_metadata.save_user_metadata(entry, {"description": f"mode {wanted:o}"}, [lora_dir])
+        sidecars.save_user_metadata(entry, {"description": f"mode {wanted:o}"}, [lora_dir])
         assert mode(sidecar) == wanted
         assert json.loads(sidecar.read_text())["description"] == f"mode {wanted:o}"
 

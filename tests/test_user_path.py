@@ -26,9 +26,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_server import free_port, stop_servers, wait_until_up
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.paths import ROOT
+from tests.helpers.servers import free_port, stop_servers, wait_until_up
+
 VENV = ROOT / os.environ.get("USER_VENV_DIR", "venv-user")  # as tests/user_venv.sh names it
 PAYLOAD = {"prompt": "a lighthouse at dusk", "seed": 777, "sampler_name": "Euler a", "steps": 4,
            "width": 64, "height": 64}
@@ -68,7 +69,7 @@ def test_user_venv_has_runtime_packages_only_and_imports_every_module(user_venv)
     test_only = requirement_names(ROOT / "requirements-test.txt")
     assert not test_only & installed, f"test-only packages in the user venv: {sorted(test_only & installed)}"
 
-    imports = subprocess.run([str(user_venv / "bin" / "python"), str(ROOT / "tests" / "user_path_imports.py")],
+    imports = subprocess.run([str(user_venv / "bin" / "python"), "-m", "tests.user_path_imports"],
                              cwd=ROOT, capture_output=True, text=True, timeout=600, env=plain_env())
     assert imports.returncode == 0, imports.stdout[-4000:] + imports.stderr[-2000:]
     assert re.search(r"imported (\d+) of \1 modules", imports.stdout), imports.stdout[-2000:]

@@ -22,27 +22,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import extra_networks_lora
 import pytest
 import torch
-from corpus import CheckpointCase, LoraCase, checkpoint_corpus, lora_corpus, sum_deltas, weights_problems
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lora_registry import NetworkRegistry
-from lora_testing import kohya_name, lora_targets, state_snapshot, tiny_loaded_model, write_kohya_lora
-from networks import LoraEngine, NetworkRequest
 from safetensors.torch import save_file
 
+from lorakit.engine.engine import LoraEngine, NetworkRequest
+from lorakit.library.registry import NetworkRegistry
+from lorakit.prompt import extra_network as extra_networks_lora
 from modules.cache import DiskCache
 from modules.embedded_default import DEFAULT_NAME
 from modules.extra_networks import parse_prompt
+from modules.generation_state import GenerationState
 from modules.host import WebUI
 from modules.options import Options
 from modules.sd_model_types import LoadedModel
 from modules.sd_models import ModelLoadError
+from tests.helpers.corpus import CheckpointCase, LoraCase, checkpoint_corpus, lora_corpus, sum_deltas, weights_problems
+from tests.helpers.lora_testing import kohya_name, lora_targets, state_snapshot, tiny_loaded_model, write_kohya_lora
 
 if TYPE_CHECKING:
-    from conftest import Ledger
+    from tests.helpers.ledger import Ledger
 
 Snapshot = dict[str, torch.Tensor]
 
@@ -56,6 +57,7 @@ class P:
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
     is_hr_pass: bool = False
     steps: int = 20
+    generation_state: GenerationState = field(default_factory=GenerationState)
 
 
 @dataclass
@@ -177,7 +179,7 @@ def test_every_bad_lora_is_named_while_the_good_one_applies_exactly(setup: Setup
                          for problem in run_lora_case(setup, model, pristine, case, ledger, good_first=number % 2 == 1)]
         except pytest.fail.Exception as exc:  # ledger.intact recorded the loss
             lost.append(str(exc))
-        except Exception as exc:  # noqa: BLE001 - a crash of the product is this case's finding
+        except Exception as exc:  # a crash of the product is this case's finding
             problems.append(f"{case.name}: activation raised {type(exc).__name__}: {exc}")
     assert not lost and not problems, "\n".join(lost + problems)
 
@@ -188,7 +190,7 @@ def test_duplicate_stems_are_each_reachable(setup: Setup, caplog: pytest.LogCapt
     whichever its unsorted walk finds last), and the log names the other file's `sub/stem`."""
     root = next(case.root for case in setup.cases if case.name == "fs_duplicate_stem_a")
     registry = NetworkRegistry([root], setup.cache)
-    with caplog.at_level(logging.WARNING, logger="lora_registry"):
+    with caplog.at_level(logging.WARNING, logger="lorakit.library.registry"):
         registry.refresh()
     assert f"Lora name 'style' is used by several files; {root / 'b' / 'style.safetensors'} is reachable as " \
            "'b/style'" in caplog.messages
@@ -208,7 +210,7 @@ def test_an_unreadable_file_is_skipped_with_its_reason(setup: Setup) -> None:
 def test_a_long_named_lora_gets_its_sidecar_and_preview_lookup(setup: Setup) -> None:
     """A 255-byte file name: the preview lookup (whose candidate names are longer than the limit) finds nothing
     instead of failing, and the sidecar (`<stem>.json`, 248 bytes) is written and read back."""
-    import user_metadata  # noqa: PLC0415
+    from lorakit.library import sidecars as user_metadata  # noqa: PLC0415
 
     case = next(case for case in setup.cases if case.name == "fs_long_name")
     registry = NetworkRegistry([case.root], setup.cache)

@@ -31,25 +31,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import torch
-import user_metadata
-from corpus import sum_deltas, weights_problems
-from lora_api import LoraApi, LoraMetadataRequest
-from lora_registry import NetworkRegistry
-from lora_testing import state_snapshot, tiny_loaded_model, write_kohya_lora
-from networks import LoraEngine, NetworkRequest
 from safetensors.torch import save_file
 
+from lorakit.engine.engine import LoraEngine, NetworkRequest
+from lorakit.library import sidecars as user_metadata
+from lorakit.library.registry import NetworkRegistry
+from lorakit.web.api import LoraApi, LoraMetadataRequest
 from modules.api.api import ApiError
 from modules.cache import DiskCache
 from modules.hashes import safetensors_payload_sha256
 from modules.host import WebUI
 from modules.options import Options
 from modules.processing import StableDiffusionProcessingTxt2Img, process_images
+from tests.helpers.corpus import sum_deltas, weights_problems
+from tests.helpers.lora_testing import state_snapshot, tiny_loaded_model, write_kohya_lora
+from tests.helpers.paths import ROOT
 
 if TYPE_CHECKING:
-    from conftest import Ledger
+    from tests.helpers.ledger import Ledger
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def engine_for(folder: Path, model: Any) -> LoraEngine:
@@ -110,7 +110,7 @@ def test_a_layer_that_fails_at_delta_time_drops_only_its_network(tmp_path: Path,
             ledger.fault()
             try:
                 report = engine.activate(wanted)
-            except Exception as exc:  # noqa: BLE001 - the product must not let it out
+            except Exception as exc:  # the product must not let it out
                 problems.append(f"{label}: activate raised {type(exc).__name__}: {exc}")
             else:
                 if report.errors != {"victim": f"failed on layer {layer}: injected fault in {layer}"} or \
@@ -396,7 +396,8 @@ def test_a_failed_sidecar_write_keeps_the_sidecar(webui: WebUI, point: str, ledg
 CRASH = """
 import os, signal, sys
 from pathlib import Path
-sys.path[:0] = [{root!r}, {lora!r}]
+from modules.extensions import EXTENSION_IMPORTS  # run with cwd = the repository root
+EXTENSION_IMPORTS.offer(Path({lora!r}))
 real_fdopen = os.fdopen
 
 class Dying:
@@ -427,8 +428,8 @@ from modules.cache import DiskCache
 DiskCache(Path({path!r})).set("hashes", {lora_file!r}, "new value")
 """,
     "sidecar": """
-import user_metadata
-from lora_registry import NetworkRegistry
+from lorakit.library import sidecars as user_metadata
+from lorakit.library.registry import NetworkRegistry
 registry = NetworkRegistry([Path({lora_file!r}).parent], None)
 registry.refresh()
 user_metadata.save_user_metadata(registry.find("style"), {{"notes": "written by a process that died"}})
@@ -464,10 +465,10 @@ def test_a_crash_mid_write_keeps_the_previous_file(tmp_path: Path, target: str, 
         path = lora.with_suffix(".json")
         user_metadata.save_user_metadata(registry().find("style"), {"notes": "before"})
     before = path.read_bytes()
-    code = CRASH.format(root=str(ROOT), lora=str(ROOT / "extensions-builtin" / "Lora"),
+    code = CRASH.format(lora=str(ROOT / "extensions-builtin" / "Lora"),
                         action=CRASH_ACTIONS[target].format(path=str(path), lora_file=str(lora)))
     ledger.fault()
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == -signal.SIGKILL, result.stderr
     ledger.intact(path.read_bytes() == before, f"{target} after a crash mid-write")

@@ -41,12 +41,12 @@ from typing import Any
 
 import httpx
 import pytest
-from lora_testing import tiny_loaded_model, write_kohya_lora
 from PIL import Image
-from test_lora_api import payload_hash
-from test_server import ROOT, free_port, stop_servers, wait_until_up
 
 from modules.tiny_models import write_single_file
+from tests.helpers.hashes import payload_hash
+from tests.helpers.lora_testing import tiny_loaded_model, write_kohya_lora
+from tests.helpers.servers import ROOT, free_port, stop_servers, wait_until_up
 
 TINY = {"negative_prompt": "blurry", "seed": 1234, "sampler_name": "Euler", "steps": 3, "width": 64, "height": 64}
 PROMPT = "a quiet harbor at dawn"

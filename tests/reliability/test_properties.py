@@ -5,7 +5,7 @@ with 3x3 convs, a LoHa, and a second, wider kohya LoRA with another rank and alp
 prompts, each a random subset of them (the same file twice stacks), as real `<lora:...>` tags: weights (zero and
 negative included) positional or as `te=`/`unet=`, keyframe schedules and `start=`/`stop=` gates evaluated at a
 random step of a random pass length, and block weights (`lbw=` 17/26-value vectors or presets, `in=`/`mid=`/`out=`).
-Each tag goes through `parse_prompt`, `extra_networks_lora.parse_tag` and `LoraTag.request` (so block weights reach the
+Each tag goes through `parse_prompt`, `lorakit.prompt.tags.parse_tag` and `LoraTag.request` (so block weights reach the
 engine as `NetworkRequest.layer_factor`) into one `LoraEngine.activate`.
 
 The expected multiplier of every layer is worked out here independently (the documented interpolation and gate
@@ -23,23 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import extra_networks_lora
 import pytest
 import torch
-from corpus import weights_problems
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lora_registry import NetworkRegistry
-from lora_testing import kohya_name, lora_targets, state_snapshot, tiny_loaded_model, write_kohya_lora
-from networks import LoraEngine
 from safetensors.torch import save_file
 
+from lorakit.engine.engine import LoraEngine
+from lorakit.library.registry import NetworkRegistry
+from lorakit.prompt.tags import parse_tag
 from modules.cache import DiskCache
 from modules.extra_networks import parse_prompt
 from modules.sd_model_types import LoadedModel
+from tests.helpers.corpus import weights_problems
+from tests.helpers.lora_testing import kohya_name, lora_targets, state_snapshot, tiny_loaded_model, write_kohya_lora
 
 if TYPE_CHECKING:
-    from conftest import Ledger
+    from tests.helpers.ledger import Ledger
 
 FULL_FORM = os.environ.get("RELIABILITY_FULL", "") not in ("", "0")  # the ledger's `full`, needed at import
 EXAMPLES = 300 if FULL_FORM else 25
@@ -245,7 +245,7 @@ def test_random_activation_sequences_keep_weights_exact(setup: Setup, ledger: Le
     for number, round_ in enumerate(sequence):
         prompt = "a cat " + " ".join(tag.text() for tag in round_.tags)
         params = parse_prompt(prompt)[1].get("lora", [])
-        requests = [extra_networks_lora.parse_tag(p).request("SD1", round_.step, round_.total) for p in params]
+        requests = [parse_tag(p).request("SD1", round_.step, round_.total) for p in params]
         report = engine.activate(requests)
         assert report.errors == {} and report.not_found == [], (prompt, report.errors)
         expected: dict[str, torch.Tensor] = {}

@@ -41,10 +41,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.routing import APIRoute
-from lora_testing import tiny_loaded_model, write_kohya_lora
 from PIL import Image, PngImagePlugin
 from starlette.routing import Mount, Route, WebSocketRoute
-from test_server import (
+
+from modules.host import WebUI
+from modules.tiny_models import write_single_file
+from modules.webui_server import ServerThread, create_app, load_startup_model
+from tests.helpers.lora_testing import tiny_loaded_model, write_kohya_lora
+from tests.helpers.servers import (
     CHROMIUM,
     CHROMIUM_ARGS,
     ROOT,
@@ -53,10 +57,6 @@ from test_server import (
     stop_servers,
     wait_until_up,
 )
-
-from modules.host import WebUI
-from modules.tiny_models import write_single_file
-from modules.webui_server import ServerThread, create_app, load_startup_model
 
 AUTH = ("sec-user", "s3cret: pass")
 TINY = {"negative_prompt": "", "seed": 99, "sampler_name": "Euler", "steps": 2, "width": 64, "height": 64}

@@ -1,6 +1,6 @@
 // Lora card browser (the "Lora" extra-networks page under the txt2img prompt).
 //
-// The server sends a small shell (.lora-page, see ui_extra_networks_lora.py); this file fetches every card once as
+// The server sends a small shell (.lora-page, see lorakit/web/cards.py); this file fetches every card once as
 // JSON (GET /lora-ui/cards) and renders only the rows that are scrolled into view (a virtual grid), so 10,000 LoRAs
 // stay fast. Card text reaches the DOM through textContent / dataset only; every listener is delegated (no inline
 // handlers). Features: search (name, alias, path, description, trigger words, tags, hash; all words must match),
@@ -811,7 +811,7 @@
             const key = encodeURIComponent(card.key);
             try {
                 const data = await fetchJson(`${ROUTE}/metadata?key=${key}`);
-                body.innerHTML = data.html;  // built and escaped by the server (ui_edit_user_metadata.py)
+                body.innerHTML = data.html;  // built and escaped by the server (lorakit/web/card_metadata.py)
             } catch (e) {
                 body.replaceChildren(el("p", "lora-error", e.message));
                 return;

@@ -1,26 +1,29 @@
 """Wires the Lora extension into the host: options, the registry and engine, the `lora`/`lyco` extra network,
-infotext pasting by hash, and the model-loaded hook. Everything hangs off the WebUI object (`webui.services["lora"]`).
+infotext pasting by hash, and the model-loaded hook. The engine is published for other extensions
+(`webui.services.get("lora", LoraEngine)`) and bound to the A1111 facade modules (`lorakit.a1111`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import extra_networks_lora
-import lora
-import lora_api
-import peft_method
-import trigger_words
-import ui_extra_networks_lora
-import ui_lora_tools
-from lora_registry import NetworkRegistry, prompt_name
-from networks import LoraEngine
+from lorakit import a1111
+from lorakit.engine import peft_method
+from lorakit.engine.engine import LoraEngine
+from lorakit.library.registry import NetworkRegistry, prompt_name
+from lorakit.prompt import extra_network, trigger_words
+from lorakit.prompt.infotext import rewrite_names_by_hash
+from lorakit.web import api, cards, tools_tab
+
+if TYPE_CHECKING:
+    from modules.host import WebUI
+    from modules.options import Options
 
 log = logging.getLogger(__name__)
 
 
-def register_options(options: Any) -> None:
+def register_options(options: Options) -> None:
     """The extension's options (Settings -> Extra Networks), with A1111's keys where A1111 has them."""
     section = "Extra Networks"
     options.add("lora_preferred_name", "Alias from file", "When adding to prompt, refer to Lora by", section,
@@ -52,21 +55,21 @@ def method_comment() -> str:
     return comment
 
 
-def setup(webui: Any) -> None:
+def setup(webui: WebUI) -> None:
     """Called by the extension loader with the WebUI object."""
     register_options(webui.options)
     roots = [webui.paths.lora_dir, webui.paths.lyco_dir]
     registry = NetworkRegistry(roots, webui.cache, hashing=not webui.args.no_hashing)
-    if not getattr(webui.args, "no_embedded_default", False):
-        import demo_loras  # noqa: PLC0415
+    if not webui.args.no_embedded_default:
+        from lorakit.library import demo_loras  # noqa: PLC0415
 
         demo_loras.ensure_demo_loras(webui.paths.lora_dir)
     registry.refresh()
     engine = LoraEngine(registry, memory_limit=int(webui.options.get("lora_in_memory_limit")))
     webui.options.infos["lora_in_memory_limit"].onchange = lambda value: setattr(engine, "memory_limit", int(value))
-    webui.services["lora"] = engine
-    lora.legacy.bind(engine)
-    handler = extra_networks_lora.ExtraNetworkLora(engine, webui.options, lambda: webui.models.current,
+    webui.services.publish("lora", engine)
+    a1111.VIEW.bind(engine)  # the A1111 facade modules (networks, network, lora) read this engine
+    handler = extra_network.ExtraNetworkLora(engine, webui.options, lambda: webui.models.current,
                                                    embeddings=webui.embeddings)
     webui.extra_networks.register(handler, aliases=["lyco"])
     webui.callbacks.add("process_step", handler.on_step)
@@ -89,12 +92,12 @@ def setup(webui: Any) -> None:
             return
         for key in ("Prompt", "Hires prompt"):
             if key in params:
-                params[key] = extra_networks_lora.rewrite_names_by_hash(
+                params[key] = rewrite_names_by_hash(
                     params[key], hashes, registry.find_by_short_hash,
                     lambda entry: prompt_name(entry, webui.options.get("lora_preferred_name"), registry.forbidden_aliases),
                 )
 
     webui.callbacks.add("infotext_pasted", infotext_pasted)
-    webui.callbacks.add("app_started", lambda webui_, app: lora_api.mount(app, webui_, engine))
-    ui_extra_networks_lora.register_page(webui, engine)
-    webui.callbacks.add("ui_tabs", ui_lora_tools.create_tab)
+    webui.callbacks.add("app_started", lambda webui_, app: api.mount(app, webui_, engine))
+    cards.register_page(webui, engine)
+    webui.callbacks.add("ui_tabs", tools_tab.create_tab)

@@ -1,0 +1,1 @@
+"""File formats: reading LoRA files safely, key families and the key resolver, model families, blocks."""

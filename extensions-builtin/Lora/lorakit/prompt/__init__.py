@@ -1,0 +1,1 @@
+"""The prompt layer: `<lora:...>` tags, block weights, step schedules, trigger words, infotext, the handler."""

@@ -1,0 +1,1 @@
+"""The web layer: the HTTP API, the card page routes and the LoRA tools tab."""

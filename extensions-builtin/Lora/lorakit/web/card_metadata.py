@@ -1,0 +1,257 @@
+"""What the Lora card's metadata popup and edit dialog show, and what their buttons do on the server.
+
+* `training_tags(metadata)`: the training tags with counts (A1111's `build_tags`: counts of `ss_tag_frequency`
+  summed over datasets; caption-style datasets, average tag length >= 16, are re-counted by words).
+* `training_summary(entry)`: readable rows (network module, base model, resolution buckets, dataset size, dates...).
+* `metadata_popup_html(entry)`: the popup body: summary table, top tags with counts, the full metadata (flattened),
+  and a placeholder the browser fills with the per-block strength chart. Every value is escaped.
+* `editor_payload(entry, ...)`: the edit dialog's data (the six sidecar fields, tags, file table).
+* `replace_preview(entry, outputs_dir)`: copy the newest PNG under the outputs folder to `<name>.png`.
+Saving goes through `user_metadata.save_user_metadata` (validation, unknown keys kept, atomic UTF-8 write).
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from modules.atomic_io import write_bytes_atomic
+
+from ..library.registry import NetworkOnDisk, training_tags
+from ..library.sidecars import EDITABLE_KEYS
+
+TOP_TAGS = 24
+HIDDEN_METADATA = ("ssmd_cover_images",)
+
+
+def _json_field(metadata: dict[str, Any], key: str) -> Any:
+    value = metadata.get(key)
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _utc(value: Any) -> str:
+    try:
+        stamp = float(value)
+    except (TypeError, ValueError):
+        return ""
+    if not (0 < stamp < 1e11):
+        return ""
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def resolution_buckets(metadata: dict[str, Any]) -> list[tuple[str, int]]:
+    """`W x H` -> image count from `ss_bucket_info`, largest first."""
+    info = _json_field(metadata, "ss_bucket_info")
+    buckets = info.get("buckets") if isinstance(info, dict) else None
+    if not isinstance(buckets, dict):
+        return []
+    counts: dict[str, int] = {}
+    for bucket in buckets.values():
+        if not isinstance(bucket, dict):
+            continue
+        resolution = bucket.get("resolution")
+        if isinstance(resolution, (list, tuple)) and len(resolution) == 2:
+            label = f"{resolution[0]}x{resolution[1]}"
+            try:
+                counts[label] = counts.get(label, 0) + int(bucket.get("count", 0))
+            except (TypeError, ValueError):
+                continue
+    return sorted(counts.items(), key=lambda item: -item[1])
+
+
+def dataset_size(metadata: dict[str, Any]) -> int | None:
+    """Images in the training set: the sum of `ss_dataset_dirs[*].img_count`, else `ss_num_train_images`."""
+    dirs = _json_field(metadata, "ss_dataset_dirs")
+    if isinstance(dirs, dict) and dirs:
+        try:
+            return sum(int(d.get("img_count", 0)) for d in dirs.values() if isinstance(d, dict))
+        except (TypeError, ValueError):
+            pass
+    try:
+        return int(metadata["ss_num_train_images"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _size(num: int) -> str:
+    value = float(num)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{num} B"
+
+
+def file_rows(entry: NetworkOnDisk) -> list[tuple[str, str]]:
+    """The file facts shown in the popup and the editor."""
+    return [
+        ("File", os.path.relpath(entry.filename, entry.root).replace(os.sep, "/")),
+        ("Size", _size(entry.size)),
+        ("Modified", _utc(entry.mtime)),
+        ("Hash", entry.shorthash or "(not computed yet)"),
+        ("SD version", entry.effective_sd_version),
+        ("Algorithm", entry.algorithm),
+    ]
+
+
+def training_summary(entry: NetworkOnDisk) -> list[tuple[str, str]]:
+    """Readable rows of the training metadata (only those the file has)."""
+    meta = entry.metadata
+    rows: list[tuple[str, str]] = []
+
+    def add(label: str, value: Any) -> None:
+        if value not in (None, "", "None"):
+            rows.append((label, str(value)))
+
+    add("Output name", meta.get("ss_output_name"))
+    add("Title", meta.get("modelspec.title"))
+    add("Network module", meta.get("ss_network_module"))
+    dim, alpha = meta.get("ss_network_dim"), meta.get("ss_network_alpha")
+    if dim or alpha:
+        add("Rank / alpha", f"{dim or '?'} / {alpha or '?'}")
+    add("Base model", meta.get("ss_sd_model_name"))
+    add("Base model version", meta.get("ss_base_model_version") or meta.get("modelspec.architecture"))
+    add("Clip skip", meta.get("ss_clip_skip"))
+    buckets = resolution_buckets(meta)
+    if buckets:
+        shown = ", ".join(f"{res} ({count})" for res, count in buckets[:6])
+        add("Resolution buckets", shown + (", ..." if len(buckets) > 6 else ""))
+    else:
+        add("Resolution", meta.get("ss_resolution"))
+    add("Dataset size", dataset_size(meta))
+    add("Epochs", meta.get("ss_num_epochs"))
+    add("Steps", meta.get("ss_max_train_steps") or meta.get("ss_steps"))
+    add("Learning rate", meta.get("ss_learning_rate"))
+    add("Training started", _utc(meta.get("ss_training_started_at")))
+    add("Training finished", _utc(meta.get("ss_training_finished_at")))
+    add("Date", meta.get("modelspec.date"))
+    return rows
+
+
+def flatten_metadata(metadata: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every metadata key as text (nested JSON flattened to `a/b/c`; cover images left out; long values cut)."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        if isinstance(value, dict) and value and len(rows) < 2000:
+            for key, inner in value.items():
+                walk(f"{prefix}/{key}", inner)
+            return
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        rows.append((prefix, text if len(text) <= 2000 else text[:2000] + " ..."))
+
+    for key, value in metadata.items():
+        if key in HIDDEN_METADATA:
+            continue
+        if key == "ss_tag_frequency":
+            rows.append((key, f"{len(training_tags(metadata))} tags (see Training tags)"))
+            continue
+        walk(key.replace("modelspec.", "modelspec/", 1), value)
+    return rows
+
+
+def table_html(rows: list[tuple[str, str]], css_class: str) -> str:
+    """A two-column table; every cell escaped."""
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table class='{css_class}'><tbody>{body}</tbody></table>"
+
+
+def tags_html(tags: list[tuple[str, int]], limit: int = TOP_TAGS) -> str:
+    """The top training tags with counts as (non-interactive in the popup) chips."""
+    if not tags:
+        return "<p class='lora-muted'>No training tags in this file.</p>"
+    chips = "".join(
+        f"<span class='lora-tag' data-tag='{html.escape(tag, quote=True)}'>{html.escape(tag)}"
+        f"<span class='lora-tag-count'>{count}</span></span>"
+        for tag, count in tags[:limit]
+    )
+    more = f"<p class='lora-muted'>{len(tags) - limit} more tags not shown.</p>" if len(tags) > limit else ""
+    return f"<div class='lora-tags'>{chips}</div>{more}"
+
+
+def metadata_popup_html(entry: NetworkOnDisk) -> str:
+    """The metadata popup body for one card; the block chart goes into `.lora-blocks-slot` (filled by the page)."""
+    parts = [f"<h2 class='lora-popup-title'>{html.escape(entry.name)}</h2>"]
+    summary = training_summary(entry)
+    parts.append("<h3>File</h3>" + table_html(file_rows(entry), "lora-meta-table"))
+    if summary:
+        parts.append("<h3>Training</h3>" + table_html(summary, "lora-meta-table"))
+    parts.append("<h3>Training tags</h3>" + tags_html(training_tags(entry.metadata)))
+    parts.append("<h3>Where it acts</h3><div class='lora-blocks-slot'><p class='lora-muted'>Computing...</p></div>")
+    full = flatten_metadata(entry.metadata)
+    if full:
+        parts.append(f"<details class='lora-meta-all'><summary>All metadata ({len(full)} keys)</summary>"
+                     + table_html(full, "lora-meta-table lora-meta-raw") + "</details>")
+    else:
+        parts.append("<p class='lora-muted'>This file has no training metadata.</p>")
+    return "<div class='lora-meta'>" + "".join(parts) + "</div>"
+
+
+def editable_fields(entry: NetworkOnDisk, description: str) -> dict[str, Any]:
+    """The six sidecar fields as the dialog shows them (description as the card shows it)."""
+    user = entry.user_metadata
+    fields: dict[str, Any] = {key: user.get(key, "") for key in EDITABLE_KEYS}
+    fields["description"] = description
+    fields["sd version"] = user.get("sd version") or entry.sd_version
+    try:
+        fields["preferred weight"] = float(user.get("preferred weight") or 0)
+    except (TypeError, ValueError):
+        fields["preferred weight"] = 0.0
+    for key in ("activation text", "negative text", "notes"):
+        fields[key] = str(fields[key] or "")
+    return fields
+
+
+def newest_output_image(outputs_dir: Path) -> Path | None:
+    """The most recently written PNG under the outputs folder (None when there is none)."""
+    newest: tuple[float, str] | None = None
+    if not Path(outputs_dir).is_dir():
+        return None
+    for dirpath, _dirnames, filenames in os.walk(outputs_dir):
+        for fname in filenames:
+            if not fname.lower().endswith(".png"):
+                continue
+            path = os.path.join(dirpath, fname)
+            try:
+                mtime = os.path.getmtime(path)
+            except OSError:
+                continue
+            if newest is None or mtime > newest[0]:
+                newest = (mtime, path)
+    return Path(newest[1]) if newest else None
+
+
+def replace_preview(entry: NetworkOnDisk, outputs_dir: Path) -> Path:
+    """Copy the newest generated PNG to `<name>.png` next to the LoRA (atomic); raises FileNotFoundError if none."""
+    source = newest_output_image(outputs_dir)
+    if source is None:
+        raise FileNotFoundError(f"no generated image under {outputs_dir}: generate one first")
+    target = Path(os.path.splitext(entry.filename)[0] + ".png")
+    write_bytes_atomic(target, source.read_bytes())
+    return target
+
+
+def editor_payload(entry: NetworkOnDisk, description: str, outputs_dir: Path) -> dict[str, Any]:
+    """The edit dialog's data: fields, training tags (top 24), file table HTML, the image "Replace preview" uses."""
+    last = newest_output_image(outputs_dir)
+    return {
+        "name": entry.name,
+        "fields": editable_fields(entry, description),
+        "tags": training_tags(entry.metadata)[:TOP_TAGS],
+        "info_html": table_html(file_rows(entry) + training_summary(entry)[:6], "lora-meta-table"),
+        "last_output": last.name if last else None,
+    }
