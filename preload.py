@@ -11,6 +11,9 @@ def preload(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", type=str, default=None, help="folder holding Stable-diffusion/, Lora/, ...")
     parser.add_argument("--ckpt-dir", type=str, default=None, help="folder with checkpoints")
     parser.add_argument("--ckpt", type=str, default=None, help="checkpoint to load at start (name or path)")
+    parser.add_argument("--vae-dir", type=str, default=None, help="folder with VAE files (default: models/VAE)")
+    parser.add_argument("--styles-file", type=str, default=None, help="prompt styles CSV (default: styles.csv in "
+                        "the data folder)")
     parser.add_argument("--outputs-dir", type=str, default=None, help="folder for generated images")
     parser.add_argument("--api-auth", type=str, default=None, help="user:pass[,user2:pass2] HTTP basic auth for the API")
     parser.add_argument("--nowebui", action="store_true", help="serve the API only")

@@ -261,6 +261,27 @@ def _open_clip_name(param: str) -> tuple[str, dict[str, Any] | None]:
     return f"{base}{OPENCLIP_LAYER[module]}.{leaf}", None
 
 
+def vae_key_map(vae_config: Mapping[str, Any], param_shapes: Mapping[str, tuple[int, ...]]
+                ) -> tuple[dict[str, str], dict[str, dict]]:
+    """({diffusers AutoencoderKL param: LDM key without `first_stage_model.`}, {param: transform}) for a VAE config.
+
+    The LDM names are those of A1111's VAE files (`encoder.down.0.block.0.conv1.weight`, ...); the mid-block
+    attention's linear weights are 1x1 convolutions there (the "reshape" transform).
+    """
+    key_map: dict[str, str] = {}
+    transforms: dict[str, dict] = {}
+    vae_blocks = vae_ldm_block_map(vae_config)
+    for param, shape in param_shapes.items():
+        module, leaf = _split_param(param)
+        target = _translate(module, vae_blocks, RESNET_VAE, ATTENTION_VAE)
+        if target is None:
+            raise CheckpointConversionError(f"VAE parameter {param!r} has no LDM counterpart for this config")
+        key_map[param] = f"{target}.{leaf}"
+        if ".mid.attn_1." in target and leaf == "weight" and len(shape) == 2:
+            transforms[param] = {"op": "reshape", "shape": [*shape, 1, 1]}
+    return key_map, transforms
+
+
 def build_key_map(family: str, config: Mapping[str, Any],
                   param_shapes: Mapping[str, Mapping[str, tuple[int, ...]]]) -> tuple[dict[str, str], dict[str, dict]]:
     """(key_map, transforms) for every model parameter of a family.
@@ -280,15 +301,9 @@ def build_key_map(family: str, config: Mapping[str, Any],
         if target is None:
             raise CheckpointConversionError(f"UNet parameter {param!r} has no LDM counterpart for this config")
         key_map[f"unet.{param}"] = f"{UNET_PREFIX}{target}.{leaf}"
-    vae_blocks = vae_ldm_block_map(config["vae"])
-    for param, shape in param_shapes["vae"].items():
-        module, leaf = _split_param(param)
-        target = _translate(module, vae_blocks, RESNET_VAE, ATTENTION_VAE)
-        if target is None:
-            raise CheckpointConversionError(f"VAE parameter {param!r} has no LDM counterpart for this config")
-        key_map[f"vae.{param}"] = f"{VAE_PREFIX}{target}.{leaf}"
-        if ".mid.attn_1." in target and leaf == "weight" and len(shape) == 2:
-            transforms[f"vae.{param}"] = {"op": "reshape", "shape": [*shape, 1, 1]}
+    vae_keys, vae_transforms = vae_key_map(config["vae"], param_shapes["vae"])
+    key_map.update({f"vae.{param}": VAE_PREFIX + ldm for param, ldm in vae_keys.items()})
+    transforms.update({f"vae.{param}": transform for param, transform in vae_transforms.items()})
     for index, (kind, prefix) in enumerate(TEXT_PREFIXES[family]):
         component = f"text_encoders.{index}"
         for param in param_shapes[component]:

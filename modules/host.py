@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from modules import cmd_args
@@ -21,7 +22,9 @@ from modules.extra_networks import ExtraNetworkRegistry
 from modules.options import Options
 from modules.paths import Paths
 from modules.script_callbacks import Callbacks
+from modules.sd_vae import VaeManager
 from modules.state import JobState
+from modules.styles import StyleDatabase
 from modules.textual_inversion import EmbeddingDatabase
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,8 @@ class WebUI:
     extra_network_pages: list[Any] = field(default_factory=list)
     before_ui_ran: bool = False  # the `before_ui` callbacks ran (once per WebUI, before the first app is built)
     gradio_blocks: Any = None  # the Gradio Blocks of the UI, once built
+    vae: VaeManager | None = None  # separate VAE files and the `sd_vae` selection (modules.sd_vae)
+    styles: StyleDatabase | None = None  # prompt styles of styles.csv (modules.styles)
 
     @classmethod
     def create(cls, argv: Sequence[str] | None = None, load_extensions_now: bool = True) -> WebUI:
@@ -96,9 +101,13 @@ class WebUI:
             extra_networks=ExtraNetworkRegistry(),
             state=JobState(),
         )
-        from modules import sd_models, shared_options  # noqa: PLC0415 - host parts that need the object
+        from modules import sd_models, shared_options, shared_options_a1111  # noqa: PLC0415 - need the object
 
         shared_options.register_host_options(webui)
+        shared_options_a1111.register_a1111_options(webui.options)
+        webui.styles = StyleDatabase(Path(args.styles_file) if args.styles_file else paths.data_dir / "styles.csv")
+        webui.vae = VaeManager(Path(args.vae_dir) if args.vae_dir else paths.models_dir / "VAE", paths.ckpt_dir,
+                               webui.options, webui.cache)
         device = default_device(args.device)
         webui.models = sd_models.ModelManager(
             paths=paths,
@@ -109,6 +118,9 @@ class WebUI:
             dtype=default_dtype(device, args.precision),
             hashing=not args.no_hashing,
         )
+        from modules import a1111_compat  # noqa: PLC0415
+
+        a1111_compat.connect(webui)
         if not args.no_embedded_default:
             from modules import embedded_default  # noqa: PLC0415
 

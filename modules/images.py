@@ -96,6 +96,34 @@ def dated_folder(root: Path, when: datetime | None = None) -> Path:
     return root / (when or datetime.now()).strftime("%Y-%m-%d")
 
 
+IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def encode_image(image: Image.Image, infotext: str | None = None, extension: str = "png", quality: int = 80,
+                 lossless: bool = False) -> bytes:
+    """`image` encoded as `extension` (png, jpg/jpeg, webp: A1111's `samples_format`).
+
+    PNG keeps `infotext` in its `parameters` chunk; JPEG and WebP in the EXIF UserComment ("UNICODE" + UTF-16
+    big-endian, as A1111 writes it), which `read_info_from_image` reads back. `quality` is A1111's `jpeg_quality`
+    (JPEG and lossy WebP); `lossless` its `webp_lossless`. ValueError for another extension.
+    """
+    kind = IMAGE_FORMATS.get(extension.lower().lstrip("."))
+    if kind is None:
+        raise ValueError(f"unsupported image format {extension!r}; use one of {', '.join(IMAGE_FORMATS)}")
+    if kind == "PNG":
+        return image_to_png_bytes(image, infotext)
+    kwargs: dict[str, Any] = {"quality": int(quality)}
+    if kind == "WEBP" and lossless:
+        kwargs = {"lossless": True, "quality": 100}
+    if infotext:
+        exif = Image.Exif()
+        exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"UNICODE\0" + infotext.encode("utf-16-be")
+        kwargs["exif"] = exif.tobytes()
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format=kind, **kwargs)
+    return buffer.getvalue()
+
+
 def save_image(
     image: Image.Image,
     folder: Path,
@@ -103,20 +131,22 @@ def save_image(
     infotext: str | None = None,
     extension: str = "png",
     pnginfo_enabled: bool = True,
+    quality: int = 80,
+    lossless: bool = False,
 ) -> Path:
-    """Save `image` as `folder/NNNNN-SEED.png` (NNNNN = next free number) atomically; return the path.
+    """Save `image` as `folder/NNNNN-SEED.<extension>` (NNNNN = next free number) atomically; return the path.
 
-    With `pnginfo_enabled` the infotext is stored in the `parameters` chunk (A1111's option `enable_pnginfo`).
+    With `pnginfo_enabled` the infotext is stored in the file (A1111's option `enable_pnginfo`); see `encode_image`
+    for the formats, `quality` and `lossless`.
     """
-    if extension.lower() != "png":
-        raise ValueError(f"unsupported image format {extension!r}; only 'png' is supported")
+    extension = extension.lower().lstrip(".")
+    data = encode_image(image, infotext if pnginfo_enabled else None, extension, quality, lossless)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    data = image_to_png_bytes(image, infotext if pnginfo_enabled else None)
     number = next_sequence_number(folder)
     suffix = f"-{seed}" if seed is not None else ""
     while True:  # another writer may have taken the number between the scan and now
-        path = folder / f"{number:05d}{suffix}.png"
+        path = folder / f"{number:05d}{suffix}.{extension}"
         if not path.exists():
             break
         number += 1

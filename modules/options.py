@@ -170,6 +170,22 @@ class Options:
                 raise
             return changed
 
+    def store_unregistered(self, values: dict[str, Any], save: bool = True) -> None:
+        """Keep values of keys nobody registered, unchanged (as for unknown keys in config.json: an A1111 client may
+        set options of extensions this WebUI does not have). Registered keys raise KeyError: use `set`/`update`."""
+        with self._lock:
+            known = sorted(key for key in values if key in self.infos)
+            if known:
+                raise KeyError(f"registered option(s) {', '.join(known)}: use set/update")
+            before = dict(self._values)
+            self._values.update(values)
+            if save:
+                try:
+                    self.save()
+                except OSError:
+                    self._values = before
+                    raise
+
     def as_dict(self) -> dict[str, Any]:
         """Every registered option's current value plus the unknown keys kept from config.json."""
         with self._lock:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from modules import extra_networks, images, infotext, sd_samplers
 from modules.generation_state import GenerationState
 from modules.prompt_encoding import EMPHASIS_MODES, Conditioning, PromptEncoder
+from modules.tiling import circular_padding
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ IMAGE_UPSCALERS: dict[str, Image.Resampling] = {
 }
 USE_SAME_SAMPLER = "Use same sampler"
 USE_SAME_SCHEDULER = "Use same scheduler"
-MAX_SEED = 4294967294
+MAX_SEED = 4294967294  # -1 picks a random seed below this (A1111)
+SEED_LIMIT = 2**64 - 1  # the largest seed a torch generator takes; A1111 accepts any seed up to it
 
 # Linear latent -> RGB approximations for live previews (per latent channel, an RGB contribution).
 LATENT_RGB_FACTORS: dict[str, tuple[list[list[float]], list[float]]] = {
@@ -63,6 +65,9 @@ LATENT_RGB_FACTORS: dict[str, tuple[list[list[float]], list[float]]] = {
     "SDXL": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362],
               [-0.3165, -0.2492, -0.2188]], [0.1084, -0.0175, -0.0011]),
 }
+
+
+READ_ONLY_OPTIONS = ("sd_checkpoint_hash",)
 
 
 class ProcessingError(ValueError):
@@ -107,8 +112,11 @@ class StableDiffusionProcessingTxt2Img:
     hr_scheduler: str | None = None  # None / "Use same scheduler": the first pass's schedule type
     denoising_strength: float = 0.7
     override_settings: dict[str, Any] = field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True  # False: the overrides stay set after the generation
     do_not_save_samples: bool = False
     do_not_save_grid: bool = True
+    tiling: bool | None = None  # None: the `tiling` option
+    disable_extra_networks: bool = False  # extra-network tags are removed from the prompts but not applied
 
     # Run-time state (not request fields).
     comments: list[str] = field(default_factory=list, init=False, repr=False)
@@ -146,8 +154,10 @@ class StableDiffusionProcessingTxt2Img:
                 errors.append(f"{name} must be a string, got {type(getattr(self, name)).__name__}")
         for name in ("width", "height"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0 or value % 8 != 0:
-                errors.append(f"{name} must be a positive multiple of 8, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 8:
+                errors.append(f"{name} must be an integer >= 8, got {value!r}")
+            else:
+                setattr(self, name, value // 8 * 8)  # A1111 floors sizes to multiples of 8
         for name, minimum in (("steps", 1), ("batch_size", 1), ("n_iter", 1), ("hr_second_pass_steps", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < minimum:
@@ -161,6 +171,13 @@ class StableDiffusionProcessingTxt2Img:
         for name in ("seed", "subseed", "seed_resize_from_h", "seed_resize_from_w"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 errors.append(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name in ("seed", "subseed"):
+            value = getattr(self, name)
+            images = self.batch_size * self.n_iter if isinstance(self.batch_size, int) and isinstance(
+                self.n_iter, int) else 1
+            if isinstance(value, int) and value != -1 and not 0 <= value <= SEED_LIMIT - max(images - 1, 0):
+                errors.append(f"{name} must be -1 (random) or between 0 and {SEED_LIMIT} for every image of the "
+                              f"request, got {value}")
         if self.clip_skip is not None and (not isinstance(self.clip_skip, int) or self.clip_skip < 1):
             errors.append(f"clip_skip must be an integer >= 1 (or null for the setting), got {self.clip_skip!r}")
 
@@ -168,9 +185,10 @@ class StableDiffusionProcessingTxt2Img:
         if sampler is None:
             errors.append(f"unknown sampler {self.sampler_name!r}; valid samplers: "
                           + ", ".join(sd_samplers.sampler_names()))
-        if schedule is None:
-            errors.append(f"unknown scheduler {self.scheduler!r}; valid schedule types: "
-                          + ", ".join(sd_samplers.schedule_type_names()))
+        if schedule is None:  # A1111 uses Automatic for a schedule type it does not know (e.g. "normal")
+            log.info("unknown scheduler %r; using Automatic", self.scheduler)
+            self.comments.append(f"Unknown schedule type {self.scheduler!r}; used Automatic")
+            schedule = "Automatic"
         if sampler is not None and schedule is not None:
             self.sampler_name, self.scheduler = sampler.name, schedule
         if sampler is not None and sampler.max_steps is not None and isinstance(self.steps, int) \
@@ -185,9 +203,9 @@ class StableDiffusionProcessingTxt2Img:
                 self.hr_sampler_name = hr_sampler.name
         if self.hr_scheduler not in (None, "", USE_SAME_SCHEDULER):
             hr_schedule = sd_samplers.find_schedule_type(self.hr_scheduler)
-            if hr_schedule is None:
-                errors.append(f"unknown hr_scheduler {self.hr_scheduler!r}; valid schedule types: "
-                              + ", ".join([USE_SAME_SCHEDULER, *sd_samplers.schedule_type_names()]))
+            if hr_schedule is None:  # as for `scheduler`: the first pass's schedule type
+                self.comments.append(f"Unknown hires schedule type {self.hr_scheduler!r}; used the first pass's")
+                self.hr_scheduler = None
             else:
                 self.hr_scheduler = hr_schedule
 
@@ -207,10 +225,12 @@ class StableDiffusionProcessingTxt2Img:
         if not isinstance(self.override_settings, dict):
             errors.append("override_settings must be an object of option names to values")
         else:
-            for key, value in self.override_settings.items():
+            for key, value in list(self.override_settings.items()):
                 info = options.infos.get(key)
-                if info is None:
-                    errors.append(f"override_settings: unknown option {key!r}")
+                if info is None or key in READ_ONLY_OPTIONS:  # ignored, as A1111 clients expect (see README)
+                    log.info("override_settings: option %r ignored (%s)", key,
+                             "read-only" if info is not None else "unknown here")
+                    del self.override_settings[key]
                     continue
                 try:
                     info.coerce(value)
@@ -271,6 +291,8 @@ class Processed:
     batch_size: int = 1
     sd_model_name: str | None = None
     sd_model_hash: str | None = None
+    sd_vae_name: str | None = None
+    sd_vae_hash: str | None = None
     seed_resize_from_w: int = -1
     seed_resize_from_h: int = -1
     denoising_strength: float | None = None
@@ -307,8 +329,8 @@ class Processed:
             "face_restoration_model": None,
             "sd_model_name": self.sd_model_name,
             "sd_model_hash": self.sd_model_hash,
-            "sd_vae_name": None,
-            "sd_vae_hash": None,
+            "sd_vae_name": self.sd_vae_name,
+            "sd_vae_hash": self.sd_vae_hash,
             "seed_resize_from_w": self.seed_resize_from_w,
             "seed_resize_from_h": self.seed_resize_from_h,
             "denoising_strength": self.denoising_strength,
@@ -520,8 +542,8 @@ class Denoiser:
         denoised = latents
         with tqdm(total=len(timesteps), desc=desc, unit="it", leave=False) as bar:
             for index, t in enumerate(timesteps):
-                if state.interrupted:
-                    self.interrupted = True
+                if state.interrupted or state.skipped:
+                    self.interrupted = self.interrupted or state.interrupted
                     x = denoised
                     break
                 step = index // order
@@ -579,12 +601,14 @@ def generation_params(p: StableDiffusionProcessingTxt2Img, webui: Any, index: in
         "Size": f"{p.width}x{p.height}",
         "Model hash": (model.checkpoint.short_hash or None) if options.get("add_model_hash_to_info") else None,
         "Model": model_name(model) if options.get("add_model_name_to_info") else None,
+        **_vae_infotext(webui, model),
         "Variation seed": None if p.subseed_strength == 0 else p.all_subseeds[index],
         "Variation seed strength": None if p.subseed_strength == 0 else p.subseed_strength,
         "Seed resize from": (None if p.seed_resize_from_w <= 0 or p.seed_resize_from_h <= 0
                              else f"{p.seed_resize_from_w}x{p.seed_resize_from_h}"),
         "Denoising strength": p.extra_generation_params.get("Denoising strength"),
         "Clip skip": None if clip_skip <= 1 else clip_skip,
+        "Tiling": True if p.tiling else None,
         "RNG": "CPU",
     }
     emphasis = options.get("emphasis")
@@ -593,6 +617,15 @@ def generation_params(p: StableDiffusionProcessingTxt2Img, webui: Any, index: in
     params.update(p.extra_generation_params)
     params["Version"] = infotext.VERSION if options.get("add_version_to_infotext") else None
     return params
+
+
+def _vae_infotext(webui: Any, model: Any) -> dict[str, Any]:
+    """`VAE hash` and `VAE` of the separate VAE file applied to `model` (none: the checkpoint's own VAE)."""
+    if getattr(webui, "vae", None) is None:
+        return {}
+    options = webui.options
+    return webui.vae.infotext_fields(model, bool(options.get("add_vae_name_to_info")),
+                                     bool(options.get("add_vae_hash_to_info")))
 
 
 def create_infotext(p: StableDiffusionProcessingTxt2Img, webui: Any, index: int) -> str:
@@ -605,8 +638,9 @@ def create_infotext(p: StableDiffusionProcessingTxt2Img, webui: Any, index: int)
 
 
 @contextmanager
-def overridden_options(options: Any, overrides: dict[str, Any]):
-    """Apply `override_settings` for the duration of a generation, then restore (without writing config.json)."""
+def overridden_options(options: Any, overrides: dict[str, Any], restore: bool = True):
+    """Apply `override_settings` for the duration of a generation, then restore (without writing config.json).
+    With `restore` False (A1111's `override_settings_restore_afterwards: false`) the overrides stay set."""
     previous: dict[str, Any] = {}
     try:
         for key, value in overrides.items():
@@ -618,11 +652,25 @@ def overridden_options(options: Any, overrides: dict[str, Any]):
             previous[key] = current
         yield
     finally:
-        for key, value in previous.items():
+        for key, value in previous.items() if restore else ():
             try:
                 options.set(key, value, save=False)
             except (KeyError, ValueError):
                 log.exception("could not restore option %s", key)
+
+
+def _apply_styles(webui: Any, p: StableDiffusionProcessingTxt2Img) -> None:
+    """Merge the request's `styles` (styles.csv) into every prompt, as A1111 does before anything else runs."""
+    if not p.styles or getattr(webui, "styles", None) is None:
+        return
+    database = webui.styles
+    _, missing = database.known(p.styles)
+    for name in missing:
+        extra_networks.add_comment(p, f"Style {name!r} not found in {database.path.name}; skipped")
+    p.all_prompts = [database.apply_to_prompt(x, p.styles) for x in p.all_prompts]
+    p.all_negative_prompts = [database.apply_to_negative_prompt(x, p.styles) for x in p.all_negative_prompts]
+    p.all_hr_prompts = [database.apply_to_prompt(x, p.styles) for x in p.all_hr_prompts]
+    p.all_hr_negative_prompts = [database.apply_to_negative_prompt(x, p.styles) for x in p.all_hr_negative_prompts]
 
 
 def _network_key(data: dict[str, list[Any]]) -> tuple:
@@ -678,6 +726,28 @@ def _eta(webui: Any) -> float:
     return float(webui.options.get("eta_ancestral"))
 
 
+def _ensd(webui: Any) -> int:
+    """A1111's `eta_noise_seed_delta` (ENSD)."""
+    try:
+        return int(webui.options.get("eta_noise_seed_delta") or 0)
+    except KeyError:
+        return 0
+
+
+def _sampler_seeds(webui: Any, seeds: list[int]) -> list[int]:
+    """Seeds of the samplers' own noise (SDE Brownian trees): the image seeds plus ENSD (mod 2**64)."""
+    delta = _ensd(webui)
+    return [(seed + delta) % 2**64 for seed in seeds] if delta else list(seeds)
+
+
+def _sampler_generators(webui: Any, generators: list[torch.Generator], seeds: list[int]) -> list[torch.Generator]:
+    """The generators of the noise samplers add at each step (ancestral, SDE): the ones continuing the initial
+    noise's streams, or with ENSD set, fresh CPU generators seeded `seed + ENSD` (A1111's ENSD)."""
+    if not _ensd(webui):
+        return generators
+    return [torch.Generator("cpu").manual_seed(seed) for seed in _sampler_seeds(webui, seeds)]
+
+
 def _strip_tags(prompts: list[str]) -> list[str]:
     return [extra_networks.parse_prompt(text)[0] for text in prompts]
 
@@ -697,6 +767,8 @@ def _first_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
                 encoder: PromptEncoder) -> torch.Tensor:
     """Activate the batch's extra networks, encode its prompts and sample from seeded noise."""
     prompts, data = extra_networks.parse_prompts(p.prompts)
+    if p.disable_extra_networks:  # tags removed from the text, nothing applied (LoRAs still merged are removed)
+        data = {}
     p.extra_network_data = data
     webui.extra_networks.activate(p, data)
     cond = _encode(p, encoder, prompts, data, "cond")
@@ -704,10 +776,11 @@ def _first_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
     factor = vae_scale_factor(model)
     shape = (int(model.unet.config.in_channels), p.height // factor, p.width // factor)
     noise, generators = batch_noise(p, shape, factor)
+    generators = _sampler_generators(webui, generators, p.seeds)
     sampler = sd_samplers.find_sampler(p.sampler_name)
     assert sampler is not None  # validated
     scheduler = sd_samplers.create_scheduler(sampler, model.scheduler_config, model.prediction_type,
-                                             p.scheduler, p.seeds, eta=_eta(webui))
+                                             p.scheduler, _sampler_seeds(webui, p.seeds), eta=_eta(webui))
     scheduler.set_timesteps(p.steps, device=model.device)
     latents = noise.to(model.device) * scheduler.init_noise_sigma
     negatives = _strip_tags(p.negative_prompts)
@@ -723,6 +796,8 @@ def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
     hr_prompts = p.all_hr_prompts[start:start + p.batch_size]
     hr_negatives = p.all_hr_negative_prompts[start:start + p.batch_size]
     prompts, data = extra_networks.parse_prompts(hr_prompts)
+    if p.disable_extra_networks:
+        data = {}
     p.hr_extra_network_data = data
     p.is_hr_pass = True
     try:
@@ -741,10 +816,12 @@ def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
             return latents
         shape = tuple(latents.shape[1:])
         noise, generators = batch_noise(p, shape, factor)  # type: ignore[arg-type]
+        generators = _sampler_generators(webui, generators, p.seeds)
         sampler = sd_samplers.find_sampler(p.effective_hr_sampler())
         assert sampler is not None
         scheduler = sd_samplers.create_scheduler(sampler, model.scheduler_config, model.prediction_type,
-                                                 p.effective_hr_scheduler(), p.seeds, eta=_eta(webui))
+                                                 p.effective_hr_scheduler(), _sampler_seeds(webui, p.seeds),
+                                                 eta=_eta(webui))
         steps = p.hr_second_pass_steps or p.steps
         try:
             timesteps = sd_samplers.img2img_timesteps(scheduler, steps, p.denoising_strength, model.device)
@@ -776,11 +853,14 @@ def process_images(webui: Any, p: StableDiffusionProcessingTxt2Img) -> Processed
     `p.is_hr_pass` tells the passes apart), `after_process(p, processed)` at the end.
     """
     p.validate(webui)
-    with overridden_options(webui.options, p.override_settings):
+    with overridden_options(webui.options, p.override_settings, p.override_settings_restore_afterwards):
         model = webui.models.get()
         if model is None:
             raise ProcessingError("no Stable Diffusion model is loaded")
+        if p.tiling is None:
+            p.tiling = bool(webui.options.get("tiling"))
         _prepare(p, model)
+        _apply_styles(webui, p)
         webui.callbacks.run("before_process", p, on_error=lambda message: extra_networks.add_comment(p, message))
         processed = _process(webui, p, model)
     webui.callbacks.run("after_process", p, processed)
@@ -802,6 +882,8 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
     p.used_schedule = _schedule_label(p, sampler)
     if sd_samplers.uses_eta(sampler) and _eta(webui) != 1.0:
         p.extra_generation_params["Eta"] = _eta(webui)
+    if _ensd(webui):
+        p.extra_generation_params["ENSD"] = _ensd(webui)
 
     denoiser = Denoiser(webui, p, model)
     save = not p.do_not_save_samples and bool(options.get("samples_save"))
@@ -829,11 +911,13 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                 state.job_no = iteration * (2 if p.enable_hr else 1)
                 state.textinfo = f"Batch {iteration + 1} of {p.n_iter}"
                 activated = True
-                latents = _first_pass(webui, p, model, denoiser, encoder)
-                if p.enable_hr and not denoiser.interrupted:
-                    state.job_no += 1
-                    latents = _hires_pass(webui, p, model, denoiser, encoder, latents)
-                batch_images = decode_latents(model, latents)
+                state.skipped = False  # `POST /skip` ends the current batch's sampling; the next one runs
+                with circular_padding(model, bool(p.tiling)):
+                    latents = _first_pass(webui, p, model, denoiser, encoder)
+                    if p.enable_hr and not denoiser.interrupted and not state.skipped:
+                        state.job_no += 1
+                        latents = _hires_pass(webui, p, model, denoiser, encoder, latents)
+                    batch_images = decode_latents(model, latents)
                 for offset, image in enumerate(batch_images):
                     index = start + offset
                     text = create_infotext(p, webui, index)
@@ -842,7 +926,10 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                     if save:
                         saved.append(images.save_image(image, _save_folder(webui), seed=p.all_seeds[index],
                                                        infotext=text,
-                                                       pnginfo_enabled=bool(options.get("enable_pnginfo"))))
+                                                       pnginfo_enabled=bool(options.get("enable_pnginfo")),
+                                                       extension=str(options.get("samples_format")),
+                                                       quality=int(options.get("jpeg_quality")),
+                                                       lossless=bool(options.get("webp_lossless"))))
                 if denoiser.interrupted:
                     break
     finally:
@@ -851,6 +938,7 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
         state.end()
 
     count = len(all_images)
+    vae_file = webui.vae.applied(model) if getattr(webui, "vae", None) is not None else None
     return Processed(
         images=all_images,
         infotexts=infotexts,
@@ -873,6 +961,8 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
         batch_size=p.batch_size,
         sd_model_name=model_name(model),
         sd_model_hash=model.checkpoint.short_hash or None,
+        sd_vae_name=vae_file.name if vae_file is not None else None,
+        sd_vae_hash=webui.vae.file_hash(vae_file) if vae_file is not None else None,
         seed_resize_from_w=p.seed_resize_from_w,
         seed_resize_from_h=p.seed_resize_from_h,
         denoising_strength=p.denoising_strength if p.enable_hr else None,

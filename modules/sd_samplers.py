@@ -33,6 +33,7 @@ from diffusers import (
     KDPM2DiscreteScheduler,
     LCMScheduler,
     LMSDiscreteScheduler,
+    PNDMScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
@@ -139,6 +140,10 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     SamplerInfo("DPM2 a", KDPM2AncestralDiscreteScheduler, {}, ("k_dpm_2_a",)),
     SamplerInfo("DDIM", DDIMScheduler, {"timestep_spacing": "leading", "steps_offset": 1}, ("ddim",)),
     SamplerInfo("UniPC", UniPCMultistepScheduler, {}, ("unipc",)),
+    # A1111's PLMS: the pseudo linear multistep method without the Runge-Kutta warm-up (diffusers' PNDM with
+    # skip_prk_steps), on DDIM's "leading" timestep spacing as A1111's ddim_discretize "uniform".
+    SamplerInfo("PLMS", PNDMScheduler, {"skip_prk_steps": True, "timestep_spacing": "leading", "steps_offset": 1},
+                ("plms",)),
     SamplerInfo("LCM", LCMScheduler, {"original_inference_steps": 50}, ("k_lcm",), max_steps=50),
 )
 SAMPLERS_BY_NAME: dict[str, SamplerInfo] = {s.name: s for s in SAMPLERS}

@@ -12,7 +12,7 @@ def register_host_options(webui: Any) -> None:
     add("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12)
     add("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters", minimum=0.0, maximum=1.0)
     add("samples_save", True, "Always save all generated images", "Saving images")
-    add("samples_format", "png", "File format for images", "Saving images", choices=["png"])
+    add("samples_format", "png", "File format for images", "Saving images", choices=["png", "jpg", "jpeg", "webp"])
     add("enable_pnginfo", True, "Save text information about generation parameters as chunks to png files",
         "Saving images")
     add("live_previews_enable", True, "Show live previews of the created image", "Live previews")

@@ -21,6 +21,7 @@ class JobState:
     sampling_step: int = 0
     sampling_steps: int = 0
     interrupted: bool = False
+    skipped: bool = False  # `POST /sdapi/v1/skip`: the current batch's sampling ends early, the next batch runs
     started_at: float | None = None
     textinfo: str = ""
     current_image: Any = None  # PIL image preview of the current latent, or None
@@ -31,6 +32,7 @@ class JobState:
             self.job, self.job_count, self.job_no = job, job_count, 0
             self.sampling_step = self.sampling_steps = 0
             self.interrupted = False
+            self.skipped = False
             self.started_at = time.time()
             self.textinfo = ""
             self.current_image = None
@@ -44,6 +46,11 @@ class JobState:
 
     def interrupt(self) -> None:
         self.interrupted = True
+
+    def skip(self) -> None:
+        """Skip the rest of the current batch's sampling (A1111's Skip); no-op when nothing runs."""
+        if self.active:
+            self.skipped = True
 
     @property
     def active(self) -> bool:

@@ -54,6 +54,7 @@ from modules.api.api import (  # noqa: E402
     validation_message,
 )
 from modules.paths import REPO_ROOT  # noqa: E402
+from modules.ui_styles import styles_box  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +319,7 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
         with gr.Column(scale=1, min_width=160, elem_id="txt2img_actions_column"):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
+    styles = styles_box(webui, "txt2img", f["prompt"], f["negative_prompt"])
     _build_extra_networks(webui, "txt2img")
     with gr.Row(elem_id="txt2img_settings_and_results"):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
@@ -369,6 +371,7 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
             html_info = gr.HTML(elem_id="html_info_txt2img")
             html_log = gr.HTML(elem_id="html_log_txt2img")
 
+    f["styles"] = styles  # last, so the order of the other fields stays as it was
     names = controls.names()
 
     def run(*values: Any) -> tuple[list[Any], str, str, str]:
@@ -405,6 +408,8 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
 def _to_component_value(name: str, value: Any) -> Any:
     """Infotext values are text; give each txt2img field the type its component expects."""
     default = models.Txt2ImgRequest.model_fields[name].default
+    if name == "styles":  # `Styles array` (the styles' infotext handling) is a list already
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
     if isinstance(default, bool):
         return str(value).lower() in ("1", "true", "yes")
     if name in ("seed", "subseed", "steps", "width", "height", "clip_skip", "hr_second_pass_steps", "hr_resize_x",

@@ -50,6 +50,7 @@ INFOTEXT_FIELDS: dict[str, str] = {
     "Hires prompt": "hr_prompt",
     "Hires negative prompt": "hr_negative_prompt",
     "Hires sampler": "hr_sampler_name",
+    "Styles array": "styles",  # set by the styles' infotext_pasted handling (the infotext_styles option)
 }
 
 
@@ -177,10 +178,6 @@ def run_txt2img(webui: Any, req: models.Txt2ImgRequest) -> Any:
     """
     if req.script_name:
         raise ApiError(422, "ScriptNotFound", f"script {req.script_name!r} is not available through the API")
-    if req.override_settings:
-        unknown = sorted(k for k in req.override_settings if k not in webui.options.infos)
-        if unknown:
-            raise ApiError(422, "UnknownOption", f"override_settings: unknown option(s) {', '.join(unknown)}")
     req = apply_infotext(webui, req)
     processing = _processing()
     cls = processing.StableDiffusionProcessingTxt2Img
@@ -235,19 +232,50 @@ def switch_checkpoint(webui: Any, name: str) -> str:
 
 
 def apply_options(webui: Any, values: dict[str, Any]) -> list[str]:
-    """Validate every key first, switch the checkpoint when asked, then save the rest; returns the changed keys."""
+    """Validate every key first, switch the checkpoint and the VAE when asked, then save the rest; returns the
+    changed keys.
+
+    Keys no part of this WebUI registered are stored as sent and sent back by `GET /options` (A1111 keeps such
+    keys of its config.json too; its `POST /options` answers 500 KeyError for them, which breaks clients written
+    for A1111 with extensions). Read-only keys (`sd_checkpoint_hash`) are ignored.
+    """
+    from modules.shared_options_a1111 import is_read_only  # noqa: PLC0415
+
+    infos = webui.options.infos
+    unknown = {key: value for key, value in values.items() if key not in infos}
+    values = {key: value for key, value in values.items() if key in infos and not is_read_only(key)}
     checked = {key: _check_option(webui, key, value) for key, value in values.items()}
     wanted_ckpt = checked.get("sd_model_checkpoint")
     if wanted_ckpt:
         checked["sd_model_checkpoint"] = switch_checkpoint(webui, str(wanted_ckpt))
     elif "sd_model_checkpoint" in checked:
         del checked["sd_model_checkpoint"]  # an empty name means "keep the current model"
-    if not checked:
-        return []
-    try:
-        return webui.options.update(checked)
-    except (KeyError, ValueError) as exc:
-        raise ApiError(422, "InvalidOption", str(exc)) from exc
+    if "sd_vae" in checked:
+        apply_vae(webui, str(checked["sd_vae"]))
+    changed: list[str] = []
+    if checked:
+        try:
+            changed = webui.options.update(checked)
+        except (KeyError, ValueError) as exc:
+            raise ApiError(422, "InvalidOption", str(exc)) from exc
+    if unknown:
+        log.warning("POST /options: keys no part of this WebUI uses, stored as sent: %s", ", ".join(sorted(unknown)))
+        webui.options.store_unregistered(unknown)
+    return changed
+
+
+def apply_vae(webui: Any, selection: str) -> None:
+    """Apply the VAE `selection` to the loaded model under the queue lock; ApiError 422 when the file does not load
+    (the model keeps its VAE)."""
+    from modules.sd_vae import VaeLoadError  # noqa: PLC0415
+
+    if webui.vae is None or webui.models is None:
+        return
+    with webui.queue_lock:
+        try:
+            webui.vae.apply(webui.models.current, selection)
+        except VaeLoadError as exc:
+            raise ApiError(422, "VaeLoadError", str(exc)) from exc
 
 
 _JSON_KINDS: dict[str, tuple[type, Any]] = {
@@ -274,12 +302,14 @@ def _json_kind(kind: str) -> Any:
 
 def options_model(webui: Any) -> type[BaseModel]:
     """A pydantic model of every registered option (types, bounds, fixed choices) for the request body and the
-    OpenAPI document; unknown keys are rejected (422). An absent key leaves the option unchanged."""
+    OpenAPI document; unknown keys are kept (see `apply_options`). An absent key leaves the option unchanged."""
     fields: dict[str, Any] = {}
     for key, info in webui.options.infos.items():
         if not key.isidentifier() or key.startswith("_"):
             continue
         field_type: Any = _json_kind(info.kind)
+        if info.default is None:  # A1111 options whose default is null (upscaler_for_img2img) accept null
+            field_type = field_type | None
         choices = info.choices if isinstance(info.choices, list) else None
         if choices and info.kind in ("str", "int") and key != "sd_model_checkpoint":
             field_type = Literal[tuple(choices)]
@@ -292,7 +322,7 @@ def options_model(webui: Any) -> type[BaseModel]:
         fields[key] = (field_type, Field(None, title=info.label, **constraints))
     return create_model(
         "Options",
-        __config__=ConfigDict(extra="forbid", protected_namespaces=()),
+        __config__=ConfigDict(extra="allow", protected_namespaces=()),
         **fields,
     )
 
@@ -422,7 +452,7 @@ class Api:
 
         def txt2img(req: models.Txt2ImgRequest) -> models.Txt2ImgResponse:
             processed = run_txt2img(webui, req)
-            images = None
+            images: list[str] = []
             if req.send_images:
                 infotexts = list(processed.infotexts)
                 images = [encode_png_base64(image, infotexts[i] if i < len(infotexts) else None)
@@ -464,14 +494,8 @@ class Api:
         def latent_upscale_modes() -> list[models.LatentUpscaleModeItem]:
             return [models.LatentUpscaleModeItem(name=name) for name in _processing().LATENT_UPSCALE_MODES]
 
-        def sd_vae() -> list[dict[str, Any]]:
-            return []  # the VAE baked into the checkpoint is used
-
         def scripts() -> models.ScriptsList:
             return models.ScriptsList()
-
-        def embeddings() -> models.EmbeddingsResponse:
-            return models.EmbeddingsResponse()
 
         def unload_checkpoint() -> None:
             with webui.queue_lock:
@@ -515,15 +539,14 @@ class Api:
               responses=errors, summary="Image-space upscalers for hires fix")
         route(f"{API_PREFIX}/latent-upscale-modes", latent_upscale_modes, methods=["GET"],
               response_model=list[models.LatentUpscaleModeItem], responses=errors, summary="Latent upscale modes")
-        route(f"{API_PREFIX}/sd-vae", sd_vae, methods=["GET"], response_model=list[dict[str, Any]],
-              responses=errors, summary="Separate VAE files (none: the checkpoint's VAE is used)")
         route(f"{API_PREFIX}/scripts", scripts, methods=["GET"], response_model=models.ScriptsList,
               responses=errors, summary="Script plug-ins available to requests")
-        route(f"{API_PREFIX}/embeddings", embeddings, methods=["GET"], response_model=models.EmbeddingsResponse,
-              responses=errors, summary="Textual inversion embeddings")
         route(f"{API_PREFIX}/unload-checkpoint", unload_checkpoint, methods=["POST"], response_model=None,
               responses=errors, summary="Free the loaded model (the next generation loads it again)")
         route(f"{API_PREFIX}/reload-checkpoint", reload_checkpoint, methods=["POST"], response_model=None,
               responses=errors, summary="Load the selected checkpoint if none is loaded")
         route(f"{API_PREFIX}/cmd-flags", cmd_flags, methods=["GET"], response_model=dict[str, Any],
               responses=errors, summary="Command-line flags the server runs with")
+        from modules.api import a1111_routes  # noqa: PLC0415 - imports this module
+
+        a1111_routes.register(app, webui)

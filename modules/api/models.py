@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_SIZE = 4096
-MAX_SEED = 2**32 - 1
+MAX_SEED = 2**64 - 1  # A1111 passes seeds to torch generators, which take up to 2**64 - 1
 
 
 class ApiModel(BaseModel):
@@ -39,11 +39,11 @@ class Txt2ImgRequest(ApiModel):
     n_iter: int = Field(1, ge=1, le=1000)
     steps: int = Field(20, ge=1, le=500)
     cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
-    width: int = Field(512, ge=8, le=MAX_SIZE, multiple_of=8)
-    height: int = Field(512, ge=8, le=MAX_SIZE, multiple_of=8)
+    width: int = Field(512, ge=8, le=MAX_SIZE, description="floored to a multiple of 8, as A1111 does")
+    height: int = Field(512, ge=8, le=MAX_SIZE, description="floored to a multiple of 8, as A1111 does")
     clip_skip: int | None = Field(None, ge=1, le=12, description="default: the CLIP_stop_at_last_layers option")
     restore_faces: bool | None = None
-    tiling: bool | None = None
+    tiling: bool | None = Field(None, description="seamless tiling (circular padding); null: the tiling option")
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
     eta: float | None = None
@@ -84,7 +84,7 @@ class Txt2ImgRequest(ApiModel):
 class Txt2ImgResponse(BaseModel):
     """Answer of `POST /sdapi/v1/txt2img`: base64 PNGs (infotext in their `parameters` chunk), the request, info."""
 
-    images: list[str] | None = Field(None, description="base64 PNG images")
+    images: list[str] = Field(default_factory=list, description="base64 PNG images ([] with send_images false)")
     parameters: dict[str, Any]
     info: str = Field(description="JSON text: seeds, infotexts and the other generation facts")
 

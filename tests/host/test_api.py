@@ -165,9 +165,6 @@ def test_options_set_validates_every_key_first(server, client):
     assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
     assert json.loads(webui.paths.config_file.read_text())["CLIP_stop_at_last_layers"] == 2
 
-    unknown = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 3, "no_such_option": 1})
-    assert unknown.status_code == 422
-    assert "no_such_option" in unknown.json()["detail"]
     too_big = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 3, "eta_ancestral": 5})
     assert too_big.status_code == 422 and "eta_ancestral" in too_big.json()["detail"]
     bad_choice = client.post("/sdapi/v1/options", json={"samples_format": "gif"})
@@ -220,17 +217,16 @@ def test_txt2img_same_seed_same_pixels_and_send_images_false(client):
     second = _png(txt2img(client, prompt="repeat", seed=7)["images"][0])
     assert first.tobytes() == second.tobytes()
     quiet = txt2img(client, prompt="repeat", seed=7, send_images=False)
-    assert quiet["images"] in (None, []) and json.loads(quiet["info"])["seed"] == 7
+    assert quiet["images"] == [] and json.loads(quiet["info"])["seed"] == 7  # A1111: [], never null
 
 
 @pytest.mark.parametrize(("body", "field"), [
     ({"sampler_name": "No Such Sampler"}, "No Such Sampler"),
-    ({"width": 100}, "width"),
-    ({"height": 60}, "height"),
+    ({"width": 4}, "width"),
+    ({"height": 7}, "height"),
     ({"steps": -1}, "steps"),
     ({"batch_size": 0}, "batch_size"),
     ({"cfg_scale": "lots"}, "cfg_scale"),
-    ({"override_settings": {"no_such_option": 1}}, "no_such_option"),
 ])
 def test_txt2img_bad_input_is_422_with_message(client, body, field):
     response = client.post("/sdapi/v1/txt2img", json={**SIZE, "prompt": "x", **body})
@@ -360,7 +356,7 @@ def test_openapi_describes_routes_with_models(client):
     assert post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Txt2ImgResponse")
     assert "422" in post["responses"] and "401" in post["responses"]
     schemas = spec["components"]["schemas"]
-    assert schemas["Txt2ImgRequest"]["properties"]["width"]["multipleOf"] == 8
+    assert schemas["Txt2ImgRequest"]["properties"]["width"]["minimum"] == 8  # then floored to a multiple of 8
     assert {"images", "parameters", "info"} <= set(schemas["Txt2ImgResponse"]["properties"])
     options_schema = schemas["Options"]["properties"]
     assert options_schema["CLIP_stop_at_last_layers"]["maximum"] == 12

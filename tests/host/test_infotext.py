@@ -177,8 +177,8 @@ def test_save_image_numbers_files_and_is_atomic(tmp_path):
     plain = save_image(image, tmp_path, seed=1, infotext="c", pnginfo_enabled=False)
     with Image.open(plain) as loaded:
         assert read_info_from_image(loaded)[0] is None
-    with pytest.raises(ValueError, match="only 'png'"):
-        save_image(image, tmp_path, seed=1, extension="jpg")
+    with pytest.raises(ValueError, match="unsupported image format 'gif'"):
+        save_image(image, tmp_path, seed=1, extension="gif")
 
 
 # ---- prompt syntax -------------------------------------------------------------------------------------------------
