@@ -360,5 +360,5 @@ def test_openapi_describes_routes_with_models(client):
     assert {"images", "parameters", "info"} <= set(schemas["Txt2ImgResponse"]["properties"])
     options_schema = schemas["Options"]["properties"]
     assert options_schema["CLIP_stop_at_last_layers"]["maximum"] == 12
-    assert options_schema["samples_format"].get("enum", [options_schema["samples_format"].get("const")]) == ["png"]
-    assert schemas["Options"]["additionalProperties"] is False
+    assert options_schema["samples_format"]["enum"] == ["png", "jpg", "jpeg", "webp"]
+    assert schemas["Options"]["additionalProperties"] is True  # keys of extensions this WebUI lacks are kept
