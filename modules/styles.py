@@ -14,7 +14,6 @@ column loads nothing and says so. Unknown names in a request are skipped with a 
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import threading
 from dataclasses import dataclass
@@ -164,9 +163,9 @@ def read_styles_csv(path: Path) -> tuple[dict[str, PromptStyle], list[str]]:
     if "\0" in text:
         warnings.append(f"{path}: the file holds NUL bytes; they were dropped")
         text = text.replace("\0", "")
-    reader = csv.reader(io.StringIO(text), skipinitialspace=True, strict=True)
+    lines = text.splitlines(keepends=True)
     try:
-        header = [column.strip().lower() for column in next(reader)]
+        header = [column.strip().lower() for column in next(csv.reader(lines[:1], skipinitialspace=True))]
     except StopIteration:
         return {}, warnings
     except csv.Error as exc:
@@ -175,27 +174,34 @@ def read_styles_csv(path: Path) -> tuple[dict[str, PromptStyle], list[str]]:
         return {}, [*warnings, f"{path}: no 'name' column in the header {header!r}; no styles loaded"]
     columns = {name: header.index(name) for name in ("name", "prompt", "negative_prompt") if name in header}
     styles: dict[str, PromptStyle] = {}
-    while True:
-        line = reader.line_num + 1
+    start = 1  # index of the first line the current reader reads
+    while start < len(lines):
+        reader = csv.reader(lines[start:], skipinitialspace=True, strict=True)
+        before = 0
         try:
-            row = next(reader)
-        except StopIteration:
+            for row in reader:
+                line = start + before + 1  # 1-based number of the row's first line
+                before = reader.line_num
+                _add_row(styles, warnings, row, columns, f"{path}, line {line}")
             break
-        except csv.Error as exc:
-            warnings.append(f"{path}, line {line}: malformed CSV row skipped ({exc})")
-            continue
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        values = {key: row[index] if index < len(row) else "" for key, index in columns.items()}
-        name = values["name"].strip()
-        if not name:
-            warnings.append(f"{path}, line {line}: row without a style name skipped")
-            continue
-        if name in styles:
-            warnings.append(f"{path}, line {line}: duplicate style {name!r} skipped (the first one is kept)")
-            continue
-        styles[name] = PromptStyle(name, values.get("prompt", ""), values.get("negative_prompt", ""))
+        except csv.Error as exc:  # skip the broken row's first line and read on from the next one
+            warnings.append(f"{path}, line {start + before + 1}: malformed CSV row skipped ({exc})")
+            start += before + 1
     return styles, warnings
+
+
+def _add_row(styles: dict[str, PromptStyle], warnings: list[str], row: list[str], columns: dict[str, int],
+             where: str) -> None:
+    if not row or all(not cell.strip() for cell in row):
+        return
+    values = {key: row[index] if index < len(row) else "" for key, index in columns.items()}
+    name = values["name"].strip()
+    if not name:
+        warnings.append(f"{where}: row without a style name skipped")
+    elif name in styles:
+        warnings.append(f"{where}: duplicate style {name!r} skipped (the first one is kept)")
+    else:
+        styles[name] = PromptStyle(name, values.get("prompt", ""), values.get("negative_prompt", ""))
 
 
 def infotext_pasted_styles(database: StyleDatabase, mode: str, params: dict[str, Any]) -> None:
