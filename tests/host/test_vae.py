@@ -16,9 +16,8 @@ from modules.host import WebUI
 from modules.infotext import parse_generation_parameters
 from modules.processing import StableDiffusionProcessingTxt2Img, process_images
 from modules.sd_vae import VaeLoadError
-from modules.tiny_models import build_tiny_components, single_file_state_dict
 from modules.webui_server import ServerThread, create_app
-from tests.helpers.model_factory import write_single_file
+from tests.helpers.model_factory import tiny_vae_states, write_single_file
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,14 +28,6 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def vae_ldm_state(seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(an A1111 VAE file's tensors, the diffusers VAE state they must give) for tiny SD1 weights of `seed`."""
-    built = build_tiny_components("SD1", seed=seed)
-    full = single_file_state_dict(built, "SD1", seed=seed)
-    ldm = {k.removeprefix("first_stage_model."): v.clone() for k, v in full.items() if k.startswith("first_stage_model.")}
-    return ldm, {k: v.clone() for k, v in built["vae"].state_dict().items()}
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("vae")
@@ -45,11 +36,11 @@ def setup(tmp_path_factory):
     write_single_file(webui.paths.ckpt_dir / "other.safetensors", "SD1", seed=1)
     vae_dir = webui.vae.vae_dir
     vae_dir.mkdir(parents=True)
-    ldm7, want7 = vae_ldm_state(7)
+    ldm7, want7 = tiny_vae_states("SD1", 7)
     save_file(ldm7, str(vae_dir / "ft-mse.safetensors"))
-    _, want9 = vae_ldm_state(9)
+    _, want9 = tiny_vae_states("SD1", 9)
     save_file(want9, str(vae_dir / "diffusers-layout.safetensors"))  # diffusers AutoencoderKL names
-    ldm11, want11 = vae_ldm_state(11)
+    ldm11, want11 = tiny_vae_states("SD1", 11)
     torch.save({"state_dict": {f"first_stage_model.{k}": v for k, v in ldm11.items()}}, vae_dir / "pickled.pt")
     (vae_dir / "garbage.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{nonsense" + b"x" * 40)
     missing = dict(ldm7)
@@ -122,7 +113,7 @@ def test_image_and_infotext_follow_the_vae(setup):
 def test_automatic_uses_a_vae_named_like_the_checkpoint(setup):
     webui, expected = setup
     vae_dir = webui.vae.vae_dir
-    ldm, want = vae_ldm_state(13)
+    ldm, want = tiny_vae_states("SD1", 13)
     save_file(ldm, str(vae_dir / "other.safetensors"))  # named like checkpoint other.safetensors
     webui.vae.refresh()
     try:
@@ -172,7 +163,7 @@ def test_http_routes_and_options(setup):
             listed = client.get("/sdapi/v1/sd-vae").json()
             assert {"model_name": "ft-mse.safetensors",
                     "filename": str(webui.vae.vae_dir / "ft-mse.safetensors")} in listed
-            ldm, _ = vae_ldm_state(21)
+            ldm, _ = tiny_vae_states("SD1", 21)
             save_file(ldm, str(webui.vae.vae_dir / "new-drop.safetensors"))
             assert "new-drop.safetensors" not in [x["model_name"] for x in client.get("/sdapi/v1/sd-vae").json()]
             assert client.post("/sdapi/v1/refresh-vae").status_code == 200
