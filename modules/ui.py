@@ -463,6 +463,12 @@ def _build_pnginfo(webui: Any, controls: Txt2ImgControls, tabs: Any) -> None:
             gr.Warning("No parameters to send.")
             return [gr.update() for _ in controls.names()] + [gr.update()]
         params = parse_generation_parameters(text, webui.callbacks)  # runs the infotext_pasted callbacks
+        if not webui.options.get("send_seed"):  # A1111's "Send seed/size when sending prompt or image"
+            for key in ("Seed", "Variation seed", "Variation seed strength"):
+                params.pop(key, None)
+        if not webui.options.get("send_size"):
+            for key in ("Size-1", "Size-2"):
+                params.pop(key, None)
         return params_to_updates(params, controls) + [gr.Tabs(selected="txt2img")]
 
     image.change(read, inputs=[image], outputs=[info_text, items_html], show_progress="minimal",

@@ -194,6 +194,12 @@ def test_png_info_tab_sends_parameters_to_txt2img_and_checkpoint_picker_survives
     assert sent["enable_hr"] is True and sent["hr_scale"] == 1.5 and sent["denoising_strength"] == 0.4
     assert sent["n_iter"] is None  # not in the infotext: the field keeps its value
     assert lora_hash == ["x: 0123456789ab"] * 2  # infotext_pasted ran on reading and on sending
+    webui.options.update({"send_seed": False, "send_size": False})  # A1111's "Send seed/size ..." settings
+    try:
+        kept = [u.get("value") for u in client.predict(text, api_name="/send_to_txt2img")]
+    finally:
+        webui.options.update({"send_seed": True, "send_size": True})
+    assert (kept[5], kept[6], kept[10], kept[4]) == (None, None, None, 7)  # width, height, seed kept; steps sent
 
     current = webui.models.current.checkpoint.title
     broken = next(info.title for info in webui.models.list_checkpoints() if info.name == "broken.safetensors")
