@@ -28,8 +28,8 @@ def connect(webui: Any) -> None:
             vae.apply(webui.models.current if webui.models is not None else None, str(value))
         except VaeLoadError:
             hook, info.onchange = info.onchange, None
-            try:
-                options.set("sd_vae", applied["value"], save=True)
+            try:  # not saved: this may run inside a generation's override_settings (see processing)
+                options.set("sd_vae", applied["value"], save=False)
             finally:
                 info.onchange = hook
             raise

@@ -664,6 +664,7 @@ def _apply_styles(webui: Any, p: StableDiffusionProcessingTxt2Img) -> None:
     if not p.styles or getattr(webui, "styles", None) is None:
         return
     database = webui.styles
+    database.reload_if_changed()  # an edited styles.csv counts from the next generation on
     _, missing = database.known(p.styles)
     for name in missing:
         extra_networks.add_comment(p, f"Style {name!r} not found in {database.path.name}; skipped")
