@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,8 @@ class VaeManager:
         self.cache = cache
         self._lock = threading.RLock()
         self._files: list[VaeFile] = scan_vae_files(self.vae_dir, self.ckpt_dir)
-        self._model: LoadedModel | None = None  # the model the state below belongs to
+        # The model the state below belongs to, held weakly: an unloaded model is freed, its VAE copies with it.
+        self._model: weakref.ref[LoadedModel] | None = None
         self._applied: VaeFile | None = None  # None: the checkpoint's own VAE
         self._original: dict[str, torch.Tensor] | None = None  # the checkpoint's own VAE weights (CPU copies)
 
@@ -195,8 +197,8 @@ class VaeManager:
         if model is None:
             return None
         with self._lock:
-            if model is not self._model:  # another model: its VAE is its checkpoint's own
-                self._model, self._applied, self._original = model, None, None
+            if not self._is_current(model):  # another model: its VAE is its checkpoint's own
+                self._model, self._applied, self._original = weakref.ref(model), None, None
             wanted = self.resolve(model, selection)
             if wanted == self._applied:
                 return wanted
@@ -237,7 +239,10 @@ class VaeManager:
     def applied(self, model: LoadedModel | None) -> VaeFile | None:
         """The VAE file applied to `model` now (None: its checkpoint's own VAE)."""
         with self._lock:
-            return self._applied if model is not None and model is self._model else None
+            return self._applied if model is not None and self._is_current(model) else None
+
+    def _is_current(self, model: LoadedModel) -> bool:
+        return self._model is not None and self._model() is model
 
     def file_hash(self, file: VaeFile) -> str:
         """A1111's `VAE hash`: the first 10 hex digits of the whole file's SHA-256 (cached in cache.json)."""

@@ -504,7 +504,7 @@ def _build_settings(webui: Any) -> None:
     options = webui.options
     sections: dict[str, list[str]] = {}
     for key, info in options.infos.items():
-        if key not in QUICKSETTINGS:
+        if key not in QUICKSETTINGS and info.section != "Hidden options":  # A1111 shows that section nowhere
             sections.setdefault(info.section, []).append(key)
     keys: list[str] = []
     components: list[Any] = []

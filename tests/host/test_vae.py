@@ -4,7 +4,9 @@ and the `/sd-vae`, `/refresh-vae` and `POST /options` routes over real HTTP."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import weakref
 
 import httpx
 import numpy as np
@@ -191,3 +193,20 @@ def test_http_routes_and_options(setup):
             assert client.post("/sdapi/v1/options", json={"sd_vae": "None"}).status_code == 200
     finally:
         thread.stop()
+
+
+def test_an_unloaded_model_is_not_kept_alive_by_its_vae_copies(tmp_path):
+    webui = WebUI.create(["--data-dir", str(tmp_path), "--no-embedded-default"], load_extensions_now=False)
+    write_single_file(webui.paths.ckpt_dir / "m.safetensors", "SD1", seed=0)
+    webui.vae.vae_dir.mkdir(parents=True)
+    ldm, _ = tiny_vae_states("SD1", 3)
+    save_file(ldm, str(webui.vae.vae_dir / "v.safetensors"))
+    webui.vae.refresh()
+    webui.options.set("sd_vae", "v.safetensors")
+    model = webui.models.load("m.safetensors")
+    assert webui.vae.applied(model).name == "v.safetensors"
+    ref = weakref.ref(model)
+    del model
+    webui.models.unload()
+    gc.collect()
+    assert ref() is None
