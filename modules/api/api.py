@@ -451,6 +451,7 @@ class Api:
         options_body = options_model(webui)
 
         def txt2img(req: models.Txt2ImgRequest) -> models.Txt2ImgResponse:
+            req = apply_infotext(webui, req)  # `parameters` echoes the request with its infotext applied (A1111)
             processed = run_txt2img(webui, req)
             images: list[str] = []
             if req.send_images:

@@ -131,6 +131,7 @@ def test_prompt_styles_route_and_styles_in_requests(webui, tmp_path):
         again = httpx.post(base + "/sdapi/v1/txt2img", timeout=120,
                            json={"infotext": infotext, "steps": 2, "width": 64, "height": 64}).json()
         assert json.loads(again["info"])["styles"] == ["Sharp"]  # the style text went back into `styles`
+        assert again["parameters"]["styles"] == ["Sharp"] and again["parameters"]["prompt"] == "a cat"
         assert json.loads(again["info"])["infotexts"][0] == infotext  # the same recipe, styles included
         styles_file = webui.styles.path
         original = styles_file.read_text(encoding="utf-8")
