@@ -319,6 +319,7 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
         with gr.Column(scale=1, min_width=160, elem_id="txt2img_actions_column"):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
+            skip = gr.Button("Skip", elem_id="txt2img_skip")
     styles = styles_box(webui, "txt2img", f["prompt"], f["negative_prompt"])
     _build_extra_networks(webui, "txt2img")
     with gr.Row(elem_id="txt2img_settings_and_results"):
@@ -386,6 +387,7 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
         trigger(api_name=api_name, api_visibility=visibility, **event_args).then(
             fn=None, js="() => { webuiStopProgress('txt2img'); }", api_visibility="undocumented")
     interrupt.click(lambda: webui.state.interrupt(), queue=False, show_progress="hidden", api_name="interrupt")
+    skip.click(lambda: webui.state.skip(), queue=False, show_progress="hidden", api_name="skip")
     random_seed.click(lambda: -1, outputs=[f["seed"]], show_progress="hidden", queue=False,
                       api_visibility="undocumented")
 

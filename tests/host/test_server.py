@@ -95,10 +95,12 @@ def test_ui_has_a1111_elements_settings_and_extra_network_tabs(ui_server):
     assert checkpoint["value"] == webui.models.current.checkpoint.title
     samplers = [c[0] for c in components["txt2img_sampling"]["props"]["choices"]]
     assert "Euler a" in samplers and "DPM++ 2M" in samplers
-    # one settings control per registered option (except the checkpoint, which sits at the top)
-    for key in webui.options.infos:
-        if key != "sd_model_checkpoint":
+    # one settings control per registered option (except the checkpoint, which sits at the top, and A1111's
+    # "Hidden options", which A1111 shows nowhere)
+    for key, info in webui.options.infos.items():
+        if key != "sd_model_checkpoint" and info.section != "Hidden options":
             assert f"setting_{key}" in components, key
+    assert "setting_sd_checkpoint_hash" not in components and "txt2img_skip" in components
     assert components["setting_samples_save"]["type"] == "checkbox"
     assert components["setting_CLIP_stop_at_last_layers"]["type"] == "slider"
     assert components["setting_samples_format"]["type"] == "dropdown"
@@ -166,6 +168,20 @@ def test_extra_network_refresh_and_ui_generation_through_gradio(ui_server):
     thread.join(60)
     assert json.loads(result["info"])["interrupted"] is True
     assert httpx.get(base + "/internal/progress", timeout=30).status_code == 200  # still serving
+
+    iterations: list[int] = []  # the Skip button ends the current batch; the next one runs in full
+    webui.callbacks.add("process_step", lambda p, step, total: iterations.append(p.iteration))
+    thread = threading.Thread(target=lambda: result.update(httpx.post(
+        base + "/sdapi/v1/txt2img", auth=("u", "p"), timeout=120,
+        json={"prompt": "skip", "steps": 100, "n_iter": 2, "width": 64, "height": 64}).json()))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while len(iterations) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client.predict(api_name="/skip")
+    thread.join(120)
+    assert iterations.count(0) < 100 and iterations.count(1) == 100
+    assert len(result["images"]) == 2 and json.loads(result["info"])["interrupted"] is False
 
 
 def test_png_info_tab_sends_parameters_to_txt2img_and_checkpoint_picker_survives_bad_file(ui_server, tmp_path):
