@@ -23,6 +23,7 @@ from modules.paths import Paths
 from modules.script_callbacks import Callbacks
 from modules.state import JobState
 from modules.textual_inversion import EmbeddingDatabase
+from modules.upscalers import UpscalerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class WebUI:
     models: Any = None  # modules.sd_models.ModelManager
     extensions: list[Extension] = field(default_factory=list)
     embeddings: EmbeddingDatabase = field(default_factory=EmbeddingDatabase)
+    # Lanczos, Nearest and the upscaler model files (hires fix, SD upscale, Extras); `create` points it at models/.
+    upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
     queue_lock: threading.Lock = field(default_factory=threading.Lock)
     # Named objects extensions publish for others (e.g. "lora" -> the Lora extension's engine).
     services: Services = field(default_factory=Services)
@@ -96,6 +99,7 @@ class WebUI:
             extra_networks=ExtraNetworkRegistry(),
             state=JobState(),
         )
+        webui.upscalers = UpscalerRegistry(paths.models_dir, device=default_device(args.device))
         from modules import sd_models, shared_options  # noqa: PLC0415 - host parts that need the object
 
         shared_options.register_host_options(webui)
