@@ -103,16 +103,18 @@ def save_image(
     infotext: str | None = None,
     extension: str = "png",
     pnginfo_enabled: bool = True,
+    extra: dict[str, str] | None = None,
 ) -> Path:
     """Save `image` as `folder/NNNNN-SEED.png` (NNNNN = next free number) atomically; return the path.
 
-    With `pnginfo_enabled` the infotext is stored in the `parameters` chunk (A1111's option `enable_pnginfo`).
+    With `pnginfo_enabled` the infotext is stored in the `parameters` chunk (A1111's option `enable_pnginfo`),
+    and `extra` in more text chunks (Extras: `postprocessing`).
     """
     if extension.lower() != "png":
         raise ValueError(f"unsupported image format {extension!r}; only 'png' is supported")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    data = image_to_png_bytes(image, infotext if pnginfo_enabled else None)
+    data = image_to_png_bytes(image, infotext if pnginfo_enabled else None, extra if pnginfo_enabled else None)
     number = next_sequence_number(folder)
     suffix = f"-{seed}" if seed is not None else ""
     while True:  # another writer may have taken the number between the scan and now

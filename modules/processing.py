@@ -847,7 +847,7 @@ def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
         p.is_hr_pass = False
 
 
-def _save_folder(webui: Any, mode: str) -> Path:
+def samples_folder(webui: Any, mode: str) -> Path:
     """outputs/{mode}-images/DATE, or the folder of option `outdir_{mode}_samples` when it is set."""
     key = f"outdir_{mode}_samples"
     custom = webui.options.get(key) if key in webui.options.infos else None
@@ -928,7 +928,7 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                     all_images.append(image)
                     infotexts.append(text)
                     if save:
-                        saved.append(images.save_image(image, _save_folder(webui, p.mode), seed=p.all_seeds[index],
+                        saved.append(images.save_image(image, samples_folder(webui, p.mode), seed=p.all_seeds[index],
                                                        infotext=text,
                                                        pnginfo_enabled=bool(options.get("enable_pnginfo"))))
                 if denoiser.interrupted:
