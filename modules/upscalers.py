@@ -15,7 +15,7 @@ the registry's device, in tiles of `tile` pixels (overlap `tile_overlap`) so tha
 
 spandrel imports torchvision when it starts, for two architectures that are not upscalers (LaMa inpainting,
 RestoreFormer face restoration); torchvision is not a dependency of this WebUI (there is no CPU build here).
-`_import_spandrel` puts placeholder `torchvision` modules in `sys.modules` for the duration of that import only
+`import_spandrel` puts placeholder `torchvision` modules in `sys.modules` for the duration of that import only
 (when torchvision is absent), whose functions raise a clear error if one of those two architectures ever runs.
 """
 
@@ -73,7 +73,7 @@ def _raise_needs_torchvision(*_args: Any, **_kwargs: Any) -> Any:
     raise RuntimeError("this spandrel architecture needs torchvision, which this WebUI does not install")
 
 
-def _import_spandrel() -> types.ModuleType:
+def import_spandrel() -> types.ModuleType:
     """Import spandrel (see the module docstring for the torchvision placeholders used while it imports)."""
     if "spandrel" in sys.modules:
         return sys.modules["spandrel"]
@@ -117,7 +117,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model(path: Path, device: torch.device) -> Any:
     """A spandrel `ImageModelDescriptor` for the model file at `path`, in float32 on `device`, in eval mode."""
-    spandrel = _import_spandrel()
+    spandrel = import_spandrel()
     state_dict = spandrel.canonicalize_state_dict(load_state_dict(path))
     try:
         descriptor = spandrel.MAIN_REGISTRY.load(state_dict)
