@@ -62,10 +62,10 @@ class UpscalerEntry:
 
     @property
     def scale_hint(self) -> float | None:
-        """The scale written in the file name (`4x_foo`, `foo_x2`), or None when the name does not say."""
+        """The scale written in the file name (`4x_foo`, `RealESRGAN_x4plus`), or None when the name does not say."""
         if self.path is None:
             return None
-        match = re.search(r"(?:^|[^a-z0-9])(\d)x|x(\d)(?:[^a-z0-9]|$)", self.path.stem.lower())
+        match = re.search(r"(?:^|[^a-z0-9])(?:(\d)x|x(\d))", self.path.stem.lower())
         return float(match.group(1) or match.group(2)) if match else None
 
 
