@@ -251,13 +251,6 @@ def run_img2img(webui: Any, req: models.Img2ImgRequest) -> Any:
     `script_name: "sd upscale"` runs `modules.sd_upscale` with A1111's `script_args`. A non-image init image or
     mask, bad fields or an unknown upscaler raise ApiError 422 naming the field.
     """
-    from modules import sd_upscale  # noqa: PLC0415
-    from modules.img2img import StableDiffusionProcessingImg2Img  # noqa: PLC0415
-
-    script = (req.script_name or "").strip().lower()
-    if script and script != sd_upscale.SCRIPT_NAME:
-        raise ApiError(422, "ScriptNotFound", f"script {req.script_name!r} is not available through the API; "
-                                              f"img2img scripts: {sd_upscale.SCRIPT_NAME!r}")
     if req.override_settings:
         unknown = sorted(k for k in req.override_settings if k not in webui.options.infos)
         if unknown:
@@ -267,6 +260,21 @@ def run_img2img(webui: Any, req: models.Img2ImgRequest) -> Any:
         raise ApiError(422, "InvalidImage", "init_images: at least one image is required")
     init_images = [decode_base64_image(data, f"init_images[{i}]") for i, data in enumerate(req.init_images)]
     mask = decode_base64_image(req.mask, "mask") if req.mask else None
+    return run_img2img_images(webui, req, init_images, mask)
+
+
+def run_img2img_images(webui: Any, req: models.Img2ImgRequest, init_images: list[Image.Image],
+                       mask: Image.Image | None) -> Any:
+    """`run_img2img` with the images already decoded (the UI's path); `req.init_images`/`req.mask` are ignored."""
+    from modules import sd_upscale  # noqa: PLC0415
+    from modules.img2img import StableDiffusionProcessingImg2Img  # noqa: PLC0415
+
+    script = (req.script_name or "").strip().lower()
+    if script and script != sd_upscale.SCRIPT_NAME:
+        raise ApiError(422, "ScriptNotFound", f"script {req.script_name!r} is not available; "
+                                              f"img2img scripts: {sd_upscale.SCRIPT_NAME!r}")
+    if not init_images:
+        raise ApiError(422, "InvalidImage", "init_images: at least one image is required")
     processing = _processing()
     cls = StableDiffusionProcessingImg2Img
     try:
