@@ -105,7 +105,8 @@ def build_img2img_tab(webui: Any) -> Img2ImgTab:
     f = tab.controls.fields
     generate, interrupt = build_prompt_row("img2img", f)
     build_extra_networks(webui, "img2img")
-    source = gr.State(IMAGE_SOURCES[0])
+    # the selected image source (a hidden textbox, not a State, so that API clients of the UI can set it too)
+    source = gr.Textbox(IMAGE_SOURCES[0], visible=False, elem_id="img2img_source")
     with gr.Row(elem_id="img2img_settings_and_results"):
         with gr.Column(scale=1, elem_id="img2img_settings"):
             with gr.Tabs(elem_id="mode_img2img"):
@@ -226,7 +227,7 @@ def build_extras_tab(webui: Any) -> None:
                         height = gr.Slider(64, 8192, value=512, step=8, label="Height",
                                            elem_id="extras_upscaling_resize_h")
                     crop = gr.Checkbox(True, label="Crop to fit", elem_id="extras_upscaling_crop")
-            mode = gr.State("Scale by")
+            mode = gr.Textbox("Scale by", visible=False, elem_id="extras_resize_mode_value")
             by_tab.select(lambda: "Scale by", outputs=[mode], api_visibility="undocumented")
             to_tab.select(lambda: "Scale to", outputs=[mode], api_visibility="undocumented")
             with gr.Row():
