@@ -280,6 +280,8 @@ def run_img2img_images(webui: Any, req: models.Img2ImgRequest, init_images: list
     try:
         kwargs = processing_kwargs(req, _accepted_params(cls))
         kwargs.update(init_images=init_images, mask=mask, enable_hr=False)
+        if req.initial_noise_multiplier is None and "initial_noise_multiplier" in webui.options.infos:
+            kwargs["initial_noise_multiplier"] = float(webui.options.get("initial_noise_multiplier"))
         p = cls(**kwargs)
         p.validate(webui)
         script_args = sd_upscale.parse_args(req.script_args) if script else None
@@ -328,7 +330,9 @@ def run_extras_images(webui: Any, req: models.ExtrasBaseRequest, sources: list[I
 
 
 def upscaler_items(webui: Any) -> list[models.UpscalerItem]:
-    """`GET /sdapi/v1/upscalers`: None, Lanczos, Nearest, then every model file found."""
+    """`GET /sdapi/v1/upscalers`: None, Lanczos, Nearest, then every model file found (the folders are scanned
+    again, so a file dropped in while the server runs shows up)."""
+    webui.upscalers.refresh()
     return [models.UpscalerItem(name=entry.name, model_name=entry.model_name,
                                 model_path=str(entry.path) if entry.path else None, model_url=None,
                                 scale=entry.scale_hint)
@@ -644,7 +648,9 @@ class Api:
             return []  # the VAE baked into the checkpoint is used
 
         def scripts() -> models.ScriptsList:
-            return models.ScriptsList()
+            from modules import sd_upscale  # noqa: PLC0415
+
+            return models.ScriptsList(img2img=[sd_upscale.SCRIPT_NAME])
 
         def embeddings() -> models.EmbeddingsResponse:
             return models.EmbeddingsResponse()

@@ -141,13 +141,23 @@ def test_sd_upscale_script(client):
     assert "SD upscale upscaler: 4x_tiny" in png(by_index["images"][0]).info["parameters"]
 
 
-def test_upscaler_listings(client):
+def test_upscaler_listings(server, client):
     names = [item["name"] for item in client.get("/sdapi/v1/upscalers").json()]
     assert names == ["None", "Lanczos", "Nearest", "4x_tiny", "RealESRGAN_x4tiny"]
     tiny = client.get("/sdapi/v1/upscalers").json()[3]
     assert tiny["model_name"] == "4x_tiny" and tiny["scale"] == 4 and tiny["model_path"].endswith("4x_tiny.safetensors")
     realesrgan = client.get("/sdapi/v1/realesrgan-models").json()
     assert [(m["name"], m["scale"]) for m in realesrgan] == [("RealESRGAN_x4tiny", 4)]
+    assert client.get("/sdapi/v1/scripts").json()["img2img"] == ["sd upscale"]
+    _, webui = server
+    late = webui.paths.models_dir / "SwinIR" / "2x_late.safetensors"  # dropped in while the server runs
+    late.parent.mkdir(exist_ok=True)
+    save_file(tiny_esrgan_state_dict(seed=4), str(late))
+    try:
+        assert "2x_late" in [item["name"] for item in client.get("/sdapi/v1/upscalers").json()]
+    finally:
+        late.unlink()
+        webui.upscalers.refresh()
 
 
 def test_extra_single_image(client):

@@ -160,3 +160,19 @@ def test_lora_tags_work_in_img2img_as_in_txt2img(tmp_path):
     assert p.extra_network_data["lora"][0].items[0] == "demo_lora"
     back, _ = img2img(webui, prompt="a cat")
     assert np.array_equal(px(back.images[0]), px(plain.images[0]))
+
+
+@pytest.mark.parametrize("family", ["SD2", "SDXL"])
+def test_img2img_and_inpainting_on_other_families(tmp_path, family):
+    webui = WebUI.create(["--data-dir", str(tmp_path), "--no-embedded-default"], load_extensions_now=False)
+    write_single_file(webui.paths.ckpt_dir / "tiny.safetensors", family, seed=0, v_prediction=family == "SD2")
+    webui.models.load("tiny.safetensors")
+    init = noise_image(64, 64, seed=2)
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (16, 16, 48, 48))
+    plain, _ = img2img(webui, init_images=[init])
+    masked, _ = img2img(webui, init_images=[init], mask=mask, mask_blur=0, inpaint_full_res=False,
+                        denoising_strength=0.9)
+    assert plain.images[0].size == masked.images[0].size == (64, 64)
+    diff = np.abs(px(masked.images[0]) - px(init))
+    assert diff[:16].max() == 0 and diff[16:48, 16:48].mean() > 5
