@@ -27,6 +27,7 @@ encoding, the sampling loop, infotext and saving are that class's code) that ove
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,9 +38,9 @@ from PIL import Image
 
 from modules import extra_networks, masking, sd_samplers
 from modules.processing import (
+    Denoiser,
     ProcessingError,
     StableDiffusionProcessingTxt2Img,
-    _is_finite_number,
     batch_noise,
     encode_tensors,
     first_pass_inputs,
@@ -49,6 +50,7 @@ from modules.processing import (
     inpainting_conditioning,
     vae_scale_factor,
 )
+from modules.prompt_encoding import PromptEncoder
 from modules.resize import RESIZE_MODES, flatten, resize_image
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,9 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessingTxt2Img):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 256:
                 errors.append(f"{name} must be an integer from 0 to 256, got {value!r}")
-        if not _is_finite_number(self.initial_noise_multiplier) or not 0 <= self.initial_noise_multiplier <= 1.5:
+        multiplier = self.initial_noise_multiplier
+        if not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool) or not math.isfinite(multiplier) \
+                or not 0 <= multiplier <= 1.5:
             errors.append(f"initial_noise_multiplier must be between 0 and 1.5, got {self.initial_noise_multiplier!r}")
         if self.mask is not None and not isinstance(self.mask, Image.Image):
             errors.append("mask must be an image")
@@ -228,7 +232,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessingTxt2Img):
 
     # ---- sampling --------------------------------------------------------------------------------------------
 
-    def sample(self, webui: Any, model: Any, denoiser: Any, encoder: Any) -> torch.Tensor:
+    def sample(self, webui: Any, model: Any, denoiser: Denoiser, encoder: PromptEncoder) -> torch.Tensor:
         """Noise the init latents to where `denoising_strength` enters the schedule and denoise from there."""
         assert self.init_latent is not None, "init() prepares the init latents"
         inputs = first_pass_inputs(webui, self, encoder)
