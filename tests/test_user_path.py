@@ -75,6 +75,12 @@ def test_user_venv_has_runtime_packages_only_and_imports_every_module(user_venv)
                              cwd=ROOT, capture_output=True, text=True, timeout=600, env=plain_env())
     assert imports.returncode == 0, imports.stdout[-4000:] + imports.stderr[-2000:]
     assert re.search(r"imported (\d+) of \1 modules", imports.stdout), imports.stdout[-2000:]
+    spandrel = subprocess.run(  # the upscaler library loads without torchvision in the user's venv
+        [str(user_venv / "bin" / "python"), "-c",
+         "import sys; from modules.upscalers import import_spandrel; import_spandrel(); "
+         "assert 'torchvision' not in sys.modules"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=plain_env())
+    assert spandrel.returncode == 0, spandrel.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")

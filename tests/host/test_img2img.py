@@ -158,6 +158,10 @@ def test_lora_tags_work_in_img2img_as_in_txt2img(tmp_path):
     shorthash = engine.registry.find("demo_lora").shorthash
     assert f'Lora hashes: "demo_lora: {shorthash}"' in tagged.infotexts[0]
     assert p.extra_network_data["lora"][0].items[0] == "demo_lora"
+    whole, _ = img2img(webui, prompt="a cat <lora:demo_lora:0.8>")
+    scheduled, _ = img2img(webui, prompt="a cat <lora:demo_lora:0.8:stop=1>")  # only the first of 3 steps
+    assert np.abs(px(scheduled.images[0]) - px(plain.images[0])).max() > 0
+    assert np.abs(px(scheduled.images[0]) - px(whole.images[0])).max() > 0
     back, _ = img2img(webui, prompt="a cat")
     assert np.array_equal(px(back.images[0]), px(plain.images[0]))
 
