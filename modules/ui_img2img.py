@@ -6,23 +6,25 @@ whatever the brush covers is repainted) and "Inpaint upload" (an image and a sep
 mode, denoising strength, the inpainting settings and the "SD upscale" script. Generation goes through the API's
 operation (`run_img2img_images`), so the UI and the API answer the same bad input with the same message.
 
-Extras: upscale one image with one or two upscalers (scale by / scale to); results are saved to
-outputs/extras-images with the source's infotext and the `postprocessing` text.
+Extras: upscale one image or a batch of files with one or two upscalers (scale by / scale to); results are saved
+to outputs/extras-images with the source's infotext and the `postprocessing` text.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
 from modules import masking, sd_upscale
 from modules.api import models
-from modules.api.api import ApiError, run_extras_images, run_img2img_images
+from modules.api.api import ApiError, run_extras_images, run_img2img_images, validation_message
 from modules.resize import RESIZE_MODES, flatten
 from modules.ui import (
     Txt2ImgControls,
@@ -188,36 +190,66 @@ def img2img_component_values(params: dict[str, Any], controls: Txt2ImgControls) 
 # ------------------------------------------------------------------------------------------------ extras
 
 
-def run_extras_tab(webui: Any, image: Any, mode: str, scale_by: float, width: int, height: int, crop: bool,
-                   upscaler_1: str, upscaler_2: str, visibility: float) -> tuple[Any, str]:
-    """Upscale the uploaded image, save it to outputs/extras-images; returns (image, info HTML)."""
+EXTRAS_SOURCES = ("Single Image", "Batch Process")
+
+
+def run_extras_tab(webui: Any, source: str, image: Any, files: Any, mode: str, scale_by: float, width: int,
+                   height: int, crop: bool, upscaler_1: str, upscaler_2: str,
+                   visibility: float) -> tuple[Any, list[Any], str]:
+    """Upscale the uploaded image (or every file of the batch), save the results to outputs/extras-images;
+    returns (the single result, the batch results, info HTML). Bad input is a `gr.Error` with the message."""
     from modules.postprocessing import extras_folder, save_extras_image  # noqa: PLC0415
 
-    if image is None:
+    if source == "Batch Process":
+        sources = []
+        for item in files or []:
+            path = getattr(item, "name", None) or str(item)
+            try:
+                with Image.open(path) as opened:
+                    opened.load()
+                    sources.append(opened.copy())
+            except OSError as exc:
+                raise gr.Error(f"Extras batch: {Path(path).name} is not an image ({exc})") from exc
+    else:
+        sources = [image] if image is not None else []
+    if not sources:
         raise gr.Error("Extras: upload an image first")
     try:
         req = models.ExtrasBaseRequest(resize_mode=1 if mode == "Scale to" else 0, upscaling_resize=scale_by,
                                        upscaling_resize_w=int(width), upscaling_resize_h=int(height),
                                        upscaling_crop=bool(crop), upscaler_1=upscaler_1, upscaler_2=upscaler_2,
                                        extras_upscaler_2_visibility=visibility)
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from exc
+    except ValidationError as exc:
+        raise gr.Error(validation_message(exc)) from exc
     try:
-        results, text = run_extras_images(webui, req, [image])
+        results, text = run_extras_images(webui, req, sources)
     except ApiError as exc:
         raise gr.Error(str(exc.detail)) from exc
-    save_extras_image(extras_folder(webui), image, results[0], text,
-                      pnginfo_enabled=bool(webui.options.get("enable_pnginfo")))
-    return results[0], infotext_html(text) if text else "<p>Nothing to do: choose an upscaler.</p>"
+    for original, result in zip(sources, results):
+        save_extras_image(extras_folder(webui), original, result, text,
+                          pnginfo_enabled=bool(webui.options.get("enable_pnginfo")))
+    info = infotext_html(text) if text else "<p>Nothing to do: choose an upscaler.</p>"
+    if source == "Batch Process":
+        return None, results, info
+    return results[0], [], info
 
 
 def build_extras_tab(webui: Any) -> None:
-    """Build the Extras tab (single image)."""
+    """Build the Extras tab (a single image or a batch of files)."""
     names = webui.upscalers.names()
     with gr.Row(elem_id="extras_page"):
         with gr.Column():
-            image = gr.Image(type="pil", image_mode="RGB", sources=["upload", "clipboard"], label="Source",
-                             elem_id="extras_image", height=360)
+            source = gr.Textbox(EXTRAS_SOURCES[0], visible=False, elem_id="extras_source")
+            with gr.Tabs(elem_id="mode_extras"):
+                with gr.Tab("Single Image", id="extras_single_tab", elem_id="extras_single_tab") as single_tab:
+                    image = gr.Image(type="pil", image_mode="RGB", sources=["upload", "clipboard"], label="Source",
+                                     elem_id="extras_image", height=360)
+                with gr.Tab("Batch Process", id="extras_batch_process_tab",
+                            elem_id="extras_batch_process_tab") as batch_tab:
+                    files = gr.File(file_count="multiple", file_types=["image"], label="Batch Process",
+                                    elem_id="extras_image_batch")
+            single_tab.select(lambda: EXTRAS_SOURCES[0], outputs=[source], api_visibility="undocumented")
+            batch_tab.select(lambda: EXTRAS_SOURCES[1], outputs=[source], api_visibility="undocumented")
             with gr.Tabs(elem_id="extras_resize_mode"):
                 with gr.Tab("Scale by", id="extras_scale_by_tab") as by_tab:
                     scale_by = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize")
@@ -238,10 +270,12 @@ def build_extras_tab(webui: Any) -> None:
             run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
         with gr.Column():
             result = gr.Image(type="pil", label="Result", elem_id="extras_result", format="png", interactive=False)
+            gallery = gr.Gallery(label="Results", elem_id="extras_gallery", format="png", columns=3, height="auto")
             info = gr.HTML(elem_id="html_info_extras")
 
-    def go(*values: Any) -> tuple[Any, str]:
+    def go(*values: Any) -> tuple[Any, list[Any], str]:
         return run_extras_tab(webui, *values)
 
-    run.click(go, inputs=[image, mode, scale_by, width, height, crop, upscaler_1, upscaler_2, visibility],
-              outputs=[result, info], show_progress="minimal", api_name="extras", concurrency_id="extras")
+    run.click(go, inputs=[source, image, files, mode, scale_by, width, height, crop, upscaler_1, upscaler_2,
+                          visibility],
+              outputs=[result, gallery, info], show_progress="minimal", api_name="extras", concurrency_id="extras")

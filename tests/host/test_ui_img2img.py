@@ -156,8 +156,8 @@ def test_extras_tab_upscales_and_saves_with_postprocessing_text(ui_server, clien
     pnginfo.add_text("parameters", "a dog\nSteps: 3, Seed: 1, Size: 40x30")
     path = tmp_path / "extras.png"
     noise_image(40, 30).save(path, pnginfo=pnginfo)
-    result, html_info = client.predict(handle_file(str(path)), "Scale by", 2.0, 512, 512, True, "Nearest", "None", 0,
-                                       api_name="/extras")
+    result, _, html_info = client.predict("Single Image", handle_file(str(path)), None, "Scale by", 2.0, 512, 512,
+                                          True, "Nearest", "None", 0, api_name="/extras")
     assert "Postprocess upscale by: 2" in html_info and "Postprocess upscaler: Nearest" in html_info
     saved = sorted((webui.paths.outputs_dir / "extras-images").glob("*.png"))
     assert [p.name for p in saved] == ["00000.png"]
@@ -166,7 +166,14 @@ def test_extras_tab_upscales_and_saves_with_postprocessing_text(ui_server, clien
         text, items = read_info_from_image(image)
     assert text.startswith("a dog") and items["postprocessing"].startswith("Postprocess upscale by: 2")
     with pytest.raises(Exception, match=r"nope is not in the list of choices: \['None', 'Lanczos', 'Nearest'"):
-        client.predict(handle_file(str(path)), "Scale by", 2.0, 512, 512, True, "nope", "None", 0, api_name="/extras")
+        client.predict("Single Image", handle_file(str(path)), None, "Scale by", 2.0, 512, 512, True, "nope", "None",
+                       0, api_name="/extras")
+    second = tmp_path / "second.png"
+    noise_image(16, 24).save(second)
+    _, batch, _ = client.predict("Batch Process", None, [handle_file(str(path)), handle_file(str(second))],
+                                 "Scale to", 2.0, 64, 64, True, "Lanczos", "None", 0, api_name="/extras")
+    assert [gallery_image(item).size for item in batch] == [(64, 64), (64, 64)]
+    assert len(list((webui.paths.outputs_dir / "extras-images").glob("*.png"))) == 3
 
 
 @pytest.mark.browser
