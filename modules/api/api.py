@@ -120,29 +120,30 @@ IMG2IMG_INFOTEXT_FIELDS: dict[str, str] = {
     "Masked area padding": "inpaint_full_res_padding",
     "Noise multiplier": "initial_noise_multiplier",
 }
-# Infotext keys whose text maps to a number of the request: key -> (field, {text: value}).
-IMG2IMG_INFOTEXT_CHOICES: dict[str, tuple[str, dict[str, Any]]] = {
-    "Inpaint area": ("inpaint_full_res", {"Whole picture": False, "Only masked": True}),
-    "Masked content": ("inpainting_fill", {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}),
-    "Mask mode": ("inpainting_mask_invert", {"Inpaint masked": 0, "Inpaint not masked": 1}),
+# Infotext keys whose text maps to a number of the request: key -> (field, {text: value}, value when absent).
+# A1111 writes no key for its defaults (whole picture, "original" content, inpaint masked).
+IMG2IMG_INFOTEXT_CHOICES: dict[str, tuple[str, dict[str, Any], Any]] = {
+    "Inpaint area": ("inpaint_full_res", {"Whole picture": False, "Only masked": True}, False),
+    "Masked content": ("inpainting_fill", {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}, 1),
+    "Mask mode": ("inpainting_mask_invert", {"Inpaint masked": 0, "Inpaint not masked": 1}, 0),
 }
 
 
 def img2img_params_from_infotext(params: dict[str, Any]) -> dict[str, Any]:
     """img2img request values from parsed infotext parameters (the img2img-only keys; A1111's paste fields).
 
-    An img2img infotext with a mask names "Mask blur"; the keys it leaves out take A1111's paste defaults then
-    (whole picture, fill, inpaint masked)."""
+    An img2img infotext with a mask names "Mask blur"; the keys it leaves out take the values A1111 writes no key
+    for (whole picture, original content, inpaint masked)."""
     values: dict[str, Any] = {}
     for key, name in IMG2IMG_INFOTEXT_FIELDS.items():
         if key in params:
             values[name] = params[key]
     masked = "Mask blur" in params
-    for key, (name, table) in IMG2IMG_INFOTEXT_CHOICES.items():
+    for key, (name, table, absent) in IMG2IMG_INFOTEXT_CHOICES.items():
         if key in params and params[key] in table:
             values[name] = table[params[key]]
         elif masked:
-            values[name] = next(iter(table.values()))
+            values[name] = absent
     return values
 
 

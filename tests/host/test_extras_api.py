@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from modules.api.api import img2img_params_from_infotext
 from modules.host import WebUI
+from modules.infotext import parse_generation_parameters
 from modules.tiny_models import write_single_file
 from modules.webui_server import ServerThread, create_app
 from tests.host.test_upscalers import tiny_esrgan_state_dict
@@ -236,3 +238,16 @@ def test_saved_img2img_images_and_png_info_round_trip(server, client):
     assert again.status_code == 200, again.text
     again = again.json()
     assert np.array_equal(np.asarray(png(again["images"][0])), np.asarray(png(data["images"][0])))
+
+
+def test_infotext_keys_of_img2img_map_to_request_fields():
+    written = parse_generation_parameters("a cat\nSteps: 4, Seed: 1, Size: 64x64, Denoising strength: 0.5, "
+                                          "Mask blur: 3, Masked content: latent nothing, Mask mode: Inpaint not masked, "
+                                          "Noise multiplier: 0.9")
+    assert img2img_params_from_infotext(written) == {
+        "mask_blur": "3", "initial_noise_multiplier": "0.9", "inpaint_full_res": False, "inpainting_fill": 3,
+        "inpainting_mask_invert": 1}
+    # absent keys are A1111's unwritten defaults: whole picture, original content, inpaint masked
+    defaults = img2img_params_from_infotext(parse_generation_parameters("a\nSteps: 4, Seed: 1, Mask blur: 4"))
+    assert (defaults["inpaint_full_res"], defaults["inpainting_fill"], defaults["inpainting_mask_invert"]) == (False, 1, 0)
+    assert img2img_params_from_infotext(parse_generation_parameters("a\nSteps: 4, Seed: 1, Size: 8x8")) == {}
