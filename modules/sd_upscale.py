@@ -5,7 +5,7 @@ blend the tiles back together.
 indexed) upscaler of `webui.upscalers`, splits it into `p.width` x `p.height` tiles overlapping by `overlap`
 pixels, runs every tile through img2img (`p.batch_size` tiles at a time, each batch with the next seed) and
 combines the results with linear blends across the overlaps. `p.n_iter` repeats the whole upscale with seeds
-`seed + n`. A1111's script arguments are `[info, overlap, upscaler_index, scale_factor]`; see `parse_args`.
+`seed + n`. A mask is ignored (the whole picture is upscaled, as in A1111). A1111's script arguments are `[info, overlap, upscaler_index, scale_factor]`; see `parse_args`.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def run(webui: Any, p: Any, overlap: int, upscaler: int | str, scale_factor: flo
         for index in range(batches):
             part = [tile.image for tile in work[index * batch:(index + 1) * batch]]
             tile_p = dataclasses.replace(p, init_images=part, batch_size=len(part), n_iter=1, seed=tile_seed,
-                                         do_not_save_samples=True, do_not_save_grid=True)
+                                         mask=None, do_not_save_samples=True, do_not_save_grid=True)
             tile_p.extra_generation_params.update(extra)
             processed = process_images(webui, tile_p)
             first = first or processed
