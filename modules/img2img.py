@@ -20,7 +20,9 @@ encoding, the sampling loop, infotext and saving are that class's code) that ove
   the masked image's latents as their 5 extra input channels, as A1111 builds them.
 * `postprocess_image`: the decoded image is composited under the original outside the (blurred) mask.
 
-`initial_noise_multiplier` scales the noise added to the init latents (infotext `Noise multiplier`).
+`latent_mask` (A1111), when given with a mask, is the mask used for masked content and the latent blend instead of
+the (blurred) mask, which still decides the final composite. `initial_noise_multiplier` scales the noise added to
+the init latents (infotext `Noise multiplier`).
 `image_cfg_scale` is accepted and has no effect (it is for instruct-pix2pix models, which this WebUI does not load).
 """
 
@@ -76,6 +78,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessingTxt2Img):
     inpaint_full_res_padding: int = 0
     inpainting_mask_invert: int = 0
     initial_noise_multiplier: float = 1.0
+    latent_mask: Image.Image | None = None  # A1111: the mask for masked content and latent blending, if not `mask`
 
     # Run-time state.
     init_latent: torch.Tensor | None = field(default=None, init=False, repr=False)
@@ -168,6 +171,13 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessingTxt2Img):
                 image_mask = resize_image(self.resize_mode, image_mask, self.width, self.height).convert("L")
                 doubled = np.clip(np.asarray(image_mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8)
                 mask_for_overlay = Image.fromarray(doubled, "L")
+        latent_mask = image_mask
+        if image_mask is not None and self.latent_mask is not None:
+            latent_mask = masking.binary_mask(self.latent_mask, self.mask_round).resize(images[0].size)
+            if crop_box is not None:
+                latent_mask = resize_image(2, latent_mask.crop(crop_box), self.width, self.height)
+            else:
+                latent_mask = resize_image(self.resize_mode, latent_mask, self.width, self.height).convert("L")
 
         upscale = _img2img_upscale(webui)
         prepared: list[Image.Image] = []
@@ -184,8 +194,8 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessingTxt2Img):
                 self.overlay_images.append(overlay)
             if crop_box is not None:
                 image = resize_image(2, image.crop(crop_box), self.width, self.height, upscale)
-            if image_mask is not None and self.inpainting_fill != 1:
-                image = masking.fill(image, image_mask)
+            if latent_mask is not None and self.inpainting_fill != 1:
+                image = masking.fill(image, latent_mask)
                 if self.inpainting_fill == 0:
                     extra["Masked content"] = "fill"
             if self.resize_mode == 3 and crop_box is None:
@@ -202,8 +212,8 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessingTxt2Img):
         if self.resize_mode == 3 and crop_box is None:
             latents = F.interpolate(latents, size=(self.height // factor, self.width // factor), mode="bilinear")
         self.mask_keep = None
-        if image_mask is not None:
-            small = image_mask.convert("L").resize((latents.shape[3], latents.shape[2]), Image.Resampling.BICUBIC)
+        if latent_mask is not None:
+            small = latent_mask.convert("L").resize((latents.shape[3], latents.shape[2]), Image.Resampling.BICUBIC)
             repaint = torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)
             if self.mask_round:
                 repaint = torch.round(repaint)

@@ -159,7 +159,7 @@ def run(webui: Any, p: Any, overlap: int, upscaler: int | str, scale_factor: flo
         for index in range(batches):
             part = [tile.image for tile in work[index * batch:(index + 1) * batch]]
             tile_p = dataclasses.replace(p, init_images=part, batch_size=len(part), n_iter=1, seed=tile_seed,
-                                         mask=None, do_not_save_samples=True, do_not_save_grid=True)
+                                         mask=None, latent_mask=None, do_not_save_samples=True, do_not_save_grid=True)
             tile_p.extra_generation_params.update(extra)
             processed = process_images(webui, tile_p)
             first = first or processed

@@ -199,7 +199,7 @@ def processing_kwargs(req: models.Txt2ImgRequest, accepted: set[str] | None = No
     data["do_not_save_samples"] = not req.save_images
     data["do_not_save_grid"] = not req.save_images
     for name in ("send_images", "save_images", "script_name", "script_args", "alwayson_scripts", "infotext",
-                 "force_task_id", "include_init_images", "latent_mask"):
+                 "force_task_id", "include_init_images"):
         data.pop(name, None)
     data = {key: value for key, value in data.items() if value is not None}  # None: the processing default
     if accepted is not None:
@@ -261,12 +261,13 @@ def run_img2img(webui: Any, req: models.Img2ImgRequest) -> Any:
         raise ApiError(422, "InvalidImage", "init_images: at least one image is required")
     init_images = [decode_base64_image(data, f"init_images[{i}]") for i, data in enumerate(req.init_images)]
     mask = decode_base64_image(req.mask, "mask") if req.mask else None
-    return run_img2img_images(webui, req, init_images, mask)
+    latent_mask = decode_base64_image(req.latent_mask, "latent_mask") if req.latent_mask else None
+    return run_img2img_images(webui, req, init_images, mask, latent_mask)
 
 
 def run_img2img_images(webui: Any, req: models.Img2ImgRequest, init_images: list[Image.Image],
-                       mask: Image.Image | None) -> Any:
-    """`run_img2img` with the images already decoded (the UI's path); `req.init_images`/`req.mask` are ignored."""
+                       mask: Image.Image | None, latent_mask: Image.Image | None = None) -> Any:
+    """`run_img2img` with the images already decoded (the UI's path); the request's base64 images are ignored."""
     from modules import sd_upscale  # noqa: PLC0415
     from modules.img2img import StableDiffusionProcessingImg2Img  # noqa: PLC0415
 
@@ -280,7 +281,7 @@ def run_img2img_images(webui: Any, req: models.Img2ImgRequest, init_images: list
     cls = StableDiffusionProcessingImg2Img
     try:
         kwargs = processing_kwargs(req, _accepted_params(cls))
-        kwargs.update(init_images=init_images, mask=mask, enable_hr=False)
+        kwargs.update(init_images=init_images, mask=mask, latent_mask=latent_mask, enable_hr=False)
         if req.initial_noise_multiplier is None and "initial_noise_multiplier" in webui.options.infos:
             kwargs["initial_noise_multiplier"] = float(webui.options.get("initial_noise_multiplier"))
         p = cls(**kwargs)

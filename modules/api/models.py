@@ -101,7 +101,8 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpaint_full_res_padding: int = Field(0, ge=0, le=256, description="only masked: padding in pixels")
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1 = inpaint not masked")
     initial_noise_multiplier: float | None = Field(None, ge=0.0, le=1.5)
-    latent_mask: str | None = None
+    latent_mask: str | None = Field(None, description="base64 mask for masked content and the latent blend "
+                                                       "(default: mask)")
     include_init_images: bool = Field(False, description="echo init_images and mask in `parameters`")
 
 

@@ -192,6 +192,7 @@ def test_extra_batch_images(client):
     ("img2img", {"init_images": [b64(INIT), "AAAA"], "batch_size": 2}, ["init_images[1]"]),
     ("img2img", {"mask": base64.b64encode(b"GIF89a nonsense").decode()}, ["mask", "not a valid"]),
     ("img2img", {"init_images": []}, ["init_images", "at least one"]),
+    ("img2img", {"mask": b64(MASK), "latent_mask": "bm90IGFuIGltYWdl"}, ["latent_mask", "not a valid"]),
     ("img2img", {"script_name": "sd upscale", "script_args": ["", 8, "ESRGAN_4x", 2]},
      ["unknown upscaler 'ESRGAN_4x'", "Lanczos"]),
     ("img2img", {"script_name": "no such script"}, ["no such script"]),

@@ -169,3 +169,13 @@ def test_inpainting_checkpoint_gets_mask_and_masked_image_latents(webui):
     assert torch.equal(cond[0, 0], expected_mask)
     assert result.js().count('"is_using_inpainting_conditioning": true') == 1
     assert outside(np.abs(px(result.images[0]) - px(INIT))).max() == 0
+
+
+def test_latent_mask_replaces_the_mask_for_content_and_blending(webui):
+    small = Image.new("L", (64, 64))
+    small.paste(255, (24, 24, 40, 32))
+    with_latent, p = inpaint(webui, latent_mask=small, inpainting_fill=3)
+    keep = p.mask_keep[0, 0]
+    assert int((keep == 0).sum()) == 2 * 1  # the 16x8 box is 2x1 latent cells; the 32x24 mask would be 4x3
+    plain, _ = inpaint(webui, inpainting_fill=3)
+    assert np.abs(px(with_latent.images[0]) - px(plain.images[0])).max() > 0
