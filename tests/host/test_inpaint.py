@@ -12,7 +12,7 @@ from PIL import Image
 from modules import masking
 from modules.host import WebUI
 from modules.img2img import StableDiffusionProcessingImg2Img
-from modules.processing import process_images
+from modules.processing import StableDiffusionProcessingTxt2Img, process_images
 from tests.helpers.model_factory import write_single_file
 
 
@@ -179,3 +179,19 @@ def test_latent_mask_replaces_the_mask_for_content_and_blending(webui):
     assert int((keep == 0).sum()) == 2 * 1  # the 16x8 box is 2x1 latent cells; the 32x24 mask would be 4x3
     plain, _ = inpaint(webui, inpainting_fill=3)
     assert np.abs(px(with_latent.images[0]) - px(plain.images[0])).max() > 0
+
+
+def test_txt2img_on_an_inpainting_checkpoint_repaints_everything(webui):
+    webui.models.load("tiny-inpainting.safetensors")
+    seen: list[torch.Size] = []
+    handle = webui.models.current.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    try:
+        p = StableDiffusionProcessingTxt2Img(prompt="a cat", seed=1, steps=2, width=64, height=64, enable_hr=True,
+                                             hr_scale=1.5, denoising_strength=0.5, do_not_save_samples=True)
+        result = process_images(webui, p)
+    finally:
+        handle.remove()
+        webui.models.load("tiny.safetensors")
+    assert result.images[0].size == (96, 96)
+    assert {shape[1] for shape in seen} == {9}  # 4 noise channels + mask + grey-image latents, in both passes
+    assert {tuple(shape[2:]) for shape in seen} == {(8, 8), (12, 12)}
