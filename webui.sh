@@ -37,14 +37,16 @@ if [ "$skip_install" = 0 ]; then
     python -m pip install -q --upgrade pip
     $TORCH_COMMAND
   fi
-  # Re-runs skip pip when requirements.txt and constraints.txt are unchanged since the last install.
+  # Re-runs skip pip when the requirements files and constraints.txt are unchanged since the last install.
   stamp="$VENV_DIR/.requirements.sha256"
-  want=$(cat requirements.txt constraints.txt | sha256sum | cut -d' ' -f1)
+  want=$(cat requirements.txt requirements-nodeps.txt constraints.txt | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "Installing requirements.txt"
     python -m pip install -q -r requirements.txt -c constraints.txt
     # openai-clip ships CLIP's BPE vocabulary; its own deps (torchvision) are not needed for the tokenizer.
     python -m pip install -q --no-deps openai-clip==1.0.1
+    # Packages whose declared dependencies are not wanted (spandrel -> torchvision); their real ones are above.
+    python -m pip install -q --no-deps -r requirements-nodeps.txt -c constraints.txt
     echo "$want" > "$stamp"
   fi
 fi

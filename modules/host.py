@@ -26,6 +26,7 @@ from modules.sd_vae import VaeManager
 from modules.state import JobState
 from modules.styles import StyleDatabase
 from modules.textual_inversion import EmbeddingDatabase
+from modules.upscalers import UpscalerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class WebUI:
     models: Any = None  # modules.sd_models.ModelManager
     extensions: list[Extension] = field(default_factory=list)
     embeddings: EmbeddingDatabase = field(default_factory=EmbeddingDatabase)
+    # Lanczos, Nearest and the upscaler model files (hires fix, SD upscale, Extras); `create` points it at models/.
+    upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
     queue_lock: threading.Lock = field(default_factory=threading.Lock)
     # Named objects extensions publish for others (e.g. "lora" -> the Lora extension's engine).
     services: Services = field(default_factory=Services)
@@ -109,6 +112,7 @@ class WebUI:
         webui.vae = VaeManager(Path(args.vae_dir) if args.vae_dir else paths.models_dir / "VAE", paths.ckpt_dir,
                                webui.options, webui.cache)
         device = default_device(args.device)
+        webui.upscalers = UpscalerRegistry(paths.models_dir, device=device)
         webui.models = sd_models.ModelManager(
             paths=paths,
             options=webui.options,

@@ -100,18 +100,19 @@ IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 def encode_image(image: Image.Image, infotext: str | None = None, extension: str = "png", quality: int = 80,
-                 lossless: bool = False) -> bytes:
+                 lossless: bool = False, extra: dict[str, str] | None = None) -> bytes:
     """`image` encoded as `extension` (png, jpg/jpeg, webp: A1111's `samples_format`).
 
     PNG keeps `infotext` in its `parameters` chunk; JPEG and WebP in the EXIF UserComment ("UNICODE" + UTF-16
     big-endian, as A1111 writes it), which `read_info_from_image` reads back. `quality` is A1111's `jpeg_quality`
-    (JPEG and lossy WebP); `lossless` its `webp_lossless`. ValueError for another extension.
+    (JPEG and lossy WebP); `lossless` its `webp_lossless`; `extra` goes into more PNG text chunks (Extras:
+    `postprocessing`; other formats drop it). ValueError for another extension.
     """
     kind = IMAGE_FORMATS.get(extension.lower().lstrip("."))
     if kind is None:
         raise ValueError(f"unsupported image format {extension!r}; use one of {', '.join(IMAGE_FORMATS)}")
     if kind == "PNG":
-        return image_to_png_bytes(image, infotext)
+        return image_to_png_bytes(image, infotext, extra)
     kwargs: dict[str, Any] = {"quality": int(quality)}
     if kind == "WEBP" and lossless:
         kwargs = {"lossless": True, "quality": 100}
@@ -133,14 +134,16 @@ def save_image(
     pnginfo_enabled: bool = True,
     quality: int = 80,
     lossless: bool = False,
+    extra: dict[str, str] | None = None,
 ) -> Path:
     """Save `image` as `folder/NNNNN-SEED.<extension>` (NNNNN = next free number) atomically; return the path.
 
-    With `pnginfo_enabled` the infotext is stored in the file (A1111's option `enable_pnginfo`); see `encode_image`
-    for the formats, `quality` and `lossless`.
+    With `pnginfo_enabled` the infotext (and `extra`) is stored in the file (A1111's option `enable_pnginfo`); see
+    `encode_image` for the formats, `quality`, `lossless` and `extra`.
     """
     extension = extension.lower().lstrip(".")
-    data = encode_image(image, infotext if pnginfo_enabled else None, extension, quality, lossless)
+    data = encode_image(image, infotext if pnginfo_enabled else None, extension, quality, lossless,
+                        extra if pnginfo_enabled else None)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     number = next_sequence_number(folder)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from modules import extra_networks, images, infotext, sd_samplers
+from modules import extra_networks, images, infotext, sd_samplers, upscalers
 from modules.generation_state import GenerationState
 from modules.prompt_encoding import EMPHASIS_MODES, Conditioning, PromptEncoder
 from modules.tiling import circular_padding
+from modules.upscalers import UpscalerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,6 @@ LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
     "Latent (bicubic antialiased)": ("bicubic", True),
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
-}
-# Image-space upscalers: decode, resize with PIL, encode again.
-IMAGE_UPSCALERS: dict[str, Image.Resampling] = {
-    "None": Image.Resampling.LANCZOS,
-    "Lanczos": Image.Resampling.LANCZOS,
-    "Nearest": Image.Resampling.NEAREST,
 }
 USE_SAME_SAMPLER = "Use same sampler"
 USE_SAME_SCHEDULER = "Use same scheduler"
@@ -74,14 +69,22 @@ class ProcessingError(ValueError):
     """A request that cannot be run; the message says which field is wrong and what is allowed."""
 
 
-def upscaler_names() -> list[str]:
-    """Hires upscalers: the latent modes, then the image-space ones."""
-    return [*LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS]
+def upscaler_names(registry: UpscalerRegistry | None = None) -> list[str]:
+    """Hires upscalers: the latent modes, then the image-space ones of `registry` (decode, upscale, encode again;
+    without a registry: the built-in None, Lanczos and Nearest)."""
+    return [*LATENT_UPSCALE_MODES, *(registry.names() if registry is not None else upscalers.BUILTIN)]
 
 
 @dataclass
 class StableDiffusionProcessingTxt2Img:
-    """A txt2img request (field names = the A1111 API body) plus the run-time state filled while it runs."""
+    """A txt2img request (field names = the A1111 API body) plus the run-time state filled while it runs.
+
+    Subclasses (img2img: `modules.img2img.StableDiffusionProcessingImg2Img`) change the steps through the hooks
+    `mode`, `init`, `sample` and `postprocess_image`; everything else (prompts, extra networks, seeds, encoding,
+    sampling loop, infotext, saving) is this class's, so LoRA tags work the same in every mode.
+    """
+
+    mode: ClassVar[str] = "txt2img"  # job name, log label, outputs/{mode}-images, option outdir_{mode}_samples
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -210,9 +213,9 @@ class StableDiffusionProcessingTxt2Img:
                 self.hr_scheduler = hr_schedule
 
         if self.enable_hr:
-            if self.hr_upscaler not in upscaler_names():
-                errors.append(f"unknown hr_upscaler {self.hr_upscaler!r}; valid upscalers: "
-                              + ", ".join(upscaler_names()))
+            names = upscaler_names(webui.upscalers)
+            if self.hr_upscaler not in names:
+                errors.append(f"unknown hr_upscaler {self.hr_upscaler!r}; valid upscalers: " + ", ".join(names))
             for name in ("hr_resize_x", "hr_resize_y"):
                 value = getattr(self, name)
                 if not isinstance(value, int) or value < 0 or value % 8 != 0:
@@ -261,6 +264,24 @@ class StableDiffusionProcessingTxt2Img:
         """The hires pass's schedule type."""
         return self.scheduler if self.hr_scheduler in (None, "", USE_SAME_SCHEDULER) else self.hr_scheduler
 
+    # ---- hooks of the generation modes --------------------------------------------------------------------------
+
+    def init(self, webui: Any, model: Any) -> None:
+        """Mode-specific set-up once prompts and seeds are set (txt2img: nothing)."""
+
+    def sample(self, webui: Any, model: Any, denoiser: Denoiser, encoder: PromptEncoder) -> torch.Tensor:
+        """The latents of the current batch (`self.prompts`, `self.seeds`, ...): txt2img's first pass, then the
+        hires pass when enabled."""
+        latents = _first_pass(webui, self, model, denoiser, encoder)
+        if self.enable_hr and not denoiser.interrupted and not webui.state.skipped:
+            webui.state.job_no += 1
+            latents = _hires_pass(webui, self, model, denoiser, encoder, latents)
+        return latents
+
+    def postprocess_image(self, image: Image.Image, index: int) -> Image.Image:
+        """A decoded image of the current batch (`index` within it) before it is saved (txt2img: unchanged)."""
+        return image
+
 
 def _is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -300,6 +321,7 @@ class Processed:
     styles: list[str] = field(default_factory=list)
     job_timestamp: str = ""
     clip_skip: int = 1
+    is_using_inpainting_conditioning: bool = False
 
     @property
     def info(self) -> str:
@@ -340,7 +362,7 @@ class Processed:
             "styles": self.styles,
             "job_timestamp": self.job_timestamp,
             "clip_skip": self.clip_skip,
-            "is_using_inpainting_conditioning": False,
+            "is_using_inpainting_conditioning": self.is_using_inpainting_conditioning,
             "version": infotext.VERSION,
             "comments": "".join(f"{comment}\n" for comment in self.comments),
             "interrupted": self.interrupted,
@@ -427,6 +449,38 @@ def vae_scale_factor(model: Any) -> int:
     return 2 ** (len(model.vae.config.block_out_channels) - 1)
 
 
+def latent_channels(model: Any) -> int:
+    """Channels of the VAE's latents (4 for SD1/SD2/SDXL; an inpainting UNet takes 4 + 1 + 4 on its input)."""
+    return int(model.vae.config.latent_channels)
+
+
+def inpainting_conditioning(model: Any, source: torch.Tensor, mask: torch.Tensor | None,
+                            latent_size: tuple[int, int], mask_weight: float = 1.0) -> torch.Tensor:
+    """The 5 extra input channels of an inpainting (9-channel) UNet, as A1111 builds them: the mask (1 = repaint,
+    resized to the latent size) then the VAE latents of the source image with the masked part blanked.
+
+    `source`: (B, 3, H, W) in [-1, 1]; `mask`: (B or 1, 1, H, W) in [0, 1], None = repaint everything;
+    `mask_weight` (A1111's `inpainting_mask_weight`) 1 blanks the masked area fully, 0 keeps the whole image.
+    Returns (B, 5, h, w) float32 on the CPU.
+    """
+    if mask is None:
+        mask = torch.ones((1, 1, *source.shape[-2:]), dtype=torch.float32)
+    blanked = torch.lerp(source, source * (1.0 - mask), mask_weight)
+    latents = encode_tensors(model, blanked).cpu()
+    small = F.interpolate(mask, size=latent_size).expand(latents.shape[0], -1, -1, -1)
+    return torch.cat([small, latents], dim=1)
+
+
+def txt2img_conditioning(model: Any, batch: int, width: int, height: int) -> torch.Tensor | None:
+    """For an inpainting UNet in txt2img: "repaint everything" over a mid-grey image (A1111's choice); None for
+    the other models."""
+    if not model.is_inpainting:
+        return None
+    factor = vae_scale_factor(model)
+    grey = torch.zeros((batch, 3, height, width), dtype=torch.float32)
+    return inpainting_conditioning(model, grey, None, (height // factor, width // factor))
+
+
 def latent_preview(latent: torch.Tensor, family: str) -> Image.Image:
     """A cheap RGB image of one latent (C, H, W) by a linear map per channel (no VAE)."""
     factors, bias = LATENT_RGB_FACTORS["SDXL" if family == "SDXL" else "SD1"]
@@ -459,17 +513,26 @@ def decode_latents(model: Any, latents: torch.Tensor) -> list[Image.Image]:
     return results
 
 
+def images_to_tensor(pil_images: list[Image.Image]) -> torch.Tensor:
+    """(B, 3, H, W) float32 in [-1, 1] from RGB images of one size."""
+    arrays = [torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+              for img in pil_images]
+    return torch.stack(arrays)
+
+
 @torch.no_grad()
-def encode_images(model: Any, pil_images: list[Image.Image]) -> torch.Tensor:
-    """VAE-encode PIL images to scaled latents (the distribution's mean, so encoding is deterministic)."""
+def encode_tensors(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """VAE-encode (B, 3, H, W) pixels in [-1, 1] to scaled latents (the distribution's mean: deterministic)."""
     vae = model.vae
     scaling = float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    arrays = [torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-              for img in pil_images]
-    x = torch.stack(arrays).to(device=_device_of(vae), dtype=vae.dtype)
-    latents = vae.encode(x).latent_dist.mode().float()
+    latents = vae.encode(x.to(device=_device_of(vae), dtype=vae.dtype)).latent_dist.mode().float()
     return (latents - shift) * scaling
+
+
+def encode_images(model: Any, pil_images: list[Image.Image]) -> torch.Tensor:
+    """VAE-encode PIL images to scaled latents (the distribution's mean, so encoding is deterministic)."""
+    return encode_tensors(model, images_to_tensor(pil_images))
 
 
 # ---- the denoising loop ------------------------------------------------------------------------------------------
@@ -487,6 +550,11 @@ class PassInputs:
     # Encodes (cond, uncond) again; called when a step callback changed the text encoders' weights and set
     # `p.generation_state.conditioning_stale` (LoRA text-encoder weight schedules).
     encode: Callable[[], tuple[Conditioning, Conditioning]] | None = None
+    # Inpainting UNets: (B, 5, h, w) mask + masked-image latents appended to the UNet input's channels.
+    image_conditioning: torch.Tensor | None = None
+    # Called after every sampler step but the last with (latents, index of the step's timestep): inpainting
+    # with the mask blends the re-noised original back in outside the mask there.
+    after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None
 
 
 class Denoiser:
@@ -509,6 +577,8 @@ class Denoiser:
         unet = self.model.unet
         dtype, device = unet.dtype, self.model.device
         cond, uncond = inputs.cond, inputs.uncond
+        if inputs.image_conditioning is not None:
+            x = torch.cat([x, inputs.image_conditioning.to(device=x.device, dtype=x.dtype)], dim=1)
         if cond.hidden.shape == uncond.hidden.shape:
             hidden = torch.cat([uncond.hidden, cond.hidden]).to(device=device, dtype=dtype)
             pooled = torch.cat([uncond.pooled, cond.pooled]) if cond.pooled is not None else None
@@ -556,6 +626,8 @@ class Denoiser:
                 model_output = self.predict(x_in, t, inputs)
                 out = scheduler.step(model_output, t, x, **kwargs)
                 x = out.prev_sample
+                if inputs.after_step is not None and index + 1 < len(timesteps):
+                    x = inputs.after_step(x, index + 1)
                 estimate = getattr(out, "pred_original_sample", None)
                 denoised = estimate if estimate is not None else x
                 state.sampling_step = min(step + 1, total_steps)
@@ -565,16 +637,18 @@ class Denoiser:
         return x
 
 
-def upscale_latents(model: Any, latents: torch.Tensor, upscaler: str, width: int, height: int) -> torch.Tensor:
-    """Latents resized to `width` x `height` pixels with a latent mode or an image-space upscaler."""
+def upscale_latents(model: Any, latents: torch.Tensor, upscaler: str, width: int, height: int,
+                    registry: UpscalerRegistry) -> torch.Tensor:
+    """Latents resized to `width` x `height` pixels with a latent mode or an image-space upscaler of `registry`."""
     factor = vae_scale_factor(model)
     size = (height // factor, width // factor)
     if upscaler in LATENT_UPSCALE_MODES:
         mode, antialias = LATENT_UPSCALE_MODES[upscaler]
         kwargs = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
         return F.interpolate(latents, size=size, mode=mode, **kwargs)
-    resample = IMAGE_UPSCALERS[upscaler]
-    pictures = [img.resize((size[1] * factor, size[0] * factor), resample) for img in decode_latents(model, latents)]
+    entry = registry.find(upscaler)
+    pictures = [registry.upscale_to(img, entry, size[1] * factor, size[0] * factor)
+                for img in decode_latents(model, latents)]
     return encode_images(model, pictures)
 
 
@@ -741,7 +815,7 @@ def _sampler_seeds(webui: Any, seeds: list[int]) -> list[int]:
     return [(seed + delta) % 2**64 for seed in seeds] if delta else list(seeds)
 
 
-def _sampler_generators(webui: Any, generators: list[torch.Generator], seeds: list[int]) -> list[torch.Generator]:
+def sampler_generators(webui: Any, generators: list[torch.Generator], seeds: list[int]) -> list[torch.Generator]:
     """The generators of the noise samplers add at each step (ancestral, SDE): the ones continuing the initial
     noise's streams, or with ENSD set, fresh CPU generators seeded `seed + ENSD` (A1111's ENSD)."""
     if not _ensd(webui):
@@ -767,27 +841,39 @@ def _schedule_label(p: StableDiffusionProcessingTxt2Img, sampler: sd_samplers.Sa
 def _first_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, denoiser: Denoiser,
                 encoder: PromptEncoder) -> torch.Tensor:
     """Activate the batch's extra networks, encode its prompts and sample from seeded noise."""
+    inputs = first_pass_inputs(webui, p, encoder)
+    inputs.image_conditioning = txt2img_conditioning(model, len(p.prompts), p.width, p.height)
+    factor = vae_scale_factor(model)
+    shape = (latent_channels(model), p.height // factor, p.width // factor)
+    noise, generators = batch_noise(p, shape, factor)
+    generators = sampler_generators(webui, generators, p.seeds)
+    scheduler = first_pass_scheduler(webui, p, model)
+    scheduler.set_timesteps(p.steps, device=model.device)
+    latents = noise.to(model.device) * scheduler.init_noise_sigma
+    return denoiser.run(scheduler, scheduler.timesteps, latents, inputs, generators, "Sampling")
+
+
+def first_pass_inputs(webui: Any, p: StableDiffusionProcessingTxt2Img, encoder: PromptEncoder) -> PassInputs:
+    """Parse the current batch's prompts, activate their extra networks (LoRA tags) and encode them: the inputs
+    of the first sampling pass of every mode (image conditioning and step hooks left for the mode to set)."""
     prompts, data = extra_networks.parse_prompts(p.prompts)
     if p.disable_extra_networks:  # tags removed from the text, nothing applied (LoRAs still merged are removed)
         data = {}
     p.extra_network_data = data
     webui.extra_networks.activate(p, data)
     cond = _encode(p, encoder, prompts, data, "cond")
-    uncond = _encode(p, encoder, _strip_tags(p.negative_prompts), data, "uncond")
-    factor = vae_scale_factor(model)
-    shape = (int(model.unet.config.in_channels), p.height // factor, p.width // factor)
-    noise, generators = batch_noise(p, shape, factor)
-    generators = _sampler_generators(webui, generators, p.seeds)
+    negatives = _strip_tags(p.negative_prompts)
+    uncond = _encode(p, encoder, negatives, data, "uncond")
+    return PassInputs(cond, uncond, p.cfg_scale, p.width, p.height,
+                      encode=lambda: (encoder.encode(prompts), encoder.encode(negatives, is_negative=True)))
+
+
+def first_pass_scheduler(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Any:
+    """A fresh diffusers scheduler for the request's sampler and schedule type (timesteps not set yet)."""
     sampler = sd_samplers.find_sampler(p.sampler_name)
     assert sampler is not None  # validated
-    scheduler = sd_samplers.create_scheduler(sampler, model.scheduler_config, model.prediction_type,
-                                             p.scheduler, _sampler_seeds(webui, p.seeds), eta=_eta(webui))
-    scheduler.set_timesteps(p.steps, device=model.device)
-    latents = noise.to(model.device) * scheduler.init_noise_sigma
-    negatives = _strip_tags(p.negative_prompts)
-    inputs = PassInputs(cond, uncond, p.cfg_scale, p.width, p.height,
-                        encode=lambda: (encoder.encode(prompts), encoder.encode(negatives, is_negative=True)))
-    return denoiser.run(scheduler, scheduler.timesteps, latents, inputs, generators, "Sampling")
+    return sd_samplers.create_scheduler(sampler, model.scheduler_config, model.prediction_type,
+                                        p.scheduler, _sampler_seeds(webui, p.seeds), eta=_eta(webui))
 
 
 def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, denoiser: Denoiser,
@@ -807,7 +893,7 @@ def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
         uncond = _encode(p, encoder, _strip_tags(hr_negatives), data, "hr_uncond")
         factor = vae_scale_factor(model)
         target_w, target_h = p.hr_upscale_to_x, p.hr_upscale_to_y
-        latents = upscale_latents(model, latents, p.hr_upscaler, target_w, target_h)
+        latents = upscale_latents(model, latents, p.hr_upscaler, target_w, target_h, webui.upscalers)
         if p.hr_resize_x and p.hr_resize_y:  # crop the excess of the aspect-preserving resize
             crop_x = (target_w - p.hr_resize_x) // factor
             crop_y = (target_h - p.hr_resize_y) // factor
@@ -817,7 +903,7 @@ def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
             return latents
         shape = tuple(latents.shape[1:])
         noise, generators = batch_noise(p, shape, factor)  # type: ignore[arg-type]
-        generators = _sampler_generators(webui, generators, p.seeds)
+        generators = sampler_generators(webui, generators, p.seeds)
         sampler = sd_samplers.find_sampler(p.effective_hr_sampler())
         assert sampler is not None
         scheduler = sd_samplers.create_scheduler(sampler, model.scheduler_config, model.prediction_type,
@@ -832,15 +918,18 @@ def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
         height, width = latents.shape[2] * factor, latents.shape[3] * factor
         hr_negative_texts = _strip_tags(hr_negatives)
         inputs = PassInputs(cond, uncond, p.cfg_scale, width, height,
-                            encode=lambda: (encoder.encode(prompts), encoder.encode(hr_negative_texts, is_negative=True)))
+                            encode=lambda: (encoder.encode(prompts), encoder.encode(hr_negative_texts, is_negative=True)),
+                            image_conditioning=txt2img_conditioning(model, len(hr_prompts), width, height))
         return denoiser.run(scheduler, timesteps, noisy, inputs, generators, "Hires")
     finally:
         p.is_hr_pass = False
 
 
-def _save_folder(webui: Any) -> Path:
-    custom = webui.options.get("outdir_txt2img_samples")
-    root = Path(custom) if custom else Path(webui.paths.outputs_dir) / "txt2img-images"
+def samples_folder(webui: Any, mode: str) -> Path:
+    """outputs/{mode}-images/DATE, or the folder of option `outdir_{mode}_samples` when it is set."""
+    key = f"outdir_{mode}_samples"
+    custom = webui.options.get(key) if key in webui.options.infos else None
+    root = Path(custom) if custom else Path(webui.paths.outputs_dir) / f"{mode}-images"
     return images.dated_folder(root)
 
 
@@ -862,6 +951,7 @@ def process_images(webui: Any, p: StableDiffusionProcessingTxt2Img) -> Processed
             p.tiling = bool(webui.options.get("tiling"))
         _prepare(p, model)
         _apply_styles(webui, p)
+        p.init(webui, model)
         webui.callbacks.run("before_process", p, on_error=lambda message: extra_networks.add_comment(p, message))
         processed = _process(webui, p, model)
     webui.callbacks.run("after_process", p, processed)
@@ -891,11 +981,11 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
     all_images: list[Image.Image] = []
     infotexts: list[str] = []
     saved: list[Path] = []
-    log.info("txt2img: %d image(s) %dx%d, %s (%s), %d steps, CFG %s, seed %d%s, model %s",
-             p.batch_size * p.n_iter, p.width, p.height, p.sampler_name, p.used_schedule, p.steps, p.cfg_scale,
+    log.info("%s: %d image(s) %dx%d, %s (%s), %d steps, CFG %s, seed %d%s, model %s",
+             p.mode, p.batch_size * p.n_iter, p.width, p.height, p.sampler_name, p.used_schedule, p.steps, p.cfg_scale,
              p.all_seeds[0], f", hires to {p.hr_upscale_to_x}x{p.hr_upscale_to_y}" if p.enable_hr else "",
              model_name(model))
-    state.begin("txt2img", job_count=p.n_iter * (2 if p.enable_hr else 1))
+    state.begin(p.mode, job_count=p.n_iter * (2 if p.enable_hr else 1))
     activated = False
     try:
         with torch.no_grad():
@@ -914,18 +1004,16 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                 activated = True
                 state.skipped = False  # `POST /skip` ends the current batch's sampling; the next one runs
                 with circular_padding(model, bool(p.tiling)):
-                    latents = _first_pass(webui, p, model, denoiser, encoder)
-                    if p.enable_hr and not denoiser.interrupted and not state.skipped:
-                        state.job_no += 1
-                        latents = _hires_pass(webui, p, model, denoiser, encoder, latents)
+                    latents = p.sample(webui, model, denoiser, encoder)
                     batch_images = decode_latents(model, latents)
                 for offset, image in enumerate(batch_images):
                     index = start + offset
+                    image = p.postprocess_image(image, offset)
                     text = create_infotext(p, webui, index)
                     all_images.append(image)
                     infotexts.append(text)
                     if save:
-                        saved.append(images.save_image(image, _save_folder(webui), seed=p.all_seeds[index],
+                        saved.append(images.save_image(image, samples_folder(webui, p.mode), seed=p.all_seeds[index],
                                                        infotext=text,
                                                        pnginfo_enabled=bool(options.get("enable_pnginfo")),
                                                        extension=str(options.get("samples_format")),
@@ -966,9 +1054,10 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
         sd_vae_hash=webui.vae.file_hash(vae_file) if vae_file is not None else None,
         seed_resize_from_w=p.seed_resize_from_w,
         seed_resize_from_h=p.seed_resize_from_h,
-        denoising_strength=p.denoising_strength if p.enable_hr else None,
+        denoising_strength=p.extra_generation_params.get("Denoising strength"),
         extra_generation_params=dict(p.extra_generation_params),
         styles=list(p.styles),
         job_timestamp=p.job_timestamp,
         clip_skip=clip_skip,
+        is_using_inpainting_conditioning=bool(model.is_inpainting),
     )

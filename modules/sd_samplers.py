@@ -275,17 +275,20 @@ def step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, 
     return {}
 
 
-def img2img_timesteps(scheduler: Any, steps: int, denoising_strength: float, device: torch.device) -> torch.Tensor:
+def img2img_timesteps(scheduler: Any, steps: int, denoising_strength: float, device: torch.device,
+                      total: int | None = None) -> torch.Tensor:
     """Set up `scheduler` for a pass that starts from a noised image and runs exactly `steps` steps.
 
     As A1111 does for hires fix: the schedule is built for `steps / denoising_strength` steps and only its
-    last `steps` are run. Returns the timesteps to run (for second-order samplers, two per step but the last).
+    last `steps` are run. With `total` (img2img: the requested steps) the schedule has `total` steps and its last
+    `steps` run (A1111 img2img: `int(denoising_strength * steps)` of them). Returns the timesteps to run (for
+    second-order samplers, two per step but the last).
     """
     strength = min(max(denoising_strength, 1e-3), 0.999)
     if isinstance(scheduler, LCMScheduler):  # LCM picks its steps inside the first `strength` of its schedule
-        scheduler.set_timesteps(steps, device=device, strength=strength)
+        scheduler.set_timesteps(total or steps, device=device, strength=strength)
         return scheduler.timesteps
-    total = max(int(steps / strength), steps)
+    total = max(total or int(steps / strength), steps)
     scheduler.set_timesteps(total, device=device)
     start = (total - steps) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):

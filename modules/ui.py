@@ -1,4 +1,6 @@
-"""The Gradio 6 UI shell: checkpoint picker, txt2img, PNG Info and Settings tabs, extension tabs and assets.
+"""The Gradio 6 UI shell: checkpoint picker, txt2img, img2img, Extras, PNG Info and Settings tabs, extension tabs
+and assets. The img2img and Extras tabs live in `modules.ui_img2img`, built from this module's txt2img builders
+(`build_prompt_row`, `build_sampling_settings`, `build_results`, `wire_generation`, `build_extra_networks`).
 
 `mount_ui(app, webui)` builds the Blocks and mounts them at `/` of the FastAPI app, with the host's
 `javascript/*.js` and `style.css` and every extension's `javascript/*.js` and `style.css` served under
@@ -216,14 +218,15 @@ class Txt2ImgControls:
         return list(self.fields.values())
 
 
-def _sampler_names() -> tuple[list[str], list[str], list[str]]:
+def _sampler_names(webui: Any) -> tuple[list[str], list[str], list[str]]:
     """(samplers, schedule types, hires upscalers) as the processing code names them."""
     from modules import processing, sd_samplers  # noqa: PLC0415
 
-    return sd_samplers.sampler_names(), sd_samplers.schedule_type_names(), processing.upscaler_names()
+    return (sd_samplers.sampler_names(), sd_samplers.schedule_type_names(),
+            processing.upscaler_names(webui.upscalers))
 
 
-def _build_extra_networks(webui: Any, tabname: str) -> None:
+def build_extra_networks(webui: Any, tabname: str) -> None:
     pages = _all_extra_network_pages(webui)
     with gr.Accordion("Extra networks", open=bool(pages), elem_id=f"{tabname}_extra_networks"):
         if not pages:
@@ -264,7 +267,7 @@ def _page_refresher(page: Any, tabname: str) -> Callable[[], str]:
     return refresh
 
 
-def _infotext_html(infotext: str) -> str:
+def infotext_html(infotext: str) -> str:
     return f"<div class='webui-infotext'><p>{html.escape(infotext).replace(chr(10), '<br>')}</p></div>"
 
 
@@ -278,24 +281,36 @@ def _comments_html(comments: Any) -> str:
     return "".join(f"<p class='webui-comment'>{html.escape(str(c))}</p>" for c in comments)
 
 
-def generate_txt2img(webui: Any, names: list[str], values: list[Any]) -> tuple[list[Any], str, str, str]:
-    """Run one generation from UI values; returns (gallery images, info JSON, infotext HTML, comments HTML).
-
-    Bad input raises `gr.Error` with the message (shown in the browser; the server keeps serving).
-    """
+def ui_request(webui: Any, model: type[models.Txt2ImgRequest], names: list[str], values: list[Any],
+                **extra: Any) -> Any:
+    """A request model from UI values (None: the field's default); `gr.Error` with the message when invalid."""
     data = {name: value for name, value in zip(names, values) if value is not None}  # unrendered: defaults
     if data.get("hr_sampler_name") == "":
         data.pop("hr_sampler_name")
     data["save_images"] = bool(webui.options.get("samples_save"))
     data["sampler_index"] = data.get("sampler_name") or "Euler"
+    data.update(extra)
     try:
-        req = models.Txt2ImgRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise gr.Error(validation_message(exc)) from exc
+
+
+def generate_txt2img(webui: Any, names: list[str], values: list[Any]) -> tuple[list[Any], str, str, str]:
+    """Run one generation from UI values; returns (gallery images, info JSON, infotext HTML, comments HTML).
+
+    Bad input raises `gr.Error` with the message (shown in the browser; the server keeps serving).
+    """
+    req = ui_request(webui, models.Txt2ImgRequest, names, values)
     try:
         processed = run_txt2img(webui, req)
     except ApiError as exc:
         raise gr.Error(str(exc.detail)) from exc
+    return gallery_outputs(processed)
+
+
+def gallery_outputs(processed: Any) -> tuple[list[Any], str, str, str]:
+    """(gallery images with their infotext, info JSON, first infotext as HTML, comments HTML) of a result."""
     infotexts = list(processed.infotexts)
     images = []
     for i, image in enumerate(processed.images):
@@ -303,45 +318,116 @@ def generate_txt2img(webui: Any, names: list[str], values: list[Any]) -> tuple[l
             image.info["parameters"] = infotexts[i]  # the gallery's PNG keeps text chunks: downloads carry it
         images.append(image)
     first = infotexts[0] if infotexts else ""
-    return images, processed.js(), _infotext_html(first), _comments_html(getattr(processed, "comments", None))
+    return images, processed.js(), infotext_html(first), _comments_html(getattr(processed, "comments", None))
+
+
+@dataclass
+class ResultArea:
+    """The output column of a generation tab: progress bar, gallery, info JSON, infotext and comments."""
+
+    gallery: Any
+    generation_info: Any
+    html_info: Any
+    html_log: Any
+
+    def outputs(self) -> list[Any]:
+        """The components a generation handler fills, in `gallery_outputs` order."""
+        return [self.gallery, self.generation_info, self.html_info, self.html_log]
+
+
+def build_prompt_row(tabname: str, f: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Prompt and negative prompt boxes (`{tabname}_prompt`, `{tabname}_neg_prompt`: the ids the Lora cards and
+    `webuiInsertPrompt` use) with the Generate, Interrupt and Skip buttons; returns (generate, interrupt, skip)."""
+    with gr.Row(elem_id=f"{tabname}_toprow"):
+        with gr.Column(scale=6):
+            f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tabname}_prompt",
+                                     placeholder="Prompt (<lora:name:0.8> tags apply LoRAs)")
+            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tabname}_neg_prompt",
+                                              placeholder="Negative prompt")
+        with gr.Column(scale=1, min_width=160, elem_id=f"{tabname}_actions_column"):
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{tabname}_generate")
+            interrupt = gr.Button("Interrupt", elem_id=f"{tabname}_interrupt")
+            skip = gr.Button("Skip", elem_id=f"{tabname}_skip")
+    return generate, interrupt, skip
+
+
+def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any]) -> Any:
+    """Sampler, schedule type, steps, size, batch, CFG, seed and clip skip controls; returns the random-seed
+    button."""
+    samplers, schedules, _ = _sampler_names(webui)
+    with gr.Row():
+        f["sampler_name"] = gr.Dropdown(samplers, value="Euler" if "Euler" in samplers else samplers[0],
+                                        label="Sampling method", elem_id=f"{tabname}_sampling")
+        f["scheduler"] = gr.Dropdown(schedules, value=schedules[0], label="Schedule type",
+                                     elem_id=f"{tabname}_scheduler")
+    f["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tabname}_steps")
+    with gr.Row():
+        f["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{tabname}_width")
+        f["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{tabname}_height")
+    with gr.Row():
+        f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tabname}_batch_count")
+        f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tabname}_batch_size")
+    f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tabname}_cfg_scale")
+    with gr.Row():
+        f["seed"] = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{tabname}_seed", scale=4)
+        random_seed = gr.Button("\u2684", elem_id=f"{tabname}_random_seed", scale=0, min_width=40)
+        f["clip_skip"] = gr.Slider(1, 12, value=int(webui.options.get("CLIP_stop_at_last_layers")), step=1,
+                                   label="Clip skip", elem_id=f"{tabname}_clip_skip", scale=3)
+    return random_seed
+
+
+def build_results(tabname: str) -> ResultArea:
+    """Progress bar (javascript/ui.js fills it), gallery and infotext of a generation tab."""
+    gr.HTML(f"<div class='webui-progress' data-tab='{tabname}'></div>", elem_id=f"{tabname}_progress")
+    gallery = gr.Gallery(label="Output", elem_id=f"{tabname}_gallery", format="png", columns=2, height="auto",
+                         show_label=False)
+    generation_info = gr.Textbox(visible=False, elem_id=f"generation_info_{tabname}")
+    html_info = gr.HTML(elem_id=f"html_info_{tabname}")
+    html_log = gr.HTML(elem_id=f"html_log_{tabname}")
+    return ResultArea(gallery, generation_info, html_info, html_log)
+
+
+def wire_generation(webui: Any, tabname: str, run: Callable[..., Any], inputs: list[Any], prompt: Any,
+                    generate: Any, interrupt: Any, skip: Any, random_seed: Any, seed: Any,
+                    results: ResultArea) -> None:
+    """Generate (button and Enter in the prompt, with the progress bar), Interrupt, Skip (ends the current image
+    of a batch), random seed and gallery selection showing the selected image's infotext."""
+    event_args = {"fn": run, "inputs": inputs, "outputs": results.outputs(),
+                  "js": f"(...args) => {{ webuiStartProgress('{tabname}'); return args; }}",
+                  "show_progress": "minimal", "concurrency_id": tabname}
+    for trigger, api_name, visibility in ((generate.click, tabname, "public"),
+                                          (prompt.submit, f"{tabname}_submit", "undocumented")):
+        trigger(api_name=api_name, api_visibility=visibility, **event_args).then(
+            fn=None, js=f"() => {{ webuiStopProgress('{tabname}'); }}", api_visibility="undocumented")
+    interrupt.click(lambda: webui.state.interrupt(), queue=False, show_progress="hidden",
+                    api_name="interrupt" if tabname == "txt2img" else f"{tabname}_interrupt")
+    skip.click(lambda: webui.state.skip(), queue=False, show_progress="hidden",
+               api_name="skip" if tabname == "txt2img" else f"{tabname}_skip")
+    random_seed.click(lambda: -1, outputs=[seed], show_progress="hidden", queue=False,
+                      api_visibility="undocumented")
+
+    def select_image(info: str, evt: gr.SelectData) -> str:
+        try:
+            infotexts = json.loads(info or "{}").get("infotexts") or []
+        except json.JSONDecodeError:
+            return gr.update()
+        index = evt.index if isinstance(evt.index, int) else 0
+        return infotext_html(infotexts[index]) if 0 <= index < len(infotexts) else gr.update()
+
+    results.gallery.select(select_image, inputs=[results.generation_info], outputs=[results.html_info],
+                           show_progress="hidden", api_visibility="undocumented")
 
 
 def _build_txt2img(webui: Any) -> Txt2ImgControls:
     controls = Txt2ImgControls()
     f = controls.fields
-    samplers, schedules, upscalers = _sampler_names()
-    with gr.Row(elem_id="txt2img_toprow"):
-        with gr.Column(scale=6):
-            f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
-                                     placeholder="Prompt (<lora:name:0.8> tags apply LoRAs)")
-            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt",
-                                              placeholder="Negative prompt")
-        with gr.Column(scale=1, min_width=160, elem_id="txt2img_actions_column"):
-            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-            interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
-            skip = gr.Button("Skip", elem_id="txt2img_skip")
+    samplers, _, upscalers = _sampler_names(webui)
+    generate, interrupt, skip = build_prompt_row("txt2img", f)
     styles = styles_box(webui, "txt2img", f["prompt"], f["negative_prompt"])
-    _build_extra_networks(webui, "txt2img")
+    build_extra_networks(webui, "txt2img")
     with gr.Row(elem_id="txt2img_settings_and_results"):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
-            with gr.Row():
-                f["sampler_name"] = gr.Dropdown(samplers, value="Euler" if "Euler" in samplers else samplers[0],
-                                                label="Sampling method", elem_id="txt2img_sampling")
-                f["scheduler"] = gr.Dropdown(schedules, value=schedules[0], label="Schedule type",
-                                             elem_id="txt2img_scheduler")
-            f["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-            with gr.Row():
-                f["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                f["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-            with gr.Row():
-                f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
-                f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
-            f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-            with gr.Row():
-                f["seed"] = gr.Number(value=-1, precision=0, label="Seed", elem_id="txt2img_seed", scale=4)
-                random_seed = gr.Button("\u2684", elem_id="txt2img_random_seed", scale=0, min_width=40)
-                f["clip_skip"] = gr.Slider(1, 12, value=int(webui.options.get("CLIP_stop_at_last_layers")), step=1,
-                                           label="Clip skip", elem_id="txt2img_clip_skip", scale=3)
+            random_seed = build_sampling_settings(webui, "txt2img", f)
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
                 f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
                 with gr.Row():
@@ -365,12 +451,7 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
                 f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
                                                      placeholder="empty: the same negative prompt")
         with gr.Column(scale=1, elem_id="txt2img_results"):
-            gr.HTML("<div class='webui-progress' data-tab='txt2img'></div>", elem_id="txt2img_progress")
-            gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery", format="png", columns=2,
-                                 height="auto", show_label=False)
-            generation_info = gr.Textbox(visible=False, elem_id="generation_info_txt2img")
-            html_info = gr.HTML(elem_id="html_info_txt2img")
-            html_log = gr.HTML(elem_id="html_log_txt2img")
+            results = build_results("txt2img")
 
     f["styles"] = styles  # last, so the order of the other fields stays as it was
     names = controls.names()
@@ -378,29 +459,8 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
     def run(*values: Any) -> tuple[list[Any], str, str, str]:
         return generate_txt2img(webui, names, list(values))
 
-    event_args = {"fn": run, "inputs": controls.components(),
-                  "outputs": [gallery, generation_info, html_info, html_log],
-                  "js": "(...args) => { webuiStartProgress('txt2img'); return args; }",
-                  "show_progress": "minimal", "concurrency_id": "txt2img"}
-    for trigger, api_name, visibility in ((generate.click, "txt2img", "public"),
-                                          (f["prompt"].submit, "txt2img_submit", "undocumented")):
-        trigger(api_name=api_name, api_visibility=visibility, **event_args).then(
-            fn=None, js="() => { webuiStopProgress('txt2img'); }", api_visibility="undocumented")
-    interrupt.click(lambda: webui.state.interrupt(), queue=False, show_progress="hidden", api_name="interrupt")
-    skip.click(lambda: webui.state.skip(), queue=False, show_progress="hidden", api_name="skip")
-    random_seed.click(lambda: -1, outputs=[f["seed"]], show_progress="hidden", queue=False,
-                      api_visibility="undocumented")
-
-    def select_image(info: str, evt: gr.SelectData) -> str:
-        try:
-            infotexts = json.loads(info or "{}").get("infotexts") or []
-        except json.JSONDecodeError:
-            return gr.update()
-        index = evt.index if isinstance(evt.index, int) else 0
-        return _infotext_html(infotexts[index]) if 0 <= index < len(infotexts) else gr.update()
-
-    gallery.select(select_image, inputs=[generation_info], outputs=[html_info], show_progress="hidden",
-                   api_visibility="undocumented")
+    wire_generation(webui, "txt2img", run, controls.components(), f["prompt"], generate, interrupt, skip,
+                    random_seed, f["seed"], results)
     return controls
 
 
@@ -408,8 +468,8 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
 
 
 def _to_component_value(name: str, value: Any) -> Any:
-    """Infotext values are text; give each txt2img field the type its component expects."""
-    default = models.Txt2ImgRequest.model_fields[name].default
+    """Infotext values are text; give each txt2img/img2img field the type its component expects."""
+    default = models.Img2ImgRequest.model_fields[name].default
     if name == "styles":  # `Styles array` (the styles' infotext handling) is a list already
         return [str(v) for v in value] if isinstance(value, list) else [str(value)]
     if isinstance(default, bool):
@@ -422,9 +482,11 @@ def _to_component_value(name: str, value: Any) -> Any:
     return str(value)
 
 
-def params_to_updates(params: dict[str, Any], controls: Txt2ImgControls) -> list[Any]:
-    """One `gr.update` per txt2img component from parsed infotext parameters (fields not mentioned keep theirs)."""
-    values: dict[str, Any] = {}
+def params_to_updates(params: dict[str, Any], controls: Txt2ImgControls,
+                      extra: dict[str, Any] | None = None) -> list[Any]:
+    """One `gr.update` per component from parsed infotext parameters (fields not mentioned keep theirs); `extra`
+    holds component values computed by the caller (img2img's inpainting fields)."""
+    values: dict[str, Any] = dict(extra or {})
     for key, name in INFOTEXT_FIELDS.items():
         if key in params and name in controls.fields:
             try:
@@ -436,7 +498,9 @@ def params_to_updates(params: dict[str, Any], controls: Txt2ImgControls) -> list
     return [gr.update(value=values[name]) if name in values else gr.update() for name in controls.names()]
 
 
-def _build_pnginfo(webui: Any, controls: Txt2ImgControls, tabs: Any) -> None:
+def _build_pnginfo(webui: Any, controls: Txt2ImgControls, tabs: Any, img2img: Any = None) -> None:
+    """The PNG Info tab: read an image's parameters; "Send to txt2img" and (with `img2img`, a
+    `modules.ui_img2img.Img2ImgTab`) "Send to img2img", which also makes the image the init image."""
     with gr.Row(elem_id="pnginfo_page"):
         with gr.Column():
             image = gr.Image(type="pil", image_mode=None, sources=["upload", "clipboard"], label="Source",
@@ -444,7 +508,10 @@ def _build_pnginfo(webui: Any, controls: Txt2ImgControls, tabs: Any) -> None:
         with gr.Column():
             info_text = gr.Textbox(label="Parameters", lines=8, elem_id="pnginfo_generation_info",
                                    placeholder="Upload an image, or paste its parameters text here")
-            send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo_send_txt2img")
+            with gr.Row():
+                send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo_send_txt2img")
+                send_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img",
+                                         visible=img2img is not None)
             items_html = gr.HTML(elem_id="pnginfo_html")
 
     def read(img: Any) -> tuple[str, str]:
@@ -476,6 +543,24 @@ def _build_pnginfo(webui: Any, controls: Txt2ImgControls, tabs: Any) -> None:
     image.change(read, inputs=[image], outputs=[info_text, items_html], show_progress="minimal",
                  api_name="read_png_info")
     send.click(send_to_txt2img, inputs=[info_text], outputs=[*controls.components(), tabs], api_name="send_to_txt2img")
+    if img2img is None:
+        return
+    from modules.ui_img2img import img2img_component_values  # noqa: PLC0415
+
+    targets = img2img.controls
+
+    def send_to_img2img(text: str, img: Any) -> list[Any]:
+        from modules.infotext import parse_generation_parameters  # noqa: PLC0415
+
+        if not text or not text.strip():
+            gr.Warning("No parameters to send.")
+            return [gr.update() for _ in targets.names()] + [gr.update(), gr.update()]
+        params = parse_generation_parameters(text, webui.callbacks)
+        updates = params_to_updates(params, targets, img2img_component_values(params, targets))
+        return updates + [gr.update(value=img) if img is not None else gr.update(), gr.Tabs(selected="img2img")]
+
+    send_img2img.click(send_to_img2img, inputs=[info_text, image],
+                       outputs=[*targets.components(), img2img.init_image, tabs], api_name="send_to_img2img")
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -544,7 +629,10 @@ def _build_settings(webui: Any) -> None:
 
 
 def create_ui(webui: Any) -> gr.Blocks:
-    """Build the Blocks: checkpoint picker, then tabs txt2img, PNG Info, extension tabs, Settings."""
+    """Build the Blocks: checkpoint picker, then tabs txt2img, img2img, Extras, PNG Info, extension tabs,
+    Settings."""
+    from modules.ui_img2img import build_extras_tab, build_img2img_tab  # noqa: PLC0415 - they build on this module
+
     extension_tabs: list[tuple[Any, str, str]] = []
     for result in webui.callbacks.run("ui_tabs", webui):
         extension_tabs.extend(result if isinstance(result, list) else [result])
@@ -553,8 +641,12 @@ def create_ui(webui: Any) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 controls = _build_txt2img(webui)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                img2img = build_img2img_tab(webui)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                build_extras_tab(webui)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                _build_pnginfo(webui, controls, tabs)
+                _build_pnginfo(webui, controls, tabs, img2img)
             for block, title, elem_id in extension_tabs:
                 with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
                     block.render()

@@ -1,7 +1,7 @@
 """The user path: the product as a user gets it from the README's first command, checked over HTTP.
 
 A separate virtual environment is built by `VENV_DIR=venv-user ./webui.sh --install-only` alone (tests/user_venv.sh;
-rebuilt from nothing when requirements.txt, constraints.txt or webui.sh change), so nothing that only the tests
+rebuilt from nothing when requirements.txt, requirements-nodeps.txt, constraints.txt or webui.sh change), so nothing that only the tests
 install can hide a missing runtime package. Then, in that venv:
 * no test-only package (requirements-test.txt) is installed, and every module of modules/ and extensions-builtin/
   imports (tests/user_path_imports.py);
@@ -65,7 +65,9 @@ def test_user_venv_has_runtime_packages_only_and_imports_every_module(user_venv)
     listed = subprocess.run([str(user_venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
                             capture_output=True, text=True, timeout=120, env=plain_env())
     installed = {p["name"].lower().replace("_", "-") for p in json.loads(listed.stdout)}
-    assert requirement_names(ROOT / "requirements.txt") <= installed
+    runtime = requirement_names(ROOT / "requirements.txt") | requirement_names(ROOT / "requirements-nodeps.txt")
+    assert runtime <= installed, f"runtime packages missing: {sorted(runtime - installed)}"
+    assert "torchvision" not in installed  # spandrel is installed without its declared torchvision dependency
     test_only = requirement_names(ROOT / "requirements-test.txt")
     assert not test_only & installed, f"test-only packages in the user venv: {sorted(test_only & installed)}"
 
@@ -73,6 +75,12 @@ def test_user_venv_has_runtime_packages_only_and_imports_every_module(user_venv)
                              cwd=ROOT, capture_output=True, text=True, timeout=600, env=plain_env())
     assert imports.returncode == 0, imports.stdout[-4000:] + imports.stderr[-2000:]
     assert re.search(r"imported (\d+) of \1 modules", imports.stdout), imports.stdout[-2000:]
+    spandrel = subprocess.run(  # the upscaler library loads without torchvision in the user's venv
+        [str(user_venv / "bin" / "python"), "-c",
+         "import sys; from modules.upscalers import import_spandrel; import_spandrel(); "
+         "assert 'torchvision' not in sys.modules"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=plain_env())
+    assert spandrel.returncode == 0, spandrel.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import inspect
 import io
 import logging
@@ -81,16 +82,26 @@ def encode_png_base64(image: Image.Image, infotext: str | None) -> str:
     return base64.b64encode(image_to_png_bytes(image, infotext)).decode("ascii")
 
 
-def decode_base64_image(data: str) -> Image.Image:
-    """Decode base64 text or a `data:image/...;base64,` URL into a PIL image; ApiError 422 when it is not one."""
+MAX_IMAGE_SIDE = models.MAX_UPSCALE_SIDE
+"""Largest width or height of an image a request may send (checked from the header, before decoding pixels)."""
+
+
+def decode_base64_image(data: str, field: str = "image") -> Image.Image:
+    """Decode base64 text or a `data:image/...;base64,` URL into a PIL image; ApiError 422 naming `field` when it
+    is not one or is over `MAX_IMAGE_SIDE` pixels on a side."""
+    if not isinstance(data, str) or not data:
+        raise ApiError(422, "InvalidImage", f"{field}: no image given")
     if data.startswith("data:"):
         _, _, data = data.partition(",")
     try:
         raw = base64.b64decode(data, validate=False)
         image = Image.open(io.BytesIO(raw))
+        if max(image.size) > MAX_IMAGE_SIDE:
+            raise ApiError(422, "InvalidImage", f"{field}: image is {image.width}x{image.height}; at most "
+                                                f"{MAX_IMAGE_SIDE} pixels per side are accepted")
         image.load()
     except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ApiError(422, "InvalidImage", f"not a valid base64-encoded image: {exc}") from exc
+        raise ApiError(422, "InvalidImage", f"{field}: not a valid base64-encoded image: {exc}") from exc
     return image
 
 
@@ -104,6 +115,39 @@ def _processing():
     return processing
 
 
+# Infotext keys of img2img/inpainting (A1111 names) -> img2img request fields, on top of INFOTEXT_FIELDS.
+IMG2IMG_INFOTEXT_FIELDS: dict[str, str] = {
+    "Mask blur": "mask_blur",
+    "Masked area padding": "inpaint_full_res_padding",
+    "Noise multiplier": "initial_noise_multiplier",
+}
+# Infotext keys whose text maps to a number of the request: key -> (field, {text: value}, value when absent).
+# A1111 writes no key for its defaults (whole picture, "original" content, inpaint masked).
+IMG2IMG_INFOTEXT_CHOICES: dict[str, tuple[str, dict[str, Any], Any]] = {
+    "Inpaint area": ("inpaint_full_res", {"Whole picture": False, "Only masked": True}, False),
+    "Masked content": ("inpainting_fill", {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}, 1),
+    "Mask mode": ("inpainting_mask_invert", {"Inpaint masked": 0, "Inpaint not masked": 1}, 0),
+}
+
+
+def img2img_params_from_infotext(params: dict[str, Any]) -> dict[str, Any]:
+    """img2img request values from parsed infotext parameters (the img2img-only keys; A1111's paste fields).
+
+    An img2img infotext with a mask names "Mask blur"; the keys it leaves out take the values A1111 writes no key
+    for (whole picture, original content, inpaint masked)."""
+    values: dict[str, Any] = {}
+    for key, name in IMG2IMG_INFOTEXT_FIELDS.items():
+        if key in params:
+            values[name] = params[key]
+    masked = "Mask blur" in params
+    for key, (name, table, absent) in IMG2IMG_INFOTEXT_CHOICES.items():
+        if key in params and params[key] in table:
+            values[name] = table[params[key]]
+        elif masked:
+            values[name] = absent
+    return values
+
+
 def apply_infotext(webui: Any, req: models.Txt2ImgRequest) -> models.Txt2ImgRequest:
     """Fill the fields a request did not set from its `infotext` (A1111 1.8 behaviour); explicit fields win."""
     if not req.infotext:
@@ -115,6 +159,10 @@ def apply_infotext(webui: Any, req: models.Txt2ImgRequest) -> models.Txt2ImgRequ
     for key, field_name in INFOTEXT_FIELDS.items():
         if key in params and field_name not in req.model_fields_set:
             values[field_name] = params[key]
+    if isinstance(req, models.Img2ImgRequest):
+        for field_name, value in img2img_params_from_infotext(params).items():
+            if field_name not in req.model_fields_set:
+                values[field_name] = value
     overrides = dict(req.override_settings or {})  # options recorded in the infotext (A1111 1.8); explicit ones win
     for _, option, value in get_override_settings(params, webui.options):
         overrides.setdefault(option, value)
@@ -123,7 +171,7 @@ def apply_infotext(webui: Any, req: models.Txt2ImgRequest) -> models.Txt2ImgRequ
         values["enable_hr"] = True
     values["infotext"] = None
     try:
-        return models.Txt2ImgRequest.model_validate(values)
+        return type(req).model_validate(values)
     except ValidationError as exc:
         raise ApiError(422, "InvalidInfotext", f"infotext gives invalid values: {validation_message(exc)}") from exc
 
@@ -152,7 +200,7 @@ def processing_kwargs(req: models.Txt2ImgRequest, accepted: set[str] | None = No
     data["do_not_save_samples"] = not req.save_images
     data["do_not_save_grid"] = not req.save_images
     for name in ("send_images", "save_images", "script_name", "script_args", "alwayson_scripts", "infotext",
-                 "force_task_id"):
+                 "force_task_id", "include_init_images"):
         data.pop(name, None)
     data = {key: value for key, value in data.items() if value is not None}  # None: the processing default
     if accepted is not None:
@@ -193,6 +241,108 @@ def run_txt2img(webui: Any, req: models.Txt2ImgRequest) -> Any:
             return processing.process_images(webui, p)
         except processing.ProcessingError as exc:
             raise ApiError(422, type(exc).__name__, str(exc)) from exc
+
+
+def run_img2img(webui: Any, req: models.Img2ImgRequest) -> Any:
+    """Validate and run one img2img/inpainting request under `webui.queue_lock`; returns the `Processed` result.
+
+    `script_name: "sd upscale"` runs `modules.sd_upscale` with A1111's `script_args`. A non-image init image or
+    mask, bad fields or an unknown upscaler raise ApiError 422 naming the field.
+    """
+    if req.override_settings:
+        unknown = sorted(k for k in req.override_settings if k not in webui.options.infos)
+        if unknown:
+            raise ApiError(422, "UnknownOption", f"override_settings: unknown option(s) {', '.join(unknown)}")
+    req = apply_infotext(webui, req)  # type: ignore[assignment]
+    if not req.init_images:
+        raise ApiError(422, "InvalidImage", "init_images: at least one image is required")
+    init_images = [decode_base64_image(data, f"init_images[{i}]") for i, data in enumerate(req.init_images)]
+    mask = decode_base64_image(req.mask, "mask") if req.mask else None
+    latent_mask = decode_base64_image(req.latent_mask, "latent_mask") if req.latent_mask else None
+    return run_img2img_images(webui, req, init_images, mask, latent_mask)
+
+
+def run_img2img_images(webui: Any, req: models.Img2ImgRequest, init_images: list[Image.Image],
+                       mask: Image.Image | None, latent_mask: Image.Image | None = None) -> Any:
+    """`run_img2img` with the images already decoded (the UI's path); the request's base64 images are ignored."""
+    from modules import sd_upscale  # noqa: PLC0415
+    from modules.img2img import StableDiffusionProcessingImg2Img  # noqa: PLC0415
+
+    script = (req.script_name or "").strip().lower()
+    if script and script != sd_upscale.SCRIPT_NAME:
+        raise ApiError(422, "ScriptNotFound", f"script {req.script_name!r} is not available; "
+                                              f"img2img scripts: {sd_upscale.SCRIPT_NAME!r}")
+    if not init_images:
+        raise ApiError(422, "InvalidImage", "init_images: at least one image is required")
+    processing = _processing()
+    cls = StableDiffusionProcessingImg2Img
+    try:
+        kwargs = processing_kwargs(req, _accepted_params(cls))
+        kwargs.update(init_images=init_images, mask=mask, latent_mask=latent_mask, enable_hr=False)
+        if req.initial_noise_multiplier is None and "initial_noise_multiplier" in webui.options.infos:
+            kwargs["initial_noise_multiplier"] = float(webui.options.get("initial_noise_multiplier"))
+        p = cls(**kwargs)
+        p.validate(webui)
+        script_args = sd_upscale.parse_args(req.script_args) if script else None
+    except (processing.ProcessingError, TypeError, ValueError) as exc:
+        raise ApiError(422, type(exc).__name__, str(exc)) from exc
+    with webui.queue_lock:
+        try:
+            if script_args is not None:
+                return sd_upscale.run(webui, p, *script_args)
+            return processing.process_images(webui, p)
+        except processing.ProcessingError as exc:
+            raise ApiError(422, type(exc).__name__, str(exc)) from exc
+
+
+# ------------------------------------------------------------------------------------------------ extras
+
+
+def _extras_settings(req: models.ExtrasBaseRequest) -> Any:
+    from modules.postprocessing import ExtrasSettings  # noqa: PLC0415
+
+    fields = ExtrasSettings.__dataclass_fields__
+    return ExtrasSettings(**{k: v for k, v in req.model_dump().items() if k in fields})
+
+
+def run_extras_images(webui: Any, req: models.ExtrasBaseRequest, sources: list[Image.Image]
+                      ) -> tuple[list[Image.Image], str]:
+    """Upscale `sources` by the request's settings under the queue lock; returns (images, postprocessing text).
+
+    Face restoration, an unknown upscaler or an output over the size cap raise ApiError 422 naming the field.
+    """
+    from modules.postprocessing import ExtrasError, run_extras  # noqa: PLC0415
+    from modules.upscalers import UpscalerError  # noqa: PLC0415
+
+    settings = _extras_settings(req)
+    results: list[Image.Image] = []
+    text = ""
+    try:
+        settings.validate(webui.upscalers)
+        with webui.queue_lock:
+            for source in sources:
+                image, text = run_extras(webui.upscalers, source, settings)
+                results.append(image)
+    except (ExtrasError, UpscalerError) as exc:
+        raise ApiError(422, type(exc).__name__, str(exc)) from exc
+    return results, text
+
+
+def upscaler_items(webui: Any) -> list[models.UpscalerItem]:
+    """`GET /sdapi/v1/upscalers`: None, Lanczos, Nearest, then every model file found (the folders are scanned
+    again, so a file dropped in while the server runs shows up)."""
+    webui.upscalers.refresh()
+    return [models.UpscalerItem(name=entry.name, model_name=entry.model_name,
+                                model_path=str(entry.path) if entry.path else None, model_url=None,
+                                scale=entry.scale_hint)
+            for entry in webui.upscalers.entries()]
+
+
+def realesrgan_items(webui: Any) -> list[models.RealesrganItem]:
+    """`GET /sdapi/v1/realesrgan-models`: the model files of models/RealESRGAN."""
+    return [models.RealesrganItem(name=entry.name, path=str(entry.path),
+                                  scale=int(entry.scale_hint) if entry.scale_hint else None)
+            for entry in webui.upscalers.entries() if entry.folder == "RealESRGAN"]
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -426,6 +576,11 @@ def scheduler_items() -> list[models.SchedulerItem]:
             for label in sd_samplers.schedule_type_names()]
 
 
+def _html_info(text: str) -> str:
+    """A1111's `html_info` of Extras: the postprocessing text as an escaped HTML paragraph."""
+    return f"<p>{html.escape(text)}</p>" if text else ""
+
+
 def validation_message(exc: ValidationError | Any) -> str:
     """One readable line from pydantic/FastAPI validation errors: `field: message; field: message`."""
     parts = []
@@ -489,14 +644,43 @@ class Api:
         def schedulers() -> list[models.SchedulerItem]:
             return scheduler_items()
 
+        def img2img(req: models.Img2ImgRequest) -> models.Img2ImgResponse:
+            processed = run_img2img(webui, req)
+            images = []
+            if req.send_images:
+                infotexts = list(processed.infotexts)
+                images = [encode_png_base64(image, infotexts[i] if i < len(infotexts) else None)
+                          for i, image in enumerate(processed.images)]
+            parameters = req.model_dump()
+            if not req.include_init_images:
+                parameters["init_images"] = None
+                parameters["mask"] = None
+            return models.Img2ImgResponse(images=images, parameters=parameters, info=processed.js())
+
+        def extra_single_image(req: models.ExtrasSingleImageRequest) -> models.ExtrasSingleImageResponse:
+            results, text = run_extras_images(webui, req, [decode_base64_image(req.image, "image")])
+            image = encode_png_base64(results[0], None) if req.show_extras_results and results else None
+            return models.ExtrasSingleImageResponse(html_info=_html_info(text), image=image)
+
+        def extra_batch_images(req: models.ExtrasBatchImagesRequest) -> models.ExtrasBatchImagesResponse:
+            sources = [decode_base64_image(item.data, f"imageList[{i}].data") for i, item in enumerate(req.imageList)]
+            results, text = run_extras_images(webui, req, sources)
+            images = [encode_png_base64(image, None) for image in results] if req.show_extras_results else []
+            return models.ExtrasBatchImagesResponse(html_info=_html_info(text), images=images)
+
         def upscalers() -> list[models.UpscalerItem]:
-            return [models.UpscalerItem(name=name) for name in _processing().IMAGE_UPSCALERS]
+            return upscaler_items(webui)
+
+        def realesrgan_models() -> list[models.RealesrganItem]:
+            return realesrgan_items(webui)
 
         def latent_upscale_modes() -> list[models.LatentUpscaleModeItem]:
             return [models.LatentUpscaleModeItem(name=name) for name in _processing().LATENT_UPSCALE_MODES]
 
         def scripts() -> models.ScriptsList:
-            return models.ScriptsList()
+            from modules import sd_upscale  # noqa: PLC0415
+
+            return models.ScriptsList(img2img=[sd_upscale.SCRIPT_NAME])
 
         def unload_checkpoint() -> None:
             with webui.queue_lock:
@@ -536,8 +720,17 @@ class Api:
               responses=errors, summary="Sampler names")
         route(f"{API_PREFIX}/schedulers", schedulers, methods=["GET"], response_model=list[models.SchedulerItem],
               responses=errors, summary="Schedule types")
+        route(f"{API_PREFIX}/img2img", img2img, methods=["POST"], response_model=models.Img2ImgResponse,
+              responses=errors, summary="Generate images from images (img2img, inpainting, SD upscale)")
+        route(f"{API_PREFIX}/extra-single-image", extra_single_image, methods=["POST"],
+              response_model=models.ExtrasSingleImageResponse, responses=errors, summary="Upscale one image")
+        route(f"{API_PREFIX}/extra-batch-images", extra_batch_images, methods=["POST"],
+              response_model=models.ExtrasBatchImagesResponse, responses=errors, summary="Upscale several images")
         route(f"{API_PREFIX}/upscalers", upscalers, methods=["GET"], response_model=list[models.UpscalerItem],
-              responses=errors, summary="Image-space upscalers for hires fix")
+              responses=errors, summary="Upscalers for hires fix, SD upscale and Extras")
+        route(f"{API_PREFIX}/realesrgan-models", realesrgan_models, methods=["GET"],
+              response_model=list[models.RealesrganItem], responses=errors,
+              summary="Upscaler model files in models/RealESRGAN")
         route(f"{API_PREFIX}/latent-upscale-modes", latent_upscale_modes, methods=["GET"],
               response_model=list[models.LatentUpscaleModeItem], responses=errors, summary="Latent upscale modes")
         route(f"{API_PREFIX}/scripts", scripts, methods=["GET"], response_model=models.ScriptsList,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_SIZE = 4096
 MAX_SEED = 2**64 - 1  # A1111 passes seeds to torch generators, which take up to 2**64 - 1
+MAX_UPSCALE_SIDE = 8192  # = modules.upscalers.MAX_OUTPUT_SIDE (this module imports nothing heavy)
 
 
 class ApiModel(BaseModel):
@@ -81,12 +82,99 @@ class Txt2ImgRequest(ApiModel):
     infotext: str | None = None
 
 
+class Img2ImgRequest(Txt2ImgRequest):
+    """Body of `POST /sdapi/v1/img2img` (A1111's `StableDiffusionImg2ImgProcessingAPI`): the txt2img fields (hires
+    fix ones ignored) plus the init images and the inpainting settings."""
+
+    init_images: list[str] = Field(default_factory=list, description="base64 images (or data: URLs)")
+    resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, "
+                                                         "3 just resize (latent upscale)")
+    denoising_strength: float | None = Field(0.75, ge=0.0, le=1.0)
+    image_cfg_scale: float | None = Field(None, description="accepted; only instruct-pix2pix models use it")
+    mask: str | None = Field(None, description="base64 mask image: white = repaint")
+    mask_blur_x: int = Field(4, ge=0, le=256)
+    mask_blur_y: int = Field(4, ge=0, le=256)
+    mask_blur: int | None = Field(None, ge=0, le=256, description="sets mask_blur_x and mask_blur_y")
+    mask_round: bool = True
+    inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(True, description="inpaint area: true = only masked, false = whole picture")
+    inpaint_full_res_padding: int = Field(0, ge=0, le=256, description="only masked: padding in pixels")
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1 = inpaint not masked")
+    initial_noise_multiplier: float | None = Field(None, ge=0.0, le=1.5)
+    latent_mask: str | None = Field(None, description="base64 mask for masked content and the latent blend "
+                                                       "(default: mask)")
+    include_init_images: bool = Field(False, description="echo init_images and mask in `parameters`")
+
+
 class Txt2ImgResponse(BaseModel):
     """Answer of `POST /sdapi/v1/txt2img`: base64 PNGs (infotext in their `parameters` chunk), the request, info."""
 
     images: list[str] = Field(default_factory=list, description="base64 PNG images ([] with send_images false)")
     parameters: dict[str, Any]
     info: str = Field(description="JSON text: seeds, infotexts and the other generation facts")
+
+
+class Img2ImgResponse(Txt2ImgResponse):
+    """Answer of `POST /sdapi/v1/img2img` (the txt2img shape)."""
+
+
+class ExtrasBaseRequest(ApiModel):
+    """The upscaling settings of the Extras routes (A1111's `ExtrasBaseRequest`)."""
+
+    resize_mode: int = Field(0, ge=0, le=1, description="0 scale by upscaling_resize, 1 scale to width x height")
+    show_extras_results: bool = Field(True, description="return the images")
+    gfpgan_visibility: float = Field(0, ge=0, le=1, description="must be 0: no face restorer is installed")
+    codeformer_visibility: float = Field(0, ge=0, le=1, description="must be 0: no face restorer is installed")
+    codeformer_weight: float = Field(0, ge=0, le=1)
+    upscaling_resize: float = Field(2, gt=0, le=8, description="scale factor (resize_mode 0)")
+    upscaling_resize_w: int = Field(512, ge=1, le=MAX_UPSCALE_SIDE, description="target width (resize_mode 1)")
+    upscaling_resize_h: int = Field(512, ge=1, le=MAX_UPSCALE_SIDE, description="target height (resize_mode 1)")
+    upscaling_crop: bool = Field(True, description="crop to exactly width x height (resize_mode 1)")
+    upscaler_1: str = Field("None", description="one of GET /sdapi/v1/upscalers")
+    upscaler_2: str = Field("None", description="one of GET /sdapi/v1/upscalers")
+    extras_upscaler_2_visibility: float = Field(0, ge=0, le=1)
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    """Body of `POST /sdapi/v1/extra-single-image`."""
+
+    image: str = Field("", description="base64 image, or a data: URL")
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    """Answer of `POST /sdapi/v1/extra-single-image`."""
+
+    html_info: str = Field(description="the postprocessing text, as HTML")
+    image: str | None = Field(None, description="base64 PNG")
+
+
+class FileData(ApiModel):
+    """One image of `/extra-batch-images`."""
+
+    data: str = Field(description="base64 image, or a data: URL")
+    name: str = Field("", description="file name")
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    """Body of `POST /sdapi/v1/extra-batch-images`."""
+
+    imageList: list[FileData] = Field(description="the images")  # noqa: N815 - A1111's field name
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    """Answer of `POST /sdapi/v1/extra-batch-images`."""
+
+    html_info: str
+    images: list[str] = Field(default_factory=list, description="base64 PNGs")
+
+
+class RealesrganItem(BaseModel):
+    """One entry of `GET /sdapi/v1/realesrgan-models`."""
+
+    name: str
+    path: str | None = None
+    scale: int | None = None
 
 
 class ProgressState(BaseModel):
