@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,10 @@ from tqdm import tqdm
 from modules import extra_networks, images, infotext, sd_samplers
 from modules.generation_state import GenerationState
 from modules.prompt_encoding import EMPHASIS_MODES, Conditioning, PromptEncoder
+from modules.scripts import PostprocessImageArgs
+
+if TYPE_CHECKING:
+    from modules.scripts import ScriptRun
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,8 @@ class StableDiffusionProcessingTxt2Img:
     override_settings: dict[str, Any] = field(default_factory=dict)
     do_not_save_samples: bool = False
     do_not_save_grid: bool = True
+    # The request's scripts (`modules.scripts.ScriptRun`): the selected one and the always-on ones with their args.
+    scripts: ScriptRun | None = field(default=None, repr=False)
 
     # Run-time state (not request fields).
     comments: list[str] = field(default_factory=list, init=False, repr=False)
@@ -278,6 +284,7 @@ class Processed:
     styles: list[str] = field(default_factory=list)
     job_timestamp: str = ""
     clip_skip: int = 1
+    index_of_first_image: int = 0  # images before it are grids (scripts such as the X/Y/Z plot put them first)
 
     @property
     def info(self) -> str:
@@ -313,7 +320,7 @@ class Processed:
             "seed_resize_from_h": self.seed_resize_from_h,
             "denoising_strength": self.denoising_strength,
             "extra_generation_params": self.extra_generation_params,
-            "index_of_first_image": 0,
+            "index_of_first_image": self.index_of_first_image,
             "infotexts": self.infotexts,
             "styles": self.styles,
             "job_timestamp": self.job_timestamp,
@@ -699,6 +706,8 @@ def _first_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
     prompts, data = extra_networks.parse_prompts(p.prompts)
     p.extra_network_data = data
     webui.extra_networks.activate(p, data)
+    if p.scripts is not None:
+        p.scripts.process_batch(p, batch_number=p.iteration, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
     cond = _encode(p, encoder, prompts, data, "cond")
     uncond = _encode(p, encoder, _strip_tags(p.negative_prompts), data, "uncond")
     factor = vae_scale_factor(model)
@@ -782,7 +791,11 @@ def process_images(webui: Any, p: StableDiffusionProcessingTxt2Img) -> Processed
             raise ProcessingError("no Stable Diffusion model is loaded")
         _prepare(p, model)
         webui.callbacks.run("before_process", p, on_error=lambda message: extra_networks.add_comment(p, message))
+        if p.scripts is not None:
+            p.scripts.process(p)
         processed = _process(webui, p, model)
+        if p.scripts is not None:
+            p.scripts.postprocess(p, processed)
     webui.callbacks.run("after_process", p, processed)
     return processed
 
@@ -828,6 +841,9 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                 p.subseeds = p.all_subseeds[start:start + p.batch_size]
                 state.job_no = iteration * (2 if p.enable_hr else 1)
                 state.textinfo = f"Batch {iteration + 1} of {p.n_iter}"
+                if p.scripts is not None:
+                    p.scripts.before_process_batch(p, batch_number=iteration, prompts=p.prompts, seeds=p.seeds,
+                                                   subseeds=p.subseeds)
                 activated = True
                 latents = _first_pass(webui, p, model, denoiser, encoder)
                 if p.enable_hr and not denoiser.interrupted:
@@ -836,6 +852,10 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                 batch_images = decode_latents(model, latents)
                 for offset, image in enumerate(batch_images):
                     index = start + offset
+                    if p.scripts is not None:
+                        pp = PostprocessImageArgs(image)
+                        p.scripts.postprocess_image(p, pp)
+                        image = pp.image
                     text = create_infotext(p, webui, index)
                     all_images.append(image)
                     infotexts.append(text)

@@ -54,6 +54,7 @@ from modules.api.api import (  # noqa: E402
     validation_message,
 )
 from modules.paths import REPO_ROOT  # noqa: E402
+from modules.ui_scripts import build_script_ui  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +278,10 @@ def _comments_html(comments: Any) -> str:
     return "".join(f"<p class='webui-comment'>{html.escape(str(c))}</p>" for c in comments)
 
 
-def generate_txt2img(webui: Any, names: list[str], values: list[Any]) -> tuple[list[Any], str, str, str]:
-    """Run one generation from UI values; returns (gallery images, info JSON, infotext HTML, comments HTML).
+def generate_txt2img(webui: Any, names: list[str], values: list[Any],
+                     script_fields: dict[str, Any] | None = None) -> tuple[list[Any], str, str, str]:
+    """Run one generation from UI values (and the Script fields, `ScriptControls.request_fields`); returns (gallery
+    images, info JSON, infotext HTML, comments HTML).
 
     Bad input raises `gr.Error` with the message (shown in the browser; the server keeps serving).
     """
@@ -287,6 +290,7 @@ def generate_txt2img(webui: Any, names: list[str], values: list[Any]) -> tuple[l
         data.pop("hr_sampler_name")
     data["save_images"] = bool(webui.options.get("samples_save"))
     data["sampler_index"] = data.get("sampler_name") or "Euler"
+    data.update(script_fields or {})
     try:
         req = models.Txt2ImgRequest.model_validate(data)
     except ValidationError as exc:
@@ -361,6 +365,7 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
                                             placeholder="empty: the same prompt")
                 f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
                                                      placeholder="empty: the same negative prompt")
+            script_controls = build_script_ui(webui, "txt2img", is_img2img=False)
         with gr.Column(scale=1, elem_id="txt2img_results"):
             gr.HTML("<div class='webui-progress' data-tab='txt2img'></div>", elem_id="txt2img_progress")
             gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery", format="png", columns=2,
@@ -372,9 +377,10 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
     names = controls.names()
 
     def run(*values: Any) -> tuple[list[Any], str, str, str]:
-        return generate_txt2img(webui, names, list(values))
+        return generate_txt2img(webui, names, list(values[:len(names)]),
+                                script_controls.request_fields(list(values[len(names):])))
 
-    event_args = {"fn": run, "inputs": controls.components(),
+    event_args = {"fn": run, "inputs": [*controls.components(), *script_controls.inputs()],
                   "outputs": [gallery, generation_info, html_info, html_log],
                   "js": "(...args) => { webuiStartProgress('txt2img'); return args; }",
                   "show_progress": "minimal", "concurrency_id": "txt2img"}

@@ -170,13 +170,39 @@ def _accepted_params(cls: type) -> set[str] | None:
     return {p.name for p in params}
 
 
+def script_selection(webui: Any, req: Any, is_img2img: bool = False) -> Any:
+    """The request's scripts (`modules.scripts.ScriptRun`) from `script_name`, `script_args` and `alwayson_scripts`;
+    ApiError 422 `ScriptNotFound` naming an unknown script, `ScriptArgsError` for malformed args."""
+    from modules.scripts import ScriptNotFoundError  # noqa: PLC0415
+
+    runner = webui.scripts.runner(is_img2img)
+    try:
+        return runner.selection(req.script_name, req.script_args, req.alwayson_scripts)
+    except ScriptNotFoundError as exc:
+        raise ApiError(422, "ScriptNotFound", str(exc)) from exc
+    except (TypeError, ValueError) as exc:
+        raise ApiError(422, "ScriptArgsError", str(exc)) from exc
+
+
+def run_with_scripts(webui: Any, p: Any) -> Any:
+    """Run `p` under `webui.queue_lock`: its selected script's `run` (which may call `process_images` many times) or
+    the plain generation; ApiError 422 for what the processing or the script refuses."""
+    processing = _processing()
+    with webui.queue_lock:
+        try:
+            if p.scripts is None:
+                return processing.process_images(webui, p)
+            return p.scripts.run(p, lambda cell: processing.process_images(webui, cell))
+        except processing.ProcessingError as exc:
+            raise ApiError(422, type(exc).__name__, str(exc)) from exc
+
+
 def run_txt2img(webui: Any, req: models.Txt2ImgRequest) -> Any:
     """Validate and run one txt2img request under `webui.queue_lock`; returns the `Processed` result.
 
-    Bad input (unknown sampler, sizes, malformed settings) raises ApiError 422 with the processing message.
+    Bad input (unknown sampler, sizes, malformed settings, an unknown script) raises ApiError 422 with the message.
     """
-    if req.script_name:
-        raise ApiError(422, "ScriptNotFound", f"script {req.script_name!r} is not available through the API")
+    selection = script_selection(webui, req, is_img2img=False)
     if req.override_settings:
         unknown = sorted(k for k in req.override_settings if k not in webui.options.infos)
         if unknown:
@@ -191,11 +217,8 @@ def run_txt2img(webui: Any, req: models.Txt2ImgRequest) -> Any:
         raise ApiError(422, type(exc).__name__, str(exc)) from exc
     except (TypeError, ValueError) as exc:
         raise ApiError(422, type(exc).__name__, str(exc)) from exc
-    with webui.queue_lock:
-        try:
-            return processing.process_images(webui, p)
-        except processing.ProcessingError as exc:
-            raise ApiError(422, type(exc).__name__, str(exc)) from exc
+    p.scripts = selection
+    return run_with_scripts(webui, p)
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -327,7 +350,7 @@ def progress_payload(webui: Any, skip_current_image: bool = False) -> models.Pro
             sampling_steps=state.sampling_steps,
         ),
         current_image=None if skip_current_image else _image_base64(state.current_image),
-        textinfo=state.textinfo or None,
+        textinfo=state.display_text or None,
     )
 
 
@@ -394,6 +417,21 @@ def scheduler_items() -> list[models.SchedulerItem]:
     names = {label: alias for alias, label in sd_samplers.SCHEDULE_ALIASES.items()}
     return [models.SchedulerItem(name=names.get(label, label.lower().replace(" ", "_")), label=label)
             for label in sd_samplers.schedule_type_names()]
+
+
+def script_infos(webui: Any) -> list[models.ScriptInfo]:
+    """`GET /sdapi/v1/script-info`: every script of both tabs with its arguments (A1111's shape)."""
+    infos = []
+    for runner in (webui.scripts.txt2img, webui.scripts.img2img):
+        for script in runner.scripts:
+            try:
+                args = [models.ScriptArg(**vars(arg)) for arg in runner.arg_infos(script)]
+            except Exception:  # a script whose UI fails to build is still listed
+                log.exception("script %s: ui() failed", script.name)
+                args = []
+            infos.append(models.ScriptInfo(name=script.name, is_alwayson=script.alwayson,
+                                           is_img2img=runner.is_img2img, args=args))
+    return infos
 
 
 def validation_message(exc: ValidationError | Any) -> str:
@@ -468,7 +506,11 @@ class Api:
             return []  # the VAE baked into the checkpoint is used
 
         def scripts() -> models.ScriptsList:
-            return models.ScriptsList()
+            return models.ScriptsList(txt2img=[s.name for s in webui.scripts.txt2img.scripts],
+                                      img2img=[s.name for s in webui.scripts.img2img.scripts])
+
+        def script_info() -> list[models.ScriptInfo]:
+            return script_infos(webui)
 
         def embeddings() -> models.EmbeddingsResponse:
             return models.EmbeddingsResponse()
@@ -519,6 +561,8 @@ class Api:
               responses=errors, summary="Separate VAE files (none: the checkpoint's VAE is used)")
         route(f"{API_PREFIX}/scripts", scripts, methods=["GET"], response_model=models.ScriptsList,
               responses=errors, summary="Script plug-ins available to requests")
+        route(f"{API_PREFIX}/script-info", script_info, methods=["GET"], response_model=list[models.ScriptInfo],
+              responses=errors, summary="Every script with its arguments (labels, defaults, bounds, choices)")
         route(f"{API_PREFIX}/embeddings", embeddings, methods=["GET"], response_model=models.EmbeddingsResponse,
               responses=errors, summary="Textual inversion embeddings")
         route(f"{API_PREFIX}/unload-checkpoint", unload_checkpoint, methods=["POST"], response_model=None,

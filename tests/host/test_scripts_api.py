@@ -1,0 +1,306 @@
+"""The Script API over real HTTP: `GET /sdapi/v1/scripts`, `/script-info`, and `POST /sdapi/v1/txt2img` with
+`script_name`/`script_args` (A1111's positional order) and `alwayson_scripts`.
+
+One server for the module: the tiny embedded SD1 checkpoint, and a kohya LoRA written by the test with known deltas
+(`probe_lora`). An always-on test script (`WeightProbe`, registered as an extension's script file would be) records,
+after every image, one UNet layer's and one text-encoder layer's weights and the layers the engine's last activation
+rewrote: that is how the test reads back what the model held for each grid cell.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import types
+
+import httpx
+import pytest
+import torch
+from PIL import Image, ImageChops
+
+from modules import image_grid
+from modules.host import WebUI
+from modules.scripts import AlwaysVisible, Script
+from modules.webui_server import ServerThread, create_app
+from tests.helpers.lora_testing import write_kohya_lora
+
+SIZE = {"width": 64, "height": 64, "steps": 2}
+
+
+class WeightProbe(Script):
+    """Always-on test script: records weights after each image; writes its one argument into the infotext."""
+
+    layers: dict[str, torch.nn.Module] = {}
+    records: list[dict] = []
+    engine = None
+
+    def title(self) -> str:
+        return "Weight probe"
+
+    def show(self, is_img2img: bool):
+        return AlwaysVisible
+
+    def ui(self, is_img2img: bool):
+        import gradio as gr  # noqa: PLC0415
+
+        return [gr.Textbox("none", label="Probe note")]
+
+    def process(self, p, note):
+        p.extra_generation_params["Probe"] = note
+
+    def postprocess_image(self, p, pp, note):
+        stats = WeightProbe.engine.last_report.stats
+        WeightProbe.records.append({"prompt": p.prompt, "seed": p.seeds[0], "touched": stats.layers_touched,
+                                    "weights": {name: m.weight.detach().clone() for name, m in self.layers.items()}})
+
+
+def _probe_module() -> types.ModuleType:
+    module = types.ModuleType(WeightProbe.__module__)
+    module.WeightProbe = WeightProbe
+    return module
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("scripts-api")
+    webui = WebUI.create(["--data-dir", str(data), "--nowebui"])
+    model = webui.models.get()
+    deltas = write_kohya_lora(webui.paths.lora_dir / "probe_lora.safetensors", model, seed=7)
+    unet_layer = next(name for name in deltas if name.startswith("unet."))
+    te_layer = next(name for name in deltas if name.startswith("text_encoders."))
+    modules = {"unet": model.unet, "text_encoders.0": model.text_encoders[0]}
+
+    def module_of(name: str) -> torch.nn.Module:
+        prefix = "unet" if name.startswith("unet.") else "text_encoders.0"
+        return modules[prefix].get_submodule(name[len(prefix) + 1:])
+
+    WeightProbe.layers = {name: module_of(name) for name in (unet_layer, te_layer)}
+    WeightProbe.engine = webui.services["lora"]
+    pristine = {name: m.weight.detach().clone() for name, m in WeightProbe.layers.items()}
+    webui.scripts.add_module(_probe_module())
+    app = create_app(webui)
+    thread = ServerThread(app, host="127.0.0.1", port=0).start()
+    try:
+        yield types.SimpleNamespace(url=f"http://127.0.0.1:{thread.port}", webui=webui, deltas=deltas,
+                                    pristine=pristine)
+    finally:
+        thread.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=300) as c:
+        yield c
+
+
+def _png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
+
+
+def _txt2img(client: httpx.Client, **body) -> dict:
+    response = client.post("/sdapi/v1/txt2img", json={**SIZE, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _axis_index(client: httpx.Client, label: str) -> int:
+    info = {s["name"]: s for s in client.get("/sdapi/v1/script-info").json() if not s["is_img2img"]}
+    return info["x/y/z plot"]["args"][0]["choices"].index(label)
+
+
+def xyz_args(x_type, x_values, y_type=0, y_values="", z_type=0, z_values="", *, legend=True, lone=True,
+             sub_grids=False, no_fixed_seeds=False, margin=0) -> list:
+    """A1111's 18 positional X/Y/Z plot arguments."""
+    return [x_type, x_values, [], y_type, y_values, [], z_type, z_values, [], legend, lone, sub_grids,
+            no_fixed_seeds, False, False, False, margin, False]
+
+
+def _same(a: Image.Image, b: Image.Image) -> bool:
+    return a.size == b.size and ImageChops.difference(a, b).getbbox() is None
+
+
+def _ink(image: Image.Image) -> Image.Image:
+    """The part of a label image that holds text (bounding box of the non-white pixels)."""
+    box = ImageChops.difference(image, Image.new("RGB", image.size, "white")).getbbox()
+    assert box is not None, "no text drawn"
+    return image.crop(box)
+
+
+# ------------------------------------------------------------------------------------------------ listing
+
+
+def test_scripts_and_script_info_have_a1111_shapes(client):
+    listing = client.get("/sdapi/v1/scripts").json()
+    for name in ("x/y/z plot", "prompt matrix", "prompts from file or textbox", "weight probe"):
+        assert name in listing["txt2img"]
+    assert "x/y/z plot" in listing["img2img"]
+    infos = client.get("/sdapi/v1/script-info").json()
+    xyz = next(s for s in infos if s["name"] == "x/y/z plot" and not s["is_img2img"])
+    assert xyz["is_alwayson"] is False
+    labels = [arg["label"] for arg in xyz["args"]]
+    assert len(labels) == 18
+    assert labels[:2] == ["X type", "X values"] and labels[9] == "Draw legend" and labels[12] == "Keep -1 for seeds"
+    assert labels[17] == "Use text inputs instead of dropdowns"
+    choices = xyz["args"][0]["choices"]
+    # A1111's txt2img indices, which clients send: 1 Seed, 4 Steps, 6 CFG Scale, 7 Prompt S/R, 9 Sampler
+    assert [choices[i] for i in (0, 1, 4, 6, 7, 9, 11)] == ["Nothing", "Seed", "Steps", "CFG Scale", "Prompt S/R",
+                                                         "Sampler", "Checkpoint name"]
+    assert "Lora weight" in choices and "Lora file" in choices and "Lora block preset" in choices
+    margin = xyz["args"][16]
+    assert (margin["label"], margin["minimum"], margin["maximum"], margin["value"]) == ("Grid margins (px)", 0, 500, 0)
+    probe = next(s for s in infos if s["name"] == "weight probe" and not s["is_img2img"])
+    assert probe["is_alwayson"] is True and probe["args"][0]["value"] == "none"
+
+
+def test_unknown_script_names_are_422_naming_them(client):
+    response = client.post("/sdapi/v1/txt2img", json={**SIZE, "script_name": "no such plot"})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "ScriptNotFound" and "'no such plot'" in body["detail"] and "x/y/z plot" in body["detail"]
+    response = client.post("/sdapi/v1/txt2img", json={**SIZE, "alwayson_scripts": {"ghost": {"args": []}}})
+    assert response.status_code == 422 and "'ghost'" in response.json()["detail"]
+    response = client.post("/sdapi/v1/txt2img", json={**SIZE, "script_name": "x/y/z plot",
+                                                      "script_args": xyz_args(4, "1, x")})
+    assert response.status_code == 422 and "Steps" in response.json()["detail"]
+    response = client.post("/sdapi/v1/txt2img", json={**SIZE, "script_name": "x/y/z plot",
+                                                      "script_args": xyz_args(13, "0.5")})
+    assert response.status_code == 422 and "Sigma Churn" in response.json()["detail"]
+
+
+def test_alwayson_script_args_from_the_request_and_defaults(client):
+    given = _txt2img(client, prompt="a cat", seed=3, alwayson_scripts={"Weight probe": {"args": ["hello"]}})
+    assert "Probe: hello" in json.loads(given["info"])["infotexts"][0]
+    default = _txt2img(client, prompt="a cat", seed=3)
+    assert "Probe: none" in json.loads(default["info"])["infotexts"][0]
+
+
+# ------------------------------------------------------------------------------------------------ X/Y/Z plot
+
+
+def test_xyz_plot_returns_grid_then_cells_with_labels(client):
+    body = _txt2img(client, prompt="a cat", seed=5, script_name="x/y/z plot",
+                    script_args=xyz_args(1, "11, 12", 7, "cat, dog"))
+    info = json.loads(body["info"])
+    images = [_png(b64) for b64 in body["images"]]
+    assert len(images) == 1 + 4 and info["index_of_first_image"] == 1
+    grid, cells = images[0], images[1:]
+    assert all(cell.size == (64, 64) for cell in cells)
+    infotexts = info["infotexts"]
+    assert "Script: X/Y/Z plot" in infotexts[0] and "X Type: Seed" in infotexts[0]
+    assert 'X Values: "11, 12"' in infotexts[0] and "Y Type: Prompt S/R" in infotexts[0]
+    assert [json.loads(body["info"])["all_seeds"][i] for i in range(1, 5)] == [11, 12, 11, 12]
+    assert infotexts[3].startswith("a dog") and "Seed: 11," in infotexts[3]
+    # The grid: cells where the layout puts them, labels that render the axis values.
+    size = image_grid.font_size_for(64, 64)
+    x_labels, y_labels = ["Seed: 11", "Seed: 12"], ["cat", "dog"]
+    top = max(image_grid.render_label(text, 64, size).height for text in x_labels)
+    layout = image_grid.GridLayout(64, 64, 2, 2, 0, left=max(64 * 3 // 4, 48), top=top)
+    assert grid.size == layout.size
+    for index, cell in enumerate(cells):
+        assert _same(grid.crop(layout.cell_box(index % 2, index // 2)), cell), f"cell {index} is not in its place"
+    for col, text in enumerate(x_labels):
+        drawn = _ink(grid.crop(layout.column_label_box(col)))
+        assert _same(drawn, _ink(image_grid.render_label(text, 64, size))), f"column {col} is not labelled {text!r}"
+        assert not _same(drawn, _ink(image_grid.render_label(x_labels[1 - col], 64, size)))
+    for row, text in enumerate(y_labels):
+        drawn = _ink(grid.crop(layout.row_label_box(row)))
+        assert _same(drawn, _ink(image_grid.render_label(text, layout.left, size))), f"row {row} is not {text!r}"
+    # A cell is the same picture as the same single generation.
+    single = _txt2img(client, prompt="a dog", seed=12)
+    assert _same(_png(single["images"][0]), cells[3])
+
+
+def test_lora_weight_axis_cells_hold_pristine_plus_w_delta(server, client):
+    WeightProbe.records.clear()
+    lora_weight = _axis_index(client, "Lora weight")
+    body = _txt2img(client, prompt="a cat <lora:probe_lora:0.8>", seed=21, script_name="x/y/z plot",
+                    script_args=xyz_args(lora_weight, "probe_lora: 0, 0.25, 0.5, 0.75, 1", 1, "21, 22"))
+    info = json.loads(body["info"])
+    cells = [_png(b64) for b64 in body["images"][1:]]
+    assert len(cells) == 10
+    assert [text.split("\n")[0] for text in info["infotexts"][1:6]] == [
+        f"a cat <lora:probe_lora:{w}>" for w in ("0", "0.25", "0.5", "0.75", "1")]
+    records = WeightProbe.records
+    assert len(records) == 10
+    for record in records:
+        weight = float(record["prompt"].split(":")[-1].rstrip(">"))
+        for name, value in record["weights"].items():
+            expected = server.pristine[name] + weight * server.deltas[name]
+            assert torch.allclose(value, expected, rtol=0, atol=1e-6), (name, weight)
+    # Cells go weight by weight (the costly axis outermost): only a new weight rewrites layers, never a new seed.
+    weights = [r["prompt"] for r in records]
+    assert len(dict.fromkeys(weights)) == 5
+    assert [weights[i] == weights[i + 1] for i in range(0, 10, 2)] == [True] * 5
+    layers = len(server.deltas)
+    assert [r["touched"] for r in records[1:]] == [0, layers, 0, layers, 0, layers, 0, layers, 0]
+    for index, weight in ((1, "0.25"), (4, "1")):  # x index (seed 21 row): the same as a single generation
+        single = _txt2img(client, prompt=f"a cat <lora:probe_lora:{weight}>", seed=21)
+        assert _same(_png(single["images"][0]), cells[index])
+
+
+def test_prompt_sr_over_a_lora_tag(client):
+    body = _txt2img(client, prompt="a cat <lora:probe_lora:1>", seed=31, script_name="x/y/z plot",
+                    script_args=xyz_args(7, "<lora:probe_lora:1>, <lora:probe_lora:0.5>, "))
+    info = json.loads(body["info"])
+    cells = [_png(b64) for b64 in body["images"][1:]]
+    assert len(cells) == 3
+    assert info["infotexts"][2].startswith("a cat <lora:probe_lora:0.5>")
+    assert "Lora hashes" in info["infotexts"][1] and "Lora hashes" not in info["infotexts"][3]
+    for index, prompt in ((1, "a cat <lora:probe_lora:0.5>"), (2, "a cat ")):
+        single = _txt2img(client, prompt=prompt, seed=31)
+        assert _same(_png(single["images"][0]), cells[index]), prompt
+    assert not _same(cells[0], cells[1])
+
+
+def test_z_axis_makes_sub_grids(client):
+    body = _txt2img(client, prompt="a cat", seed=41, script_name="x/y/z plot",
+                    script_args=xyz_args(1, "1, 2", 0, "", 4, "1, 2", lone=False, sub_grids=True, margin=4))
+    images = [_png(b64) for b64 in body["images"]]
+    assert len(images) == 3  # the Z grid, then one sub-grid per Z value
+    sub_w, sub_h = images[1].size
+    assert images[2].size == (sub_w, sub_h) and sub_w == 64 * 2 + 4
+    assert images[0].size[0] == 2 * sub_w + 4
+
+
+# ------------------------------------------------------------------------------------------------ other scripts
+
+
+def test_prompt_matrix_combines_parts_with_a_lora_tag(client):
+    body = _txt2img(client, prompt="a cat|snow|<lora:probe_lora:0.7>", seed=51, script_name="prompt matrix",
+                    script_args=[False, False, "positive", "comma", 0])
+    info = json.loads(body["info"])
+    images = [_png(b64) for b64 in body["images"]]
+    assert len(images) == 1 + 4 and images[0].size[1] > 64
+    assert [text.split("\n")[0] for text in info["infotexts"][1:]] == [
+        "a cat", "a cat, snow", "a cat, <lora:probe_lora:0.7>", "a cat, snow, <lora:probe_lora:0.7>"]
+    single = _txt2img(client, prompt="a cat, <lora:probe_lora:0.7>", seed=51)
+    assert _same(_png(single["images"][0]), images[3])
+
+
+def test_prompts_from_file_lines_and_options(client):
+    lines = 'a red cat\n--prompt "a blue dog <lora:probe_lora:0.5>" --steps 3 --seed 9\n'
+    body = _txt2img(client, prompt="", seed=61, script_name="prompts from file or textbox",
+                    script_args=[False, False, "start", lines])
+    infotexts = json.loads(body["info"])["infotexts"]
+    assert len(body["images"]) == 2
+    assert infotexts[0].startswith("a red cat") and "Seed: 61" in infotexts[0]
+    assert infotexts[1].startswith("a blue dog") and "Steps: 3" in infotexts[1] and "Seed: 9," in infotexts[1]
+    response = client.post("/sdapi/v1/txt2img", json={**SIZE, "script_name": "prompts from file or textbox",
+                                                      "script_args": [False, False, "start", "ok\n--stepz 3"]})
+    assert response.status_code == 422 and "line 2" in response.json()["detail"] and "--stepz" in response.json()["detail"]
+
+
+def test_progress_counts_the_whole_grid(server):
+    state = server.webui.state
+    seen = []
+    with state.outer_job("X/Y/Z plot", 4):
+        for _ in range(4):
+            state.begin("txt2img", 1)
+            state.sampling_steps, state.sampling_step = 2, 1
+            seen.append(state.progress)
+            state.end()
+            seen.append(state.progress)
+        assert state.active
+    assert seen == [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
+    assert not state.active
