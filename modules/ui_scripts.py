@@ -6,8 +6,9 @@ A generation tab calls `build_script_ui(webui, tabname, is_img2img)` inside its 
 UI and the API run scripts the same way). Choosing a script in the dropdown shows only that script's UI.
 
 Presets: browser code (e.g. the Lora card's "compare" action) writes JSON `{"script": name, "kind": ..., "value":
-...}` into the hidden textbox `#{tabname}_script_preset` and sends an input event; the named script's
-`presets(kind, value)` says which of its arguments get which values, and the dropdown switches to it.
+...}` into the hidden textbox `#{tabname}_script_preset` and sends an input event (the textbox's change event runs
+the preset); the named script's `presets(kind, value)` says which of its arguments get which values, and the
+dropdown switches to it.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def build_script_ui(webui: Any, tabname: str, is_img2img: bool) -> ScriptControl
                 updates.append(gr.update(value=values[index]) if given else gr.update())
         return updates
 
-    controls.preset_box.input(apply_preset, inputs=[controls.preset_box], outputs=outputs, show_progress="hidden",
+    controls.preset_box.change(apply_preset, inputs=[controls.preset_box], outputs=outputs, show_progress="hidden",
                               api_visibility="undocumented")
     return controls
 
