@@ -427,6 +427,7 @@ def tab_axes(is_img2img: bool) -> list[AxisOption]:
 def expand_lora_files(ctx: AxisContext, names: list[str]) -> list[str]:
     """Names, with a Lora sub-folder (`folder/` or a folder name) replaced by its files in natural order."""
     registry = ctx.lora_engine().registry
+    registry.refresh()  # files added since the last scan (a training run's new epochs)
     entries = registry.entries()
     out: list[str] = []
     for name in names:

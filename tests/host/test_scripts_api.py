@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
+import time
 import types
 
 import httpx
@@ -31,7 +33,7 @@ SIZE = {"width": 64, "height": 64, "steps": 2}
 class WeightProbe(Script):
     """Always-on test script: records weights after each image; writes its one argument into the infotext."""
 
-    layers: dict[str, torch.nn.Module] = {}
+    layers: list[str] = []  # target names ("unet.…", "text_encoders.0.…"), looked up in the model of each image
     records: list[dict] = []
     engine = None
 
@@ -52,7 +54,17 @@ class WeightProbe(Script):
     def postprocess_image(self, p, pp, note):
         stats = WeightProbe.engine.last_report.stats
         WeightProbe.records.append({"prompt": p.prompt, "seed": p.seeds[0], "touched": stats.layers_touched,
-                                    "weights": {name: m.weight.detach().clone() for name, m in self.layers.items()}})
+                                    "model": p.sd_model.checkpoint.name,
+                                    "weights": {name: layer_of(p.sd_model, name).weight.detach().clone()
+                                                for name in self.layers}})
+
+
+def layer_of(model, name: str) -> torch.nn.Module:
+    """A model layer by target name."""
+    if name.startswith("unet."):
+        return model.unet.get_submodule(name[len("unet."):])
+    prefix, index, rest = name.split(".", 2)
+    return model.text_encoders[int(index)].get_submodule(rest)
 
 
 def _probe_module() -> types.ModuleType:
@@ -69,15 +81,9 @@ def server(tmp_path_factory):
     deltas = write_kohya_lora(webui.paths.lora_dir / "probe_lora.safetensors", model, seed=7)
     unet_layer = next(name for name in deltas if name.startswith("unet."))
     te_layer = next(name for name in deltas if name.startswith("text_encoders."))
-    modules = {"unet": model.unet, "text_encoders.0": model.text_encoders[0]}
-
-    def module_of(name: str) -> torch.nn.Module:
-        prefix = "unet" if name.startswith("unet.") else "text_encoders.0"
-        return modules[prefix].get_submodule(name[len(prefix) + 1:])
-
-    WeightProbe.layers = {name: module_of(name) for name in (unet_layer, te_layer)}
+    WeightProbe.layers = [unet_layer, te_layer]
     WeightProbe.engine = webui.services["lora"]
-    pristine = {name: m.weight.detach().clone() for name, m in WeightProbe.layers.items()}
+    pristine = {name: layer_of(model, name).weight.detach().clone() for name in WeightProbe.layers}
     webui.scripts.add_module(_probe_module())
     app = create_app(webui)
     thread = ServerThread(app, host="127.0.0.1", port=0).start()
@@ -239,6 +245,75 @@ def test_lora_weight_axis_cells_hold_pristine_plus_w_delta(server, client):
         assert _same(_png(single["images"][0]), cells[index])
 
 
+def _expected(server, record, te: float, unet: float) -> None:
+    """The recorded weights are pristine + multiplier x delta (text-encoder layer `te`, UNet layer `unet`)."""
+    for name, value in record["weights"].items():
+        factor = te if name.startswith("text_encoders.") else unet
+        expected = server.pristine[name] + factor * server.deltas[name]
+        assert torch.allclose(value, expected, rtol=0, atol=1e-6), (record["prompt"], name)
+
+
+def test_lora_block_preset_axis(server, client):
+    WeightProbe.records.clear()
+    axis = _axis_index(client, "Lora block preset")
+    vector = ",".join(["1", "1"] + ["0"] * 15)  # BASE and IN01 (the probed UNet layer's block) on
+    body = _txt2img(client, prompt="a cat <lora:probe_lora:1>", seed=81, script_name="x/y/z plot",
+                    script_args=xyz_args(axis, f'ALL, NONE, OUTD, "{vector}"'))
+    prompts = [text.split("\n")[0] for text in json.loads(body["info"])["infotexts"][1:]]
+    assert prompts == ["a cat <lora:probe_lora:1:lbw=ALL>", "a cat <lora:probe_lora:1:lbw=NONE>",
+                       "a cat <lora:probe_lora:1:lbw=OUTD>", f"a cat <lora:probe_lora:1:lbw={vector}>"]
+    assert WeightProbe.layers[0].startswith("unet.down_blocks.0.")  # block IN01
+    by_prompt = {record["prompt"]: record for record in WeightProbe.records}
+    for prompt, (te, unet) in zip(prompts, ((1, 1), (0, 0), (1, 0), (1, 1))):
+        _expected(server, by_prompt[prompt], te, unet)
+    response = client.post("/sdapi/v1/txt2img", json={**SIZE, "prompt": "<lora:probe_lora:1>",
+                                                      "script_name": "x/y/z plot",
+                                                      "script_args": xyz_args(axis, "NOPE")})
+    assert response.status_code == 422 and "NOPE" in response.json()["detail"]
+
+
+def test_lora_file_axis_swaps_in_every_epoch_of_a_folder(server, client):
+    model = server.webui.models.current
+    epochs = [write_kohya_lora(server.webui.paths.lora_dir / "run" / f"run-{n:02d}.safetensors", model, seed=100 + n)
+              for n in (1, 2, 3)]
+    WeightProbe.records.clear()
+    axis = _axis_index(client, "Lora file")
+    body = _txt2img(client, prompt="a cat <lora:probe_lora:0.5>", seed=91, script_name="x/y/z plot",
+                    script_args=xyz_args(axis, "run/"))
+    infotexts = json.loads(body["info"])["infotexts"]
+    assert [text.split("\n")[0] for text in infotexts[1:]] == [f"a cat <lora:run/run-0{n}:0.5>" for n in (1, 2, 3)]
+    assert 'X Type: Lora file, X Values: run/' in infotexts[0]
+    for record, deltas in zip(WeightProbe.records, epochs):
+        for name, value in record["weights"].items():
+            assert torch.allclose(value, server.pristine[name] + 0.5 * deltas[name], rtol=0, atol=1e-6)
+
+
+def test_progress_counts_grid_cells_over_http(server, client):
+    seen: list[dict] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as poller:
+            while not done.is_set():
+                seen.append(poller.get("/sdapi/v1/progress", params={"skip_current_image": True}).json())
+                time.sleep(0.02)
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    try:
+        _txt2img(client, prompt="a cat", seed=7, steps=12, script_name="x/y/z plot",
+                 script_args=xyz_args(1, "1, 2", 4, "10, 12", lone=False))
+    finally:
+        done.set()
+        watcher.join()
+    cells = [(s["progress"], s["textinfo"]) for s in seen if "X/Y/Z plot: cell" in (s["textinfo"] or "")]
+    numbers = {int(text.split("cell ")[1].split(" ")[0]) for _, text in cells}
+    assert len(numbers) >= 2, seen[:5]
+    for progress, text in cells:
+        number = int(text.split("cell ")[1].split(" ")[0])
+        assert (number - 1) / 4 <= progress <= number / 4 + 1e-9, (progress, text)
+
+
 def test_prompt_sr_over_a_lora_tag(client):
     body = _txt2img(client, prompt="a cat <lora:probe_lora:1>", seed=31, script_name="x/y/z plot",
                     script_args=xyz_args(7, "<lora:probe_lora:1>, <lora:probe_lora:0.5>, "))
@@ -304,3 +379,24 @@ def test_progress_counts_the_whole_grid(server):
         assert state.active
     assert seen == [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
     assert not state.active
+
+
+def test_checkpoint_axis_switches_models_and_restores_the_first(server, client):
+    """Last in the module: it loads another checkpoint (and the first one again, afresh)."""
+    from modules.tiny_models import write_single_file  # noqa: PLC0415
+
+    webui = server.webui
+    write_single_file(webui.paths.ckpt_dir / "tiny-other.safetensors", "SD1", seed=9)
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    titles = [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
+    first = webui.models.current.checkpoint.title
+    assert any("tiny-other" in t for t in titles)
+    WeightProbe.records.clear()
+    body = _txt2img(client, prompt="a cat", seed=3, script_name="x/y/z plot",
+                    script_args=xyz_args(11, "tiny-other, " + first.split(" [")[0], 1, "1, 2"))
+    infotexts = json.loads(body["info"])["infotexts"]
+    assert "Model: tiny-other" in infotexts[1] and "Model: tiny-other" in infotexts[3]
+    assert "Model: tiny-other" not in infotexts[2]
+    models = [record["model"] for record in WeightProbe.records]
+    assert models == sorted(models, key=models.index) and len(dict.fromkeys(models)) == 2  # one switch
+    assert webui.models.current.checkpoint.title == first
