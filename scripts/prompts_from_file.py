@@ -83,7 +83,7 @@ class Script(scripts.Script):
                                              elem_id=self.elem_id("checkbox_iterate_batch"))
         prompt_position = gr.Radio(["start", "end"], value="start", label="Insert prompts at the",
                                    elem_id=self.elem_id("prompt_position"))
-        prompt_txt = gr.Textbox(label="List of prompt inputs", lines=2, elem_id=self.elem_id("prompt_txt"))
+        prompt_txt = gr.Textbox("", label="List of prompt inputs", lines=2, elem_id=self.elem_id("prompt_txt"))
         upload = gr.File(label="Upload prompt inputs", type="binary", file_types=[".txt"],
                          elem_id=self.elem_id("file"))
         upload.change(lambda data: (data or b"").decode("utf8", errors="replace").replace("\r", ""),

@@ -550,9 +550,9 @@ class Script(scripts.Script):
             with gr.Row():
                 axis_type = gr.Dropdown(labels, value=default, label=f"{axis_name.upper()} type", type="index",
                                         elem_id=self.elem_id(f"{axis_name}_type"), scale=1)
-                values = gr.Textbox(label=f"{axis_name.upper()} values", lines=1,
+                values = gr.Textbox("", label=f"{axis_name.upper()} values", lines=1,
                                     elem_id=self.elem_id(f"{axis_name}_values"), scale=3)
-                dropdown = gr.Dropdown(label=f"{axis_name.upper()} values", choices=[], multiselect=True,
+                dropdown = gr.Dropdown(label=f"{axis_name.upper()} values", choices=[], value=[], multiselect=True,
                                        visible=False, elem_id=self.elem_id(f"{axis_name}_values_dropdown"), scale=3)
             axis_type.change(self._axis_changed, inputs=[axis_type], outputs=[dropdown], show_progress="hidden",
                              api_visibility="undocumented")
