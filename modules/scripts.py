@@ -313,6 +313,19 @@ def request_copy(p: Any) -> Any:
     return copy
 
 
+def save_grid(webui: Any, p: Any, grid: Image.Image, seed: int | None, infotext: str) -> Path | None:
+    """Save a script's grid image (with its infotext) to `outputs/txt2img-grids/DATE/` (or the
+    `outdir_txt2img_grids` option's folder) when the request saves grids and the `grid_save` option is on."""
+    from modules import images  # noqa: PLC0415 - PIL-heavy, only needed when saving
+
+    if getattr(p, "do_not_save_grid", True) or not webui.options.get("grid_save"):
+        return None
+    custom = webui.options.get("outdir_txt2img_grids")
+    root = Path(custom) if custom else Path(webui.paths.outputs_dir) / "txt2img-grids"
+    return images.save_image(grid, images.dated_folder(root), seed=seed, infotext=infotext,
+                             pnginfo_enabled=bool(webui.options.get("enable_pnginfo")))
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 

@@ -99,6 +99,7 @@ class Script(scripts.Script):
         grid, _ = image_grid.annotated_grid(cells, cols, axis_labels(optional, col_bits),
                                             axis_labels(optional, row_bits), int(margin_size or 0))
         first = results[0]
+        grid_path = scripts.save_grid(webui, p, grid, first.seed, first.infotexts[0])
         comments = list(dict.fromkeys(c for r in results for c in r.comments))
         infotexts = [r.infotexts[0] for r in results]
         return type(first)(**{**vars(first), "images": [grid, *[r.images[0] for r in results]],
@@ -110,4 +111,5 @@ class Script(scripts.Script):
                               "all_subseeds": [first.subseed] * (len(results) + 1),
                               "comments": comments, "index_of_first_image": 1,
                               "interrupted": any(r.interrupted for r in results) or len(results) < len(prompts),
-                              "saved_paths": [path for r in results for path in r.saved_paths]})
+                              "saved_paths": [*([grid_path] if grid_path else []),
+                                              *[path for r in results for path in r.saved_paths]]})

@@ -48,7 +48,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from modules import image_grid, images, processing, scripts, sd_samplers
+from modules import image_grid, processing, scripts, sd_samplers
 from modules.processing import ProcessingError
 
 log = logging.getLogger(__name__)
@@ -735,20 +735,15 @@ class Script(scripts.Script):
             out_seeds += cell_seeds
             out_prompts += cell_prompts
             out_negatives += cell_negatives
-        if not p.do_not_save_grid and bool(webui.options.get("grid_save")):
-            saved.insert(0, images.save_image(grid, self._grid_folder(), seed=cell_seeds[0], infotext=grid_infotext,
-                                              pnginfo_enabled=bool(webui.options.get("enable_pnginfo"))))
+        grid_path = scripts.save_grid(webui, p, grid, cell_seeds[0], grid_infotext)
+        if grid_path is not None:
+            saved.insert(0, grid_path)
         return dataclasses.replace(
             template, images=out_images, infotexts=out_infotexts, seed=cell_seeds[0], all_seeds=out_seeds,
             all_prompts=out_prompts, all_negative_prompts=out_negatives,
             all_subseeds=[template.subseed] * len(out_images), comments=comments, saved_paths=saved,
             interrupted=interrupted, index_of_first_image=len(out_images) - len(cell_images) if include_lone_images
             else 1)
-
-    def _grid_folder(self) -> Path:
-        custom = self.webui.options.get("outdir_txt2img_grids")
-        root = Path(custom) if custom else Path(self.webui.paths.outputs_dir) / "txt2img-grids"
-        return images.dated_folder(root)
 
     def _grid_infotext(self, pc: Any, opts: dict[str, AxisOption], values: dict[str, list[Any]],
                        texts: dict[str, str], no_fixed_seeds: bool, webui: Any) -> str:

@@ -15,6 +15,7 @@ import json
 import threading
 import time
 import types
+from pathlib import Path
 
 import httpx
 import pytest
@@ -312,6 +313,52 @@ def test_progress_counts_grid_cells_over_http(server, client):
     for progress, text in cells:
         number = int(text.split("cell ")[1].split(" ")[0])
         assert (number - 1) / 4 <= progress <= number / 4 + 1e-9, (progress, text)
+
+
+def test_saved_cells_carry_their_own_infotext_and_the_grid_names_the_axes(server, client):
+    outputs = Path(server.webui.paths.outputs_dir)
+    before = set(outputs.rglob("*.png"))
+    _txt2img(client, prompt="a cat", seed=5, save_images=True, script_name="x/y/z plot",
+             script_args=xyz_args(1, "201, 202", lone=False))
+    new = sorted(set(outputs.rglob("*.png")) - before)
+    grids = [path for path in new if "txt2img-grids" in path.parts]
+    cells = [path for path in new if "txt2img-images" in path.parts]
+    assert len(grids) == 1 and len(cells) == 2, new
+    def parameters(path: Path) -> str:
+        with Image.open(path) as image:
+            return image.info["parameters"]
+
+    grid_text = parameters(grids[0])
+    assert "Script: X/Y/Z plot" in grid_text and 'X Values: "201, 202"' in grid_text
+    texts = sorted(parameters(path) for path in cells)
+    assert "Seed: 201," in texts[0] and "Seed: 202," in texts[1]
+    assert all("Script:" not in text and "X Type" not in text for text in texts)
+
+
+def test_interrupt_stops_the_rest_of_the_grid(server):
+    result: dict = {}
+
+    def grid() -> None:
+        with httpx.Client(base_url=server.url, timeout=300) as own:
+            result.update(_txt2img(own, prompt="a cat", seed=1, steps=30, script_name="x/y/z plot",
+                                   script_args=xyz_args(1, "1, 2, 3, 4")))
+
+    worker = threading.Thread(target=grid)
+    worker.start()
+    with httpx.Client(base_url=server.url, timeout=30) as poller:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            text = poller.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["textinfo"] or ""
+            if "cell 2 of 4" in text:
+                break
+            time.sleep(0.02)
+        assert poller.post("/sdapi/v1/interrupt").status_code == 200
+    worker.join(300)
+    info = json.loads(result["info"])
+    assert info["interrupted"] is True
+    cells = [_png(b64) for b64 in result["images"][1:]]
+    assert len(cells) == 4
+    assert cells[0].getbbox() is not None and cells[3].getbbox() is None  # cell 4 was never generated: blank
 
 
 def test_prompt_sr_over_a_lora_tag(client):
