@@ -782,7 +782,11 @@ def process_images(webui: Any, p: StableDiffusionProcessingTxt2Img) -> Processed
     `webui.state.begin("txt2img", ...)`/`end()` itself. Callbacks: `before_process(p)` once the prompts and seeds
     are set, `process_step(p, step, total)` before every UNet evaluation (`step` counts sampler steps from 0
     within the current pass, `total` = that pass's steps; second-order samplers call it twice per step;
-    `p.is_hr_pass` tells the passes apart), `after_process(p, processed)` at the end.
+    `p.is_hr_pass` tells the passes apart), `after_process(p, processed)` at the end. The request's always-on
+    scripts (`p.scripts`, `modules.scripts.ScriptRun`) get `process` after `before_process`, `before_process_batch`
+    and (once the batch's extra networks are active) `process_batch` per batch, `postprocess_image` per image (before
+    its infotext and saving) and `postprocess` with the result; a selected script's `run` is the caller's business
+    (`modules.api.api.run_with_scripts`).
     """
     p.validate(webui)
     with overridden_options(webui.options, p.override_settings):
