@@ -273,6 +273,18 @@ def test_lora_block_preset_axis(server, client):
     assert response.status_code == 422 and "NOPE" in response.json()["detail"]
 
 
+def test_lora_te_and_unet_weight_axes(server, client):
+    WeightProbe.records.clear()
+    te_axis, unet_axis = _axis_index(client, "Lora TE weight"), _axis_index(client, "Lora UNet weight")
+    body = _txt2img(client, prompt="a cat <lora:probe_lora:1>", seed=83, script_name="x/y/z plot",
+                    script_args=xyz_args(te_axis, "0, 0.5", unet_axis, "1, 0.25"))
+    prompts = [text.split("\n")[0] for text in json.loads(body["info"])["infotexts"][1:]]
+    assert prompts == [f"a cat <lora:probe_lora:1:te={te}:unet={unet}>" for unet in ("1", "0.25") for te in ("0", "0.5")]
+    by_prompt = {record["prompt"]: record for record in WeightProbe.records}
+    for prompt, (te, unet) in zip(prompts, ((0, 1), (0.5, 1), (0, 0.25), (0.5, 0.25))):
+        _expected(server, by_prompt[prompt], te, unet)
+
+
 def test_lora_file_axis_swaps_in_every_epoch_of_a_folder(server, client):
     model = server.webui.models.current
     epochs = [write_kohya_lora(server.webui.paths.lora_dir / "run" / f"run-{n:02d}.safetensors", model, seed=100 + n)
