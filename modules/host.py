@@ -20,8 +20,9 @@ from modules.devices import default_device, default_dtype
 from modules.extensions import Extension, load_extensions
 from modules.extra_networks import ExtraNetworkRegistry
 from modules.options import Options
-from modules.paths import Paths
+from modules.paths import REPO_ROOT, Paths
 from modules.script_callbacks import Callbacks
+from modules.scripts import ScriptRegistry
 from modules.sd_vae import VaeManager
 from modules.state import JobState
 from modules.styles import StyleDatabase
@@ -88,6 +89,8 @@ class WebUI:
     gradio_blocks: Any = None  # the Gradio Blocks of the UI, once built
     vae: VaeManager | None = None  # separate VAE files and the `sd_vae` selection (modules.sd_vae)
     styles: StyleDatabase | None = None  # prompt styles of styles.csv (modules.styles)
+    # Script plug-ins (`modules.scripts`): the top-level scripts/ folder and every extension's scripts/ files.
+    scripts: ScriptRegistry = field(default_factory=ScriptRegistry)
 
     @classmethod
     def create(cls, argv: Sequence[str] | None = None, load_extensions_now: bool = True) -> WebUI:
@@ -129,6 +132,11 @@ class WebUI:
             from modules import embedded_default  # noqa: PLC0415
 
             embedded_default.ensure_embedded_default(paths)
+        webui.scripts.webui = webui
+        webui.scripts.load_folder(REPO_ROOT / "scripts")
         if load_extensions_now:
             webui.extensions = load_extensions(webui, include_user=not args.disable_extensions)
+            for ext in webui.extensions:
+                for module in ext.scripts:
+                    webui.scripts.add_module(module)
         return webui

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,8 +34,12 @@ from tqdm import tqdm
 from modules import extra_networks, images, infotext, sd_samplers, upscalers
 from modules.generation_state import GenerationState
 from modules.prompt_encoding import EMPHASIS_MODES, Conditioning, PromptEncoder
+from modules.scripts import PostprocessImageArgs
 from modules.tiling import circular_padding
 from modules.upscalers import UpscalerRegistry
+
+if TYPE_CHECKING:
+    from modules.scripts import ScriptRun
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,8 @@ class StableDiffusionProcessingTxt2Img:
     do_not_save_grid: bool = True
     tiling: bool | None = None  # None: the `tiling` option
     disable_extra_networks: bool = False  # extra-network tags are removed from the prompts but not applied
+    # The request's scripts (`modules.scripts.ScriptRun`): the selected one and the always-on ones with their args.
+    scripts: ScriptRun | None = field(default=None, repr=False)
 
     # Run-time state (not request fields).
     comments: list[str] = field(default_factory=list, init=False, repr=False)
@@ -322,6 +328,7 @@ class Processed:
     job_timestamp: str = ""
     clip_skip: int = 1
     is_using_inpainting_conditioning: bool = False
+    index_of_first_image: int = 0  # images before it are grids (scripts such as the X/Y/Z plot put them first)
 
     @property
     def info(self) -> str:
@@ -357,7 +364,7 @@ class Processed:
             "seed_resize_from_h": self.seed_resize_from_h,
             "denoising_strength": self.denoising_strength,
             "extra_generation_params": self.extra_generation_params,
-            "index_of_first_image": 0,
+            "index_of_first_image": self.index_of_first_image,
             "infotexts": self.infotexts,
             "styles": self.styles,
             "job_timestamp": self.job_timestamp,
@@ -861,6 +868,8 @@ def first_pass_inputs(webui: Any, p: StableDiffusionProcessingTxt2Img, encoder: 
         data = {}
     p.extra_network_data = data
     webui.extra_networks.activate(p, data)
+    if p.scripts is not None:
+        p.scripts.process_batch(p, batch_number=p.iteration, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
     cond = _encode(p, encoder, prompts, data, "cond")
     negatives = _strip_tags(p.negative_prompts)
     uncond = _encode(p, encoder, negatives, data, "uncond")
@@ -940,7 +949,11 @@ def process_images(webui: Any, p: StableDiffusionProcessingTxt2Img) -> Processed
     `webui.state.begin("txt2img", ...)`/`end()` itself. Callbacks: `before_process(p)` once the prompts and seeds
     are set, `process_step(p, step, total)` before every UNet evaluation (`step` counts sampler steps from 0
     within the current pass, `total` = that pass's steps; second-order samplers call it twice per step;
-    `p.is_hr_pass` tells the passes apart), `after_process(p, processed)` at the end.
+    `p.is_hr_pass` tells the passes apart), `after_process(p, processed)` at the end. The request's always-on
+    scripts (`p.scripts`, `modules.scripts.ScriptRun`) get `process` after `before_process`, `before_process_batch`
+    and (once the batch's extra networks are active) `process_batch` per batch, `postprocess_image` per image (before
+    its infotext and saving) and `postprocess` with the result; a selected script's `run` is the caller's business
+    (`modules.api.api.run_with_scripts`).
     """
     p.validate(webui)
     with overridden_options(webui.options, p.override_settings, p.override_settings_restore_afterwards):
@@ -953,7 +966,11 @@ def process_images(webui: Any, p: StableDiffusionProcessingTxt2Img) -> Processed
         _apply_styles(webui, p)
         p.init(webui, model)
         webui.callbacks.run("before_process", p, on_error=lambda message: extra_networks.add_comment(p, message))
+        if p.scripts is not None:
+            p.scripts.process(p)
         processed = _process(webui, p, model)
+        if p.scripts is not None:
+            p.scripts.postprocess(p, processed)
     webui.callbacks.run("after_process", p, processed)
     return processed
 
@@ -1001,6 +1018,9 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                 p.subseeds = p.all_subseeds[start:start + p.batch_size]
                 state.job_no = iteration * (2 if p.enable_hr else 1)
                 state.textinfo = f"Batch {iteration + 1} of {p.n_iter}"
+                if p.scripts is not None:
+                    p.scripts.before_process_batch(p, batch_number=iteration, prompts=p.prompts, seeds=p.seeds,
+                                                   subseeds=p.subseeds)
                 activated = True
                 state.skipped = False  # `POST /skip` ends the current batch's sampling; the next one runs
                 with circular_padding(model, bool(p.tiling)):
@@ -1009,6 +1029,10 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                 for offset, image in enumerate(batch_images):
                     index = start + offset
                     image = p.postprocess_image(image, offset)
+                    if p.scripts is not None:
+                        pp = PostprocessImageArgs(image)
+                        p.scripts.postprocess_image(p, pp)
+                        image = pp.image
                     text = create_infotext(p, webui, index)
                     all_images.append(image)
                     infotexts.append(text)

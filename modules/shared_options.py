@@ -27,3 +27,7 @@ def register_host_options(webui: Any) -> None:
     add("add_version_to_infotext", True, "Add program version to infotext", "Infotext")
     add("outdir_txt2img_samples", "", "Output directory for txt2img images (empty: outputs/txt2img-images)",
         "Paths for saving")
+    # Grids made by scripts (X/Y/Z plot, prompt matrix)
+    add("grid_save", True, "Always save all generated image grids", "Saving images")
+    add("outdir_txt2img_grids", "", "Output directory for txt2img grids (empty: outputs/txt2img-grids)",
+        "Paths for saving")

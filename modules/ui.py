@@ -56,6 +56,7 @@ from modules.api.api import (  # noqa: E402
     validation_message,
 )
 from modules.paths import REPO_ROOT  # noqa: E402
+from modules.ui_scripts import build_script_ui  # noqa: E402
 from modules.ui_styles import styles_box  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,8 @@ def _comments_html(comments: Any) -> str:
 
 def ui_request(webui: Any, model: type[models.Txt2ImgRequest], names: list[str], values: list[Any],
                 **extra: Any) -> Any:
-    """A request model from UI values (None: the field's default); `gr.Error` with the message when invalid."""
+    """A request model from UI values (None: the field's default) and `extra` request fields (the Script
+    fields, `ScriptControls.request_fields`); `gr.Error` with the message when invalid."""
     data = {name: value for name, value in zip(names, values) if value is not None}  # unrendered: defaults
     if data.get("hr_sampler_name") == "":
         data.pop("hr_sampler_name")
@@ -296,12 +298,14 @@ def ui_request(webui: Any, model: type[models.Txt2ImgRequest], names: list[str],
         raise gr.Error(validation_message(exc)) from exc
 
 
-def generate_txt2img(webui: Any, names: list[str], values: list[Any]) -> tuple[list[Any], str, str, str]:
-    """Run one generation from UI values; returns (gallery images, info JSON, infotext HTML, comments HTML).
+def generate_txt2img(webui: Any, names: list[str], values: list[Any],
+                     script_fields: dict[str, Any] | None = None) -> tuple[list[Any], str, str, str]:
+    """Run one generation from UI values (and the Script fields, `ScriptControls.request_fields`); returns (gallery
+    images, info JSON, infotext HTML, comments HTML).
 
     Bad input raises `gr.Error` with the message (shown in the browser; the server keeps serving).
     """
-    req = ui_request(webui, models.Txt2ImgRequest, names, values)
+    req = ui_request(webui, models.Txt2ImgRequest, names, values, **(script_fields or {}))
     try:
         processed = run_txt2img(webui, req)
     except ApiError as exc:
@@ -450,6 +454,7 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
                                             placeholder="empty: the same prompt")
                 f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
                                                      placeholder="empty: the same negative prompt")
+            script_controls = build_script_ui(webui, "txt2img", is_img2img=False)
         with gr.Column(scale=1, elem_id="txt2img_results"):
             results = build_results("txt2img")
 
@@ -457,10 +462,11 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
     names = controls.names()
 
     def run(*values: Any) -> tuple[list[Any], str, str, str]:
-        return generate_txt2img(webui, names, list(values))
+        return generate_txt2img(webui, names, list(values[:len(names)]),
+                                script_controls.request_fields(list(values[len(names):])))
 
-    wire_generation(webui, "txt2img", run, controls.components(), f["prompt"], generate, interrupt, skip,
-                    random_seed, f["seed"], results)
+    wire_generation(webui, "txt2img", run, [*controls.components(), *script_controls.inputs()], f["prompt"],
+                    generate, interrupt, skip, random_seed, f["seed"], results)
     return controls
 
 

@@ -219,13 +219,39 @@ def _accepted_params(cls: type) -> set[str] | None:
     return {p.name for p in params}
 
 
+def script_selection(webui: Any, req: Any, is_img2img: bool = False) -> Any:
+    """The request's scripts (`modules.scripts.ScriptRun`) from `script_name`, `script_args` and `alwayson_scripts`;
+    ApiError 422 `ScriptNotFound` naming an unknown script, `ScriptArgsError` for malformed args."""
+    from modules.scripts import ScriptNotFoundError  # noqa: PLC0415
+
+    runner = webui.scripts.runner(is_img2img)
+    try:
+        return runner.selection(req.script_name, req.script_args, req.alwayson_scripts)
+    except ScriptNotFoundError as exc:
+        raise ApiError(422, "ScriptNotFound", str(exc)) from exc
+    except (TypeError, ValueError) as exc:
+        raise ApiError(422, "ScriptArgsError", str(exc)) from exc
+
+
+def run_with_scripts(webui: Any, p: Any) -> Any:
+    """Run `p` under `webui.queue_lock`: its selected script's `run` (which may call `process_images` many times) or
+    the plain generation; ApiError 422 for what the processing or the script refuses."""
+    processing = _processing()
+    with webui.queue_lock:
+        try:
+            if p.scripts is None:
+                return processing.process_images(webui, p)
+            return p.scripts.run(p, lambda cell: processing.process_images(webui, cell))
+        except processing.ProcessingError as exc:
+            raise ApiError(422, type(exc).__name__, str(exc)) from exc
+
+
 def run_txt2img(webui: Any, req: models.Txt2ImgRequest) -> Any:
     """Validate and run one txt2img request under `webui.queue_lock`; returns the `Processed` result.
 
-    Bad input (unknown sampler, sizes, malformed settings) raises ApiError 422 with the processing message.
+    Bad input (unknown sampler, sizes, malformed settings, an unknown script) raises ApiError 422 with the message.
     """
-    if req.script_name:
-        raise ApiError(422, "ScriptNotFound", f"script {req.script_name!r} is not available through the API")
+    selection = script_selection(webui, req, is_img2img=False)
     req = apply_infotext(webui, req)
     processing = _processing()
     cls = processing.StableDiffusionProcessingTxt2Img
@@ -236,11 +262,8 @@ def run_txt2img(webui: Any, req: models.Txt2ImgRequest) -> Any:
         raise ApiError(422, type(exc).__name__, str(exc)) from exc
     except (TypeError, ValueError) as exc:
         raise ApiError(422, type(exc).__name__, str(exc)) from exc
-    with webui.queue_lock:
-        try:
-            return processing.process_images(webui, p)
-        except processing.ProcessingError as exc:
-            raise ApiError(422, type(exc).__name__, str(exc)) from exc
+    p.scripts = selection
+    return run_with_scripts(webui, p)
 
 
 def run_img2img(webui: Any, req: models.Img2ImgRequest) -> Any:
@@ -249,10 +272,6 @@ def run_img2img(webui: Any, req: models.Img2ImgRequest) -> Any:
     `script_name: "sd upscale"` runs `modules.sd_upscale` with A1111's `script_args`. A non-image init image or
     mask, bad fields or an unknown upscaler raise ApiError 422 naming the field.
     """
-    if req.override_settings:
-        unknown = sorted(k for k in req.override_settings if k not in webui.options.infos)
-        if unknown:
-            raise ApiError(422, "UnknownOption", f"override_settings: unknown option(s) {', '.join(unknown)}")
     req = apply_infotext(webui, req)  # type: ignore[assignment]
     if not req.init_images:
         raise ApiError(422, "InvalidImage", "init_images: at least one image is required")
@@ -265,13 +284,9 @@ def run_img2img(webui: Any, req: models.Img2ImgRequest) -> Any:
 def run_img2img_images(webui: Any, req: models.Img2ImgRequest, init_images: list[Image.Image],
                        mask: Image.Image | None, latent_mask: Image.Image | None = None) -> Any:
     """`run_img2img` with the images already decoded (the UI's path); the request's base64 images are ignored."""
-    from modules import sd_upscale  # noqa: PLC0415
     from modules.img2img import StableDiffusionProcessingImg2Img  # noqa: PLC0415
 
-    script = (req.script_name or "").strip().lower()
-    if script and script != sd_upscale.SCRIPT_NAME:
-        raise ApiError(422, "ScriptNotFound", f"script {req.script_name!r} is not available; "
-                                              f"img2img scripts: {sd_upscale.SCRIPT_NAME!r}")
+    selection = script_selection(webui, req, is_img2img=True)
     if not init_images:
         raise ApiError(422, "InvalidImage", "init_images: at least one image is required")
     processing = _processing()
@@ -283,16 +298,10 @@ def run_img2img_images(webui: Any, req: models.Img2ImgRequest, init_images: list
             kwargs["initial_noise_multiplier"] = float(webui.options.get("initial_noise_multiplier"))
         p = cls(**kwargs)
         p.validate(webui)
-        script_args = sd_upscale.parse_args(req.script_args) if script else None
     except (processing.ProcessingError, TypeError, ValueError) as exc:
         raise ApiError(422, type(exc).__name__, str(exc)) from exc
-    with webui.queue_lock:
-        try:
-            if script_args is not None:
-                return sd_upscale.run(webui, p, *script_args)
-            return processing.process_images(webui, p)
-        except processing.ProcessingError as exc:
-            raise ApiError(422, type(exc).__name__, str(exc)) from exc
+    p.scripts = selection
+    return run_with_scripts(webui, p)
 
 
 # ------------------------------------------------------------------------------------------------ extras
@@ -507,7 +516,7 @@ def progress_payload(webui: Any, skip_current_image: bool = False) -> models.Pro
             sampling_steps=state.sampling_steps,
         ),
         current_image=None if skip_current_image else _image_base64(state.current_image),
-        textinfo=state.textinfo or None,
+        textinfo=state.display_text or None,
     )
 
 
@@ -579,6 +588,21 @@ def scheduler_items() -> list[models.SchedulerItem]:
 def _html_info(text: str) -> str:
     """A1111's `html_info` of Extras: the postprocessing text as an escaped HTML paragraph."""
     return f"<p>{html.escape(text)}</p>" if text else ""
+
+
+def script_infos(webui: Any) -> list[models.ScriptInfo]:
+    """`GET /sdapi/v1/script-info`: every script of both tabs with its arguments (A1111's shape)."""
+    infos = []
+    for runner in (webui.scripts.txt2img, webui.scripts.img2img):
+        for script in runner.scripts:
+            try:
+                args = [models.ScriptArg(**vars(arg)) for arg in runner.arg_infos(script)]
+            except Exception:  # a script whose UI fails to build is still listed
+                log.exception("script %s: ui() failed", script.name)
+                args = []
+            infos.append(models.ScriptInfo(name=script.name, is_alwayson=script.alwayson,
+                                           is_img2img=runner.is_img2img, args=args))
+    return infos
 
 
 def validation_message(exc: ValidationError | Any) -> str:
@@ -678,9 +702,11 @@ class Api:
             return [models.LatentUpscaleModeItem(name=name) for name in _processing().LATENT_UPSCALE_MODES]
 
         def scripts() -> models.ScriptsList:
-            from modules import sd_upscale  # noqa: PLC0415
+            return models.ScriptsList(txt2img=[s.name for s in webui.scripts.txt2img.scripts],
+                                      img2img=[s.name for s in webui.scripts.img2img.scripts])
 
-            return models.ScriptsList(img2img=[sd_upscale.SCRIPT_NAME])
+        def script_info() -> list[models.ScriptInfo]:
+            return script_infos(webui)
 
         def unload_checkpoint() -> None:
             with webui.queue_lock:
@@ -735,6 +761,8 @@ class Api:
               response_model=list[models.LatentUpscaleModeItem], responses=errors, summary="Latent upscale modes")
         route(f"{API_PREFIX}/scripts", scripts, methods=["GET"], response_model=models.ScriptsList,
               responses=errors, summary="Script plug-ins available to requests")
+        route(f"{API_PREFIX}/script-info", script_info, methods=["GET"], response_model=list[models.ScriptInfo],
+              responses=errors, summary="Every script with its arguments (labels, defaults, bounds, choices)")
         route(f"{API_PREFIX}/unload-checkpoint", unload_checkpoint, methods=["POST"], response_model=None,
               responses=errors, summary="Free the loaded model (the next generation loads it again)")
         route(f"{API_PREFIX}/reload-checkpoint", reload_checkpoint, methods=["POST"], response_model=None,

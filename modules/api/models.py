@@ -267,6 +267,26 @@ class ScriptsList(BaseModel):
     img2img: list[str] = Field(default_factory=list)
 
 
+class ScriptArg(BaseModel):
+    """One argument of a script (from its UI component), in `GET /sdapi/v1/script-info`."""
+
+    label: str | None = None
+    value: Any = None
+    minimum: Any = None
+    maximum: Any = None
+    step: Any = None
+    choices: list[Any] | None = None
+
+
+class ScriptInfo(BaseModel):
+    """One entry of `GET /sdapi/v1/script-info` (A1111's shape)."""
+
+    name: str | None = None
+    is_alwayson: bool = False
+    is_img2img: bool = False
+    args: list[ScriptArg] = Field(default_factory=list)
+
+
 class EmbeddingsResponse(BaseModel):
     """`GET /sdapi/v1/embeddings` (textual inversion is not supported: both are empty)."""
 

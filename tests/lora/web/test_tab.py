@@ -126,7 +126,8 @@ def test_tab_lists_the_demo_loras(ui):
     assert "warm sunset palette" in card.locator(".lora-card-desc").inner_text()
     assert card.locator("img").evaluate("(img) => img.complete && img.naturalWidth") == 256
     assert ui.locator(".lora-card[data-name=demo_dora] .lora-badge-algo").inner_text() == "LoRA+DoRA"
-    assert ui.locator(".lora-card[data-name=demo_dora] .lora-card-buttons button").count() == 3
+    # copy, meta, edit, and the "compare" action (lora_compare.js)
+    assert ui.locator(".lora-card[data-name=demo_dora] .lora-card-buttons button").count() == 4
 
 
 def test_search_filters_by_name_alias_description_activation_tags(ui):
