@@ -41,8 +41,9 @@ TORCH_DTYPES = {
 }
 
 
-def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int, int]:
+    """Which file, which version: a rewrite in place that restores the mtime still changes the ctime."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 class MappedSafetensors:
@@ -66,7 +67,7 @@ class MappedSafetensors:
         self.entries: dict[str, dict[str, Any]] = {k: v for k, v in header.items() if k != "__metadata__"}
 
     def unchanged(self) -> bool:
-        """True while the file on disk is still the one mapped (same inode, size and mtime)."""
+        """True while the file on disk is still the one mapped (same inode, size, mtime and ctime)."""
         try:
             return _identity(os.fstat(self._file.fileno())) == self._identity
         except (OSError, ValueError):

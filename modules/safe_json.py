@@ -1,0 +1,124 @@
+"""The one JSON reader for everything that comes from a file (safetensors headers and metadata, sidecars, cache.json,
+config.json, Civitai-style `.info`/`.json` files): size and nesting depth are checked before parsing, and every way
+Python's `json` can fail is turned into one `JsonError` with a message saying what is wrong.
+
+Why: `json.loads` raises more than `JSONDecodeError` on hostile input. An integer of more than 4,300 digits raises
+ValueError (Python's int digit limit), ~1,000 levels of nesting raise RecursionError, `1e999` parses to `inf` and
+`Infinity`/`NaN` are accepted (later `int(inf)` raises OverflowError), and `"\\ud800"` gives a lone surrogate that
+breaks every UTF-8 response later. Decisions:
+* depth is limited to `MAX_DEPTH` (counted before parsing, over the brackets outside strings);
+* integers are limited to `MAX_INT_DIGITS` digits and floats must be finite; `NaN`/`Infinity` are refused
+  (they are not JSON, and our writers never write them);
+* lone surrogates in strings are replaced by U+FFFD unless `keep_surrogates=True` (cache.json keys that are file
+  names undecodable as UTF-8, which `atomic_io.write_json_atomic` writes as escapes);
+* `dumps` refuses NaN/Infinity too, so no file we write holds non-standard JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Any
+
+from modules.regular_files import read_regular
+
+MAX_JSON_BYTES = 100 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_INT_DIGITS = 400  # far beyond any real count or seed (a 64-bit int has 20 digits)
+
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET_RE = re.compile(r"[\[\]{}]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+class JsonError(ValueError):
+    """Text that is not acceptable JSON; the message says why (callers add the file name)."""
+
+
+def nesting_depth(text: str) -> int:
+    """The deepest nesting of objects/arrays in JSON `text`, counted over brackets outside strings (no parse)."""
+    depth = deepest = 0
+    for match in _BRACKET_RE.finditer(_STRING_RE.sub('""', text)):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise JsonError(f"holds an integer of {digits} digits (limit {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > MAX_INT_DIGITS:
+        raise JsonError(f"holds a number of {len(text)} characters (limit {MAX_INT_DIGITS})")
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonError(f"holds the number {text[:40]}, which is too large for a float")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    raise JsonError(f"holds {name}, which is not JSON")
+
+
+def clean_surrogates(value: Any) -> Any:
+    """`value` with lone surrogates in every string (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        if _SURROGATE_RE.search(value) is None:
+            return value
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [clean_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {clean_surrogates(k): clean_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def loads(data: str | bytes, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH,
+          keep_surrogates: bool = False) -> Any:
+    """Parse JSON `data` (bytes are UTF-8) under the limits in the module docstring; JsonError for anything wrong."""
+    if len(data) > max_bytes:
+        raise JsonError(f"is {len(data)} bytes of JSON (limit {max_bytes})")
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    except UnicodeDecodeError as exc:
+        raise JsonError(f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    depth = nesting_depth(text)
+    if depth > max_depth:
+        raise JsonError(f"nests JSON {depth} levels deep (limit {max_depth})")
+    try:
+        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    except JsonError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise JsonError(f"is not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})") from None
+    except (ValueError, RecursionError, OverflowError, UnicodeError, TypeError) as exc:
+        raise JsonError(f"is not acceptable JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return value if keep_surrogates else clean_surrogates(value)
+
+
+def read_file(path: str | os.PathLike[str], default: Any = None, max_bytes: int = MAX_JSON_BYTES,
+              max_depth: int = MAX_DEPTH, keep_surrogates: bool = False) -> Any:
+    """Read a JSON file (regular files only: `regular_files.read_regular`); `default` when it does not exist.
+    A bad file raises JsonError naming the file; a FIFO, device or folder raises `NotRegularFileError` (OSError)."""
+    try:
+        data = read_regular(path, max_bytes)
+    except FileNotFoundError:
+        return default
+    try:
+        return loads(data, max_bytes, max_depth, keep_surrogates)
+    except JsonError as exc:
+        raise JsonError(f"{path}: {exc}") from None
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """`json.dumps` that refuses NaN/Infinity (ValueError) instead of writing non-standard JSON."""
+    return json.dumps(value, allow_nan=False, **kwargs)
