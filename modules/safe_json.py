@@ -119,6 +119,27 @@ def read_file(path: str | os.PathLike[str], default: Any = None, max_bytes: int 
         raise JsonError(f"{path}: {exc}") from None
 
 
+def sendable(value: Any, max_depth: int = MAX_DEPTH) -> Any:
+    """A copy of JSON-like `value` that any JSON response can carry: non-finite floats as their text ("nan", "inf"),
+    lone surrogates replaced, keys as text, anything nested deeper than `max_depth` as the text "...". Used by the
+    error handler, which must answer whatever body it was sent."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return clean_surrogates(value)
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if max_depth <= 0:
+        return "..."
+    if isinstance(value, dict):
+        return {clean_surrogates(str(k)): sendable(v, max_depth - 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sendable(item, max_depth - 1) for item in value]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value[:10_000]).decode("utf-8", "replace")
+    return clean_surrogates(str(value))
+
+
 def dumps(value: Any, **kwargs: Any) -> str:
     """`json.dumps` that refuses NaN/Infinity (ValueError) instead of writing non-standard JSON."""
     return json.dumps(value, allow_nan=False, **kwargs)
