@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from modules import extra_networks, images, infotext, sd_samplers
+from modules import extra_networks, image_checks, images, infotext, sd_samplers
 from modules.generation_state import GenerationState
 from modules.prompt_encoding import EMPHASIS_MODES, Conditioning, PromptEncoder
 
@@ -836,6 +836,10 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                 batch_images = decode_latents(model, latents)
                 for offset, image in enumerate(batch_images):
                     index = start + offset
+                    broken = image_checks.broken_image_comment(index, latents[offset], image, p.extra_network_data)
+                    if broken is not None:
+                        log.warning("%s", broken)
+                        extra_networks.add_comment(p, broken)
                     text = create_infotext(p, webui, index)
                     all_images.append(image)
                     infotexts.append(text)
