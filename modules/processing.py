@@ -408,7 +408,7 @@ def vae_scale_factor(model: Any) -> int:
 def latent_preview(latent: torch.Tensor, family: str) -> Image.Image:
     """A cheap RGB image of one latent (C, H, W) by a linear map per channel (no VAE)."""
     factors, bias = LATENT_RGB_FACTORS["SDXL" if family == "SDXL" else "SD1"]
-    x = latent.detach().float().cpu()
+    x = torch.nan_to_num(latent.detach().float().cpu(), nan=0.0)  # a NaN latent shows as a flat preview
     if x.shape[0] == len(factors):
         rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(factors)) + torch.tensor(bias)
     else:
@@ -431,7 +431,7 @@ def decode_latents(model: Any, latents: torch.Tensor) -> list[Image.Image]:
             log.warning("VAE produced NaNs in %s; decoding this image in float32", vae.dtype)
             x = vae.float().decode(z.float()).sample.float()
             vae.to(model.dtype)
-        x = ((x[0] + 1.0) / 2.0).clamp(0, 1)
+        x = ((torch.nan_to_num(x[0], nan=-1.0) + 1.0) / 2.0).clamp(0, 1)  # NaN (a broken LoRA) -> black
         array = (255.0 * x.permute(1, 2, 0).cpu().numpy()).astype(np.uint8)
         results.append(Image.fromarray(array, "RGB"))
     return results
