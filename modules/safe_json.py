@@ -91,6 +91,7 @@ def loads(data: str | bytes, max_bytes: int = MAX_JSON_BYTES, max_depth: int = M
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     except UnicodeDecodeError as exc:
         raise JsonError(f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     depth = nesting_depth(text)
     if depth > max_depth:
         raise JsonError(f"nests JSON {depth} levels deep (limit {max_depth})")
