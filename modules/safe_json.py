@@ -1,12 +1,13 @@
 """The one JSON reader for everything that comes from a file (safetensors headers and metadata, sidecars, cache.json,
-config.json, Civitai-style `.info`/`.json` files): size and nesting depth are checked before parsing, and every way
-Python's `json` can fail is turned into one `JsonError` with a message saying what is wrong.
+config.json, Civitai-style `.info`/`.json` files): size is checked before parsing, nesting depth right after, and
+every way Python's `json` can fail is turned into one `JsonError` with a message saying what is wrong.
 
 Why: `json.loads` raises more than `JSONDecodeError` on hostile input. An integer of more than 4,300 digits raises
 ValueError (Python's int digit limit), ~1,000 levels of nesting raise RecursionError, `1e999` parses to `inf` and
 `Infinity`/`NaN` are accepted (later `int(inf)` raises OverflowError), and `"\\ud800"` gives a lone surrogate that
 breaks every UTF-8 response later. Decisions:
-* depth is limited to `MAX_DEPTH` (counted before parsing, over the brackets outside strings);
+* depth is limited to `MAX_DEPTH` (the C parser's own recursion guard stops ~1,000 levels, the RecursionError is
+  caught; the parsed value's depth is then counted without recursion, so nothing deeper is ever cached or returned);
 * integers are limited to `MAX_INT_DIGITS` digits and floats must be finite; `NaN`/`Infinity` are refused
   (they are not JSON, and our writers never write them);
 * lone surrogates in strings are replaced by U+FFFD unless `keep_surrogates=True` (cache.json keys that are file
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import re
+import sys
 from typing import Any
 
 from modules.regular_files import read_regular
@@ -28,8 +30,6 @@ MAX_JSON_BYTES = 100 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_INT_DIGITS = 400  # far beyond any real count or seed (a 64-bit int has 20 digits)
 
-_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET_RE = re.compile(r"[\[\]{}]")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
@@ -37,15 +37,23 @@ class JsonError(ValueError):
     """Text that is not acceptable JSON; the message says why (callers add the file name)."""
 
 
-def nesting_depth(text: str) -> int:
-    """The deepest nesting of objects/arrays in JSON `text`, counted over brackets outside strings (no parse)."""
-    depth = deepest = 0
-    for match in _BRACKET_RE.finditer(_STRING_RE.sub('""', text)):
-        if match.group() in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
+def nesting_depth(value: Any, limit: int | None = None) -> int:
+    """The nesting depth of parsed JSON `value` (a scalar is 0, `[]` is 1), counted without recursion; with `limit`,
+    the count stops as soon as it is exceeded (returns limit + 1)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if limit is not None and deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in item if isinstance(child, (dict, list)))
     return deepest
 
 
@@ -92,17 +100,19 @@ def loads(data: str | bytes, max_bytes: int = MAX_JSON_BYTES, max_depth: int = M
     except UnicodeDecodeError as exc:
         raise JsonError(f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
-    depth = nesting_depth(text)
-    if depth > max_depth:
-        raise JsonError(f"nests JSON {depth} levels deep (limit {max_depth})")
     try:
         value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except JsonError:
         raise
+    except RecursionError:  # the C parser's own guard, around 1,000 levels
+        raise JsonError(f"nests JSON more than {sys.getrecursionlimit()} levels deep (limit {max_depth})") from None
     except json.JSONDecodeError as exc:
         raise JsonError(f"is not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})") from None
-    except (ValueError, RecursionError, OverflowError, UnicodeError, TypeError) as exc:
+    except (ValueError, OverflowError, UnicodeError, TypeError) as exc:
         raise JsonError(f"is not acceptable JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+    depth = nesting_depth(value, max_depth)
+    if depth > max_depth:
+        raise JsonError(f"nests JSON more than {max_depth} levels deep")
     return value if keep_surrogates else clean_surrogates(value)
 
 

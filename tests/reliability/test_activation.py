@@ -151,3 +151,24 @@ def test_a_failure_record_holds_no_tensors(tmp_path: Path, ledger: Ledger) -> No
     (record,) = engine._nothing_fits.values()
     assert record.__traceback__ is None and record.network.bundle_embeddings == {} and not record.network.modules
     assert record.network.unmatched_keys  # the names stay, for the message
+
+
+def test_many_tags_over_few_files_load_each_file_once(tmp_path: Path, ledger: Ledger) -> None:
+    """500 tags over 10 LoRAs (more files than the engine's memory limit of 8): each file is loaded once and every
+    tag shares its network, so memory does not grow per tag (it held 500 copies: +590 MB in the attack; see
+    bench/bench_hostile_memory.py for the RSS numbers)."""
+    model = tiny_loaded_model("SD1", seed=3)
+    pristine = state_snapshot(model)
+    folder = tmp_path / "Lora"
+    deltas = [write_kohya_lora(folder / f"l{i}.safetensors", model, seed=i, rank=2, only=3) for i in range(10)]
+    engine = engine_for(folder, model)
+    requests = [NetworkRequest(f"l{i % 10}", 0.01, 0.01) for i in range(500)]
+    for _ in range(2):
+        report = engine.activate(requests)
+        assert report.errors == {} and len(report.active) == 500
+        assert len({id(a.network) for a in report.active}) == 10
+    ledger.bad_input()
+    wrong = weights_problems(model, pristine, sum_deltas(*((d, 0.5) for d in deltas)), rtol=1e-4, atol=1e-5)
+    ledger.intact(not wrong, f"500 tags over 10 LoRAs: {wrong[:3]}")
+    engine.deactivate_all()
+    ledger.intact(not weights_problems(model, pristine, {}), "pristine after 500 tags")

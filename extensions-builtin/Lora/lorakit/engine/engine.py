@@ -123,6 +123,7 @@ class LoraEngine:
         # Per file version: the native loader's "nothing fits" (not retried) and the stand-in Network of a file only
         # diffusers places (name, hash, bundled embeddings for the report and the embeddings).
         self._nothing_fits: dict[tuple, NothingFitsError] = {}
+        self._in_use: set[int] = set()  # ids of the networks the active set and the running activation hold
         self._diffusers_only: dict[tuple, Network] = {}
         self.active: list[ActiveNetwork] = []
         self.last_report = ActivationReport()
@@ -157,6 +158,7 @@ class LoraEngine:
         self.index = LayerIndex(model) if model is not None else None
         self.patcher = Patcher(model.pristine if model is not None else None)
         self.networks_in_memory.clear()
+        self._in_use = set()
         self.active = []
 
     def require_started(self) -> None:
@@ -238,12 +240,23 @@ class LoraEngine:
             except NothingFitsError as exc:
                 self._nothing_fits[key] = exc.without_tensors()  # kept per file version: no frames, no tensors
                 raise self._nothing_fits[key].without_tensors() from None
+            self._in_use.add(id(net))
             self.networks_in_memory[key] = net
-            while len(self.networks_in_memory) > max(self.memory_limit, 1):
-                self.networks_in_memory.popitem(last=False)
+            self._evict()
         else:
             self.networks_in_memory.move_to_end(key)
+            self._in_use.add(id(net))
         return net
+
+    def _evict(self) -> None:
+        """Keep at most `memory_limit` networks in memory, least recently used out first, but never one that the
+        active set or the activation running now uses: evicting it would load the file again for its next tag
+        (500 tags over 10 files then held 500 copies of the same tensors) while the old copy stays referenced."""
+        while len(self.networks_in_memory) > max(self.memory_limit, 1):
+            victim = next((key for key, net in self.networks_in_memory.items() if id(net) not in self._in_use), None)
+            if victim is None:
+                return
+            del self.networks_in_memory[victim]
 
     def activate(self, requests: list[NetworkRequest], method: str = METHOD_NATIVE) -> ActivationReport:
         """Make the model hold exactly `requests` (in order; the same file twice counts twice), each applied with
@@ -255,6 +268,7 @@ class LoraEngine:
             if self.model is None or self.index is None or self.peft is None:
                 raise RuntimeError("no model is loaded")
             report = ActivationReport()
+            self._in_use = {id(active.network) for active in self.active}
             chosen: list[ActiveNetwork] = []
             occurrences: dict[str, int] = {}
             rescanned = False
@@ -300,6 +314,8 @@ class LoraEngine:
                     log.exception("diffusers adapters could not be removed")
             report.active = chosen
             self.active = chosen
+            self._in_use = {id(active.network) for active in chosen}
+            self._evict()
             self.last_report = report
             return report
 
