@@ -15,7 +15,12 @@ def preload(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--styles-file", type=str, default=None, help="prompt styles CSV (default: styles.csv in "
                         "the data folder)")
     parser.add_argument("--outputs-dir", type=str, default=None, help="folder for generated images")
-    parser.add_argument("--api-auth", type=str, default=None, help="user:pass[,user2:pass2] HTTP basic auth for the API")
+    parser.add_argument("--api-auth", type=str, default=None,
+                        help="user:pass[,user2:pass2] HTTP basic auth for the API and every UI request that writes or generates")
+    parser.add_argument("--gradio-auth", type=str, default=None,
+                        help="user:pass[,user2:pass2] HTTP basic auth for the whole UI (as A1111's flag)")
+    parser.add_argument("--allowed-hosts", type=str, default=None,
+                        help="comma-separated Host names the server answers besides its bind address (reverse proxies; * = any)")
     parser.add_argument("--nowebui", action="store_true", help="serve the API only")
     parser.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
     parser.add_argument("--precision", choices=["auto", "float32", "float16", "bfloat16"], default="auto",

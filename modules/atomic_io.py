@@ -10,7 +10,6 @@ one (0644 / 0755 under the usual umask 022), not the 0600 / 0700 of a temporary 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -19,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from modules import safe_json
 
 MAX_TEMP_PREFIX = 200  # + 8 random characters + ".tmp" stays under the usual 255-byte limit on a file name
 
@@ -86,24 +87,21 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 def write_json_atomic(path: str | os.PathLike[str], data: Any, indent: int | None = 4) -> None:
     """Replace `path` with `data` as UTF-8 JSON (non-ASCII kept readable) atomically. Strings UTF-8 cannot hold
     (lone surrogates: file names that are not valid UTF-8, as Python decodes them) are written as `\\u` escapes,
-    which read back as the same strings."""
-    text = json.dumps(data, indent=indent, ensure_ascii=False) + "\n"
+    which read back as the same strings. NaN/Infinity raise ValueError: no file we write holds non-standard JSON."""
+    text = safe_json.dumps(data, indent=indent, ensure_ascii=False) + "\n"
     try:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError:
-        encoded = (json.dumps(data, indent=indent, ensure_ascii=True) + "\n").encode("ascii")
+        encoded = (safe_json.dumps(data, indent=indent, ensure_ascii=True) + "\n").encode("ascii")
     write_bytes_atomic(path, encoded)
 
 
-def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
-    """Read a JSON file; return `default` when it does not exist. Malformed JSON raises ValueError naming the file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return default
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+def read_json(path: str | os.PathLike[str], default: Any = None, keep_surrogates: bool = False,
+              max_depth: int = safe_json.MAX_DEPTH) -> Any:
+    """Read a JSON file through the one hardened reader (`modules.safe_json.read_file`: regular files only, size,
+    depth and number limits); return `default` when it does not exist. Bad JSON raises ValueError (`JsonError`)
+    naming the file; a FIFO or folder raises OSError."""
+    return safe_json.read_file(path, default=default, keep_surrogates=keep_surrogates, max_depth=max_depth)
 
 
 @contextmanager

@@ -13,12 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from modules.atomic_io import read_json, write_json_atomic
+from modules.safe_json import MAX_DEPTH
 
 log = logging.getLogger(__name__)
+
+CACHE_NESTING = 8  # {subsection: {path: {"value": ...}}} plus the value's own wrapper
 
 
 def file_signature(path: str | os.PathLike[str]) -> tuple[float, int]:
@@ -37,8 +41,9 @@ class DiskCache:
         self._data: dict[str, dict[str, Any]] = {}
         if path is not None:
             try:
-                loaded = read_json(path, default={})
-            except ValueError as exc:
+                # values are JSON read through the same limits: a few levels more for the cache's own nesting
+                loaded = read_json(path, default={}, keep_surrogates=True, max_depth=MAX_DEPTH + CACHE_NESTING)
+            except (ValueError, OSError) as exc:
                 log.warning("%s; starting with an empty cache", exc)
                 loaded = {}
             if isinstance(loaded, dict):
@@ -72,6 +77,24 @@ class DiskCache:
             self._dirty = True
         if save:
             self.save()
+
+    def drop(self, subsection: str, filename: str | os.PathLike[str]) -> None:
+        """Forget the entry of `filename` (a value that turned out unusable)."""
+        key = os.path.abspath(filename)
+        with self._lock:
+            if self._data.get(subsection, {}).pop(key, None) is not None:
+                self._dirty = True
+
+    def prune(self, subsection: str, stale: Callable[[str], bool]) -> int:
+        """Drop every entry of `subsection` whose absolute path `stale(path)` says is gone; returns how many."""
+        with self._lock:
+            section = self._data.get(subsection, {})
+            gone = [key for key in section if stale(key)]
+            for key in gone:
+                del section[key]
+            if gone:
+                self._dirty = True
+            return len(gone)
 
     def save(self) -> bool:
         """Write cache.json atomically if anything changed since the last save. Returns False when the write

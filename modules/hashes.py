@@ -13,6 +13,7 @@ import os
 import struct
 
 from modules.cache import DiskCache
+from modules.regular_files import open_regular
 
 CHUNK = 1 << 20
 SHORT_HASH_LENGTH = 12
@@ -29,7 +30,7 @@ def _hash_stream(handle, digest) -> str:
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """SHA-256 hex digest of the whole file."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:  # never blocks on a FIFO
         return _hash_stream(handle, hashlib.sha256())
 
 
@@ -38,7 +39,7 @@ def safetensors_payload_sha256(path: str | os.PathLike[str]) -> str:
 
     Raises ValueError when the file is too short to hold the header it announces.
     """
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:  # never blocks on a FIFO
         raw = handle.read(8)
         if len(raw) != 8:
             raise ValueError(f"{path}: too short to be a safetensors file")

@@ -10,7 +10,10 @@ raises the OSError naming config.json and leaves both the file and the values in
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,8 @@ from typing import Any
 from modules.atomic_io import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
+
+MAX_LIST_ITEMS = 1000
 
 
 @dataclass
@@ -57,7 +62,12 @@ class OptionInfo:
         return self.choices() if callable(self.choices) else self.choices
 
     def coerce(self, value: Any) -> Any:
-        """Convert `value` to this option's type, or raise ValueError with a message naming the option."""
+        """Convert `value` to this option's type, or raise ValueError with a message naming the option.
+
+        By type: bool from a bool, 0/1 or the usual words; int from an int or an integral finite float; float finite
+        only (no NaN/Infinity: config.json stays standard JSON); list items are scalars (text, finite numbers,
+        bools) of the default's item type where it has items, at most `MAX_LIST_ITEMS`, never nested; str from a
+        scalar (a dict or list is refused, not turned into its repr)."""
         try:
             if self.kind == "bool":
                 if isinstance(value, str):
@@ -66,24 +76,66 @@ class OptionInfo:
                     if value.lower() in ("false", "0", "no", "off"):
                         return False
                     raise ValueError(value)
+                if not isinstance(value, (bool, int)) or isinstance(value, int) and value not in (0, 1, True, False):
+                    raise ValueError(value)
                 return bool(value)
             if self.kind == "int":
-                if isinstance(value, float) and not value.is_integer():
+                if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                    raise ValueError(value)
+                if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
                     raise ValueError(value)
                 value = int(value)
             elif self.kind == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                    raise ValueError(value)
                 value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError(f"option {self.key!r} expects a finite number, got {value!r}")
             elif self.kind == "list":
-                value = list(value) if not isinstance(value, str) else [v.strip() for v in value.split(",") if v.strip()]
+                value = self._coerce_list(value)
             elif value is not None:
+                if not isinstance(value, (str, int, float, bool)) or isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(value)
                 value = str(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"option {self.key!r} expects a {self.kind}, got {value!r}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            if str(exc).startswith("option "):
+                raise
+            raise ValueError(f"option {self.key!r} expects a {self.kind}, got {short_repr(value)}") from None
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"option {self.key!r} must be >= {self.minimum}, got {value!r}")
         if self.maximum is not None and value > self.maximum:
             raise ValueError(f"option {self.key!r} must be <= {self.maximum}, got {value!r}")
         return value
+
+    def _coerce_list(self, value: Any) -> list[Any]:
+        """A list option's value: a comma-separated string or a list of scalars (see `coerce`)."""
+        if isinstance(value, str):
+            items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise ValueError(value)
+        if len(items) > MAX_LIST_ITEMS:
+            raise ValueError(f"option {self.key!r} takes at most {MAX_LIST_ITEMS} items, got {len(items)}")
+        sample = self.default[0] if isinstance(self.default, list) and self.default else None
+        for item in items:
+            if isinstance(item, (list, tuple, dict)) or not isinstance(item, (str, int, float, bool)):
+                raise ValueError(f"option {self.key!r} takes a list of text or numbers, got an item "
+                                 f"{short_repr(item)}")
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"option {self.key!r}: list items must be finite numbers, got {item!r}")
+            if sample is not None and isinstance(sample, str) and not isinstance(item, str):
+                raise ValueError(f"option {self.key!r} takes a list of text, got an item {short_repr(item)}")
+        return items
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters (a 500-deep list must not make a 5 MB error message)."""
+    try:
+        text = repr(value) if not isinstance(value, (list, dict, tuple)) else f"a {type(value).__name__}"
+    except (RecursionError, ValueError):
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Options:
@@ -95,10 +147,26 @@ class Options:
         self._values: dict[str, Any] = {}
         self._lock = threading.RLock()
         if path is not None:
+            self._values.update(self._load(path))
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, Any]:
+        """config.json's values. A malformed file (bad JSON, not an object, too deep, a FIFO ...) does not stop
+        the server: it is moved aside to `config.json.broken-<time>` with a warning, and the defaults are used."""
+        try:
             loaded = read_json(path, default={})
             if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a JSON object")
-            self._values.update(loaded)
+                raise ValueError(f"{path}: expected a JSON object, found a {type(loaded).__name__}")
+            return loaded
+        except (ValueError, OSError) as exc:
+            aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                os.replace(path, aside)
+                where = f"moved aside to {aside.name}"
+            except OSError as move_exc:
+                where = f"could not be moved aside ({move_exc.strerror or move_exc})"
+            log.warning("%s is not usable (%s); it was %s and the defaults are used", path, exc, where)
+            return {}
 
     def register(self, info: OptionInfo) -> None:
         """Add an option; a value already in config.json is validated now (a bad one falls back to the default)."""

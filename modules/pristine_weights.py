@@ -41,8 +41,11 @@ TORCH_DTYPES = {
 }
 
 
-def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int, int]:
+    """Which file, which version: a rewrite in place that restores the mtime still changes the ctime. A file
+    replaced by a rename (nlink 0: no path reaches it, the mapped bytes cannot change through one) has its ctime
+    changed by the unlink alone, so its ctime is not compared (-1)."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns if stat.st_nlink else -1
 
 
 class MappedSafetensors:
@@ -66,9 +69,10 @@ class MappedSafetensors:
         self.entries: dict[str, dict[str, Any]] = {k: v for k, v in header.items() if k != "__metadata__"}
 
     def unchanged(self) -> bool:
-        """True while the file on disk is still the one mapped (same inode, size and mtime)."""
+        """True while the file on disk is still the one mapped (same inode, size, mtime and ctime)."""
         try:
-            return _identity(os.fstat(self._file.fileno())) == self._identity
+            now = _identity(os.fstat(self._file.fileno()))
+            return now == self._identity or now[-1] == -1 and now[:-1] == self._identity[:-1]
         except (OSError, ValueError):
             return False
 

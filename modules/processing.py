@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from modules import extra_networks, images, infotext, sd_samplers, upscalers
+from modules import extra_networks, image_checks, images, infotext, sd_samplers, upscalers
 from modules.generation_state import GenerationState
 from modules.prompt_encoding import EMPHASIS_MODES, Conditioning, PromptEncoder
 from modules.scripts import PostprocessImageArgs
@@ -491,7 +491,7 @@ def txt2img_conditioning(model: Any, batch: int, width: int, height: int) -> tor
 def latent_preview(latent: torch.Tensor, family: str) -> Image.Image:
     """A cheap RGB image of one latent (C, H, W) by a linear map per channel (no VAE)."""
     factors, bias = LATENT_RGB_FACTORS["SDXL" if family == "SDXL" else "SD1"]
-    x = latent.detach().float().cpu()
+    x = torch.nan_to_num(latent.detach().float().cpu(), nan=0.0)  # a NaN latent shows as a flat preview
     if x.shape[0] == len(factors):
         rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(factors)) + torch.tensor(bias)
     else:
@@ -514,7 +514,7 @@ def decode_latents(model: Any, latents: torch.Tensor) -> list[Image.Image]:
             log.warning("VAE produced NaNs in %s; decoding this image in float32", vae.dtype)
             x = vae.float().decode(z.float()).sample.float()
             vae.to(model.dtype)
-        x = ((x[0] + 1.0) / 2.0).clamp(0, 1)
+        x = ((torch.nan_to_num(x[0], nan=-1.0) + 1.0) / 2.0).clamp(0, 1)  # NaN (a broken LoRA) -> black
         array = (255.0 * x.permute(1, 2, 0).cpu().numpy()).astype(np.uint8)
         results.append(Image.fromarray(array, "RGB"))
     return results
@@ -1028,6 +1028,10 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                     batch_images = decode_latents(model, latents)
                 for offset, image in enumerate(batch_images):
                     index = start + offset
+                    broken = image_checks.broken_image_comment(index, latents[offset], image, p.extra_network_data)
+                    if broken is not None:
+                        log.warning("%s", broken)
+                        extra_networks.add_comment(p, broken)
                     image = p.postprocess_image(image, offset)
                     if p.scripts is not None:
                         pp = PostprocessImageArgs(image)

@@ -23,7 +23,9 @@ from typing import Any
 
 import torch
 
+from modules import safe_json
 from modules.atomic_io import atomic_path
+from modules.regular_files import NotRegularFileError, open_regular
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger headers are refused before reading them
 
@@ -58,11 +60,9 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     payload whose size equals dtype size x number of elements; tensors do not overlap.
     """
     path = Path(path)
-    if path.is_dir():
-        raise SafetensorsHeaderError("is a directory, not a file")
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # never blocks on a FIFO; refuses folders and devices
+            size = os.fstat(handle.fileno()).st_size
             raw_len = handle.read(8)
             if len(raw_len) < 8:
                 raise SafetensorsHeaderError(f"file is {size} bytes, too short to be a safetensors file")
@@ -74,12 +74,14 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
                     f"header length {header_len} is beyond the end of the file ({size} bytes): truncated?"
                 )
             raw = handle.read(header_len)
+    except NotRegularFileError as exc:
+        raise SafetensorsHeaderError(str(exc.strerror)) from None
     except OSError as exc:
         raise SafetensorsHeaderError(f"cannot read: {exc.strerror or exc}") from exc
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SafetensorsHeaderError(f"safetensors header is not valid JSON ({exc})") from exc
+        header = safe_json.loads(raw, max_bytes=MAX_HEADER_BYTES)
+    except safe_json.JsonError as exc:
+        raise SafetensorsHeaderError(f"safetensors header {exc}") from None
     if not isinstance(header, dict):
         raise SafetensorsHeaderError(f"safetensors header is a JSON {type(header).__name__}, not an object")
     payload = size - 8 - header_len

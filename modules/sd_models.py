@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from modules import checkpoint_convert, hashes, model_configs, pristine_weights
+from modules import checkpoint_convert, hashes, model_configs, pristine_weights, regular_files
 from modules.cache import DiskCache
 from modules.safetensors_header import SafetensorsHeaderError, read_header
 from modules.sd_model_types import CheckpointInfo, LoadedModel
@@ -329,11 +329,12 @@ def checkpoint_sha256(path: Path, cache: DiskCache | None) -> str:
 
 
 def scan_checkpoints(root: Path) -> list[CheckpointInfo]:
-    """Every `.safetensors`/`.ckpt` file and diffusers folder under `root` (recursive, hidden entries skipped)."""
+    """Every `.safetensors`/`.ckpt` file and diffusers folder under `root` (recursive, hidden entries skipped; each
+    real folder once, so symlink loops end: `regular_files.walk`; FIFOs and other non-regular files skipped)."""
     found: list[CheckpointInfo] = []
     if not root.is_dir():
         return found
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    for folder, dirs, files in regular_files.walk(root, sort_key=str):
         here = Path(folder)
         keep = []
         for name in sorted(dirs):
@@ -349,6 +350,9 @@ def scan_checkpoints(root: Path) -> list[CheckpointInfo]:
             if name.startswith(".") or not name.lower().endswith(SINGLE_FILE_SUFFIXES):
                 continue
             file = here / name
+            if not file.is_file():  # a FIFO or device named like a checkpoint: never opened
+                log.warning("checkpoint %s skipped: not a regular file", file)
+                continue
             found.append(CheckpointInfo(path=file, name=file.relative_to(root).as_posix(), format="single-file"))
     return sorted(found, key=lambda info: info.name.lower())
 

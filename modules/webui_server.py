@@ -1,9 +1,11 @@
 """The server: one FastAPI app with the `/sdapi/v1` API, the Gradio UI mounted at `/`, run by uvicorn.
 
 `serve(argv)` is what `python launch.py [flags]` runs. `create_app(webui)` builds the app (tests use it with a
-`WebUI` of their own, and `ServerThread` to run it on 127.0.0.1). Around the routes sit two middlewares:
-HTTP basic auth (`--api-auth`) on every path under `/sdapi/` - including routes extensions add later in their
-`app_started` callback - and a request body size limit (413). Errors are answered in A1111's shape
+`WebUI` of their own, and `ServerThread` to run it on 127.0.0.1). Around the routes sit three middlewares: the Host
+header check (421 for a host the server is not bound to: DNS rebinding; `--allowed-hosts` for reverse proxies), HTTP
+basic auth (`--api-auth` on every path under `/sdapi/` - including routes extensions add later in their
+`app_started` callback - and on every request elsewhere that may write or generate; `--gradio-auth` on the whole UI;
+see `ApiAuthMiddleware`) and a request body size limit (413). Errors are answered in A1111's shape
 `{"error", "detail", "body", "errors"}`; bad input gets a 4xx, never a 500.
 """
 
@@ -31,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 from starlette.routing import Match, Mount  # noqa: E402
 from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
+from modules import safe_json  # noqa: E402
 from modules.api.api import Api, validation_message  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,8 @@ DEFAULT_MAX_BODY_BYTES = 50 * 1024 * 1024
 # ------------------------------------------------------------------------------------------------ auth
 
 
-def parse_api_auth(text: str | None) -> list[tuple[str, str]]:
-    """`user:pass[,user2:pass2]` -> [(user, pass), ...]; ValueError naming the bad entry."""
+def parse_api_auth(text: str | None, flag: str = "--api-auth") -> list[tuple[str, str]]:
+    """`user:pass[,user2:pass2]` -> [(user, pass), ...]; ValueError naming the flag and the bad entry."""
     if not text:
         return []
     pairs = []
@@ -53,7 +56,7 @@ def parse_api_auth(text: str | None) -> list[tuple[str, str]]:
             continue
         user, sep, password = entry.partition(":")
         if not sep or not user:
-            raise ValueError(f"--api-auth: expected user:password, got {entry.split(':')[0]!r}...")
+            raise ValueError(f"{flag}: expected user:password, got {entry.split(':')[0]!r}...")
         pairs.append((user, password))
     return pairs
 
@@ -61,18 +64,37 @@ def parse_api_auth(text: str | None) -> list[tuple[str, str]]:
 def _error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None,
                     body: Any = None, errors: Any = None) -> JSONResponse:
     content = {"error": error, "detail": detail, "body": body, "errors": errors}
-    return JSONResponse(status_code=status, content=jsonable_encoder(content), headers=headers)
+    try:
+        encoded = jsonable_encoder(content)
+    except (TypeError, ValueError, RecursionError, UnicodeError):
+        encoded = {"error": error, "detail": detail, "body": None, "errors": None}
+    return JSONResponse(status_code=status, content=safe_json.sendable(encoded), headers=headers)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class ApiAuthMiddleware:
-    """HTTP basic auth on every request whose path starts with `/sdapi/` (checked before routing)."""
+    """HTTP basic auth, checked before routing (so routes extensions add later are covered too):
 
-    def __init__(self, app: ASGIApp, credentials: Sequence[tuple[str, str]], prefix: str = API_PATH_PREFIX) -> None:
+    * every request under `/sdapi/` needs the `--api-auth` credentials (when given);
+    * outside it, with `--gradio-auth`: every request (the UI, the Gradio API, `/lora-ui/*`) needs those credentials
+      (or the API's). Decision: HTTP basic auth rather than Gradio's login form, so that the extension routes beside
+      Gradio are guarded by the same check;
+    * outside it, with `--api-auth` alone: every request that may write or generate (any method but GET, HEAD,
+      OPTIONS: `/lora-ui/save`, `/lora-ui/replace-preview`, the Gradio API's calls that run txt2img, settings and the
+      tools) needs the API credentials; pages and reads stay open as in A1111.
+    """
+
+    def __init__(self, app: ASGIApp, credentials: Sequence[tuple[str, str]], prefix: str = API_PATH_PREFIX,
+                 ui_credentials: Sequence[tuple[str, str]] = ()) -> None:
         self.app = app
         self.credentials = [(u.encode(), p.encode()) for u, p in credentials]
+        self.ui_credentials = [(u.encode(), p.encode()) for u, p in ui_credentials]
         self.prefix = prefix
 
-    def _authorized(self, scope: Scope) -> bool:
+    @staticmethod
+    def _authorized(scope: Scope, credentials: Sequence[tuple[bytes, bytes]]) -> bool:
         header = next((v for k, v in scope.get("headers", []) if k == b"authorization"), b"")
         scheme, _, encoded = header.partition(b" ")
         if scheme.lower() != b"basic":
@@ -85,20 +107,82 @@ class ApiAuthMiddleware:
         if not sep:
             return False
         ok = False
-        for good_user, good_password in self.credentials:  # no early exit: same time for every entry
+        for good_user, good_password in credentials:  # no early exit: same time for every entry
             match_user = secrets.compare_digest(user, good_user)
             match_password = secrets.compare_digest(password, good_password)
             ok |= match_user and match_password
         return ok
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def required(self, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+        """The credentials that admit this request (None: it needs none)."""
         path = scope.get("path", "")
-        protected = path.startswith(self.prefix) or path.rstrip("/") == self.prefix.rstrip("/")
-        if scope["type"] == "http" and protected and not self._authorized(scope):
-            response = _error_response(401, "Unauthorized", "missing or wrong API credentials",
-                                       headers={"WWW-Authenticate": 'Basic realm="sdapi"'})
-            await response(scope, receive, send)
-            return
+        if path.startswith(self.prefix) or path.rstrip("/") == self.prefix.rstrip("/"):
+            return self.credentials or None
+        if self.ui_credentials:
+            return self.ui_credentials + self.credentials
+        if self.credentials and (scope["type"] == "websocket" or scope.get("method", "GET") not in SAFE_METHODS):
+            return self.credentials
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            needed = self.required(scope)
+            if needed is not None and not self._authorized(scope, needed):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                response = _error_response(401, "Unauthorized", "missing or wrong credentials",
+                                           headers={"WWW-Authenticate": 'Basic realm="sdapi"'})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# ------------------------------------------------------------------------------------------ host check
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def host_name(header: str) -> str:
+    """The host of a Host header without its port, lower-case (`[::1]:7860` -> `::1`)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def allowed_hosts(args: Any) -> frozenset[str] | None:
+    """The Host header values the server answers (None: any). Bound to 127.0.0.1: the local names plus
+    `--allowed-hosts`; with `--listen`: any, unless `--allowed-hosts` names them. `*` in the list allows any."""
+    extra = {host_name(h) for h in (getattr(args, "allowed_hosts", None) or "").split(",") if h.strip()}
+    if "*" in extra:
+        return None
+    if getattr(args, "listen", False):
+        return frozenset(extra | LOCAL_HOSTS) if extra else None
+    return frozenset(LOCAL_HOSTS | extra)
+
+
+class HostCheckMiddleware:
+    """Answer 421 Misdirected Request to requests whose Host header names another host than the server's: a web
+    page that rebinds its own DNS name to 127.0.0.1 (DNS rebinding) then cannot reach the local server. A request
+    without a Host header (HTTP/1.0) passes."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            header = next((v for k, v in scope.get("headers", []) if k == b"host"), None)
+            if header is not None and host_name(header.decode("latin-1")) not in self.allowed:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                response = _error_response(421, "MisdirectedRequest",
+                                           f"this server does not answer for host {header.decode('latin-1')[:100]!r}; "
+                                           "start it with --allowed-hosts NAME to allow it (reverse proxies)")
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
@@ -188,12 +272,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         try:
             body = jsonable_encoder(exc.body)
-        except (TypeError, ValueError, UnicodeDecodeError):
+        except (TypeError, ValueError, UnicodeError, RecursionError):
             body = None
         try:
             errors = jsonable_encoder(exc.errors())
-        except (TypeError, ValueError, UnicodeDecodeError):
-            errors = [str(e) for e in exc.errors()]
+        except (TypeError, ValueError, UnicodeError, RecursionError):
+            errors = [safe_json.sendable(str(e)) for e in exc.errors()]
         return _error_response(422, "RequestValidationError", validation_message(exc), body=body, errors=errors)
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -227,8 +311,12 @@ def create_app(webui: Any, ui: bool | None = None, max_body_bytes: int = DEFAULT
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
     credentials = parse_api_auth(getattr(webui.args, "api_auth", None))
-    if credentials:
-        app.add_middleware(ApiAuthMiddleware, credentials=credentials)
+    ui_credentials = parse_api_auth(getattr(webui.args, "gradio_auth", None), "--gradio-auth")
+    if credentials or ui_credentials:
+        app.add_middleware(ApiAuthMiddleware, credentials=credentials, ui_credentials=ui_credentials)
+    hosts = allowed_hosts(webui.args)
+    if hosts is not None:  # outermost: a rebinding page gets 421 before anything else runs
+        app.add_middleware(HostCheckMiddleware, allowed=hosts)
     if not webui.before_ui_ran:
         webui.before_ui_ran = True
         webui.callbacks.run("before_ui", webui)
@@ -310,6 +398,7 @@ def serve(argv: Sequence[str] | None) -> int:
     webui = WebUI.create(list(argv or []))
     try:
         parse_api_auth(webui.args.api_auth)
+        parse_api_auth(getattr(webui.args, "gradio_auth", None), "--gradio-auth")
     except ValueError as exc:
         log.error("%s", exc)
         return 2

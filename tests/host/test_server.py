@@ -55,6 +55,9 @@ class CardsPage:
         self.refreshed += 1
 
 
+UI_AUTH = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+
+
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory):
     data = tmp_path_factory.mktemp("ui")
@@ -137,8 +140,12 @@ def test_extra_network_refresh_and_ui_generation_through_gradio(ui_server):
     from gradio_client import Client  # noqa: PLC0415
 
     base, webui, page = ui_server
-    assert "card-count-0" in httpx.get(base + "/", timeout=30).text  # the page's first render
-    client = Client(base + "/", verbose=False, download_files=False)
+    assert "card-count-0" in httpx.get(base + "/", timeout=30).text  # the page's first render (reads stay open)
+    anonymous = Client(base + "/", verbose=False, download_files=False)
+    with pytest.raises(Exception, match="401"):  # --api-auth covers the Gradio API's calls too (they write, generate)
+        anonymous.predict(api_name="/txt2img_cards_refresh")
+    assert page.refreshed == 0
+    client = Client(base + "/", verbose=False, download_files=False, headers=UI_AUTH)
     html_after = client.predict(api_name="/txt2img_cards_refresh")
     assert page.refreshed == 1 and "card-count-1" in html_after
 
@@ -188,7 +195,7 @@ def test_png_info_tab_sends_parameters_to_txt2img_and_checkpoint_picker_survives
     from gradio_client import Client, handle_file  # noqa: PLC0415
 
     base, webui, _ = ui_server
-    client = Client(base + "/", verbose=False, download_files=False)
+    client = Client(base + "/", verbose=False, download_files=False, headers=UI_AUTH)
     lora_hash = []
     webui.callbacks.add("infotext_pasted", lambda text, params: lora_hash.append(params.get("Lora hashes")))
     pnginfo = PngImagePlugin.PngInfo()
@@ -232,7 +239,8 @@ def test_browser_generates_with_progress_bar_and_extension_cards(ui_server):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000},  # --api-auth guards UI writes
+                                    http_credentials={"username": "u", "password": "p"})
             page_errors: list[str] = []
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
             page.goto(base + "/")

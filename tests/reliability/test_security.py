@@ -193,7 +193,7 @@ def card_locator(page: Any, name: str) -> Any:
 
 def test_card_page_routes_return_escaped_html(site: Site, ledger: Any) -> None:
     """The HTML the server builds (metadata popup, editor file table, block chart, page) holds only escaped text."""
-    with httpx.Client(base_url=site.base, timeout=60) as ui:
+    with httpx.Client(base_url=site.base, timeout=60, auth=AUTH) as ui:  # UI writes need --api-auth
         key = site.keys[EVIL]
         popup = ui.get("/lora-ui/metadata", params={"key": key}).json()["html"]
         info = ui.get("/lora-ui/editor", params={"key": key}).json()["info_html"]
@@ -227,7 +227,8 @@ def test_payloads_in_files_metadata_and_sidecars_show_as_text_in_the_browser(sit
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page = browser.new_page(viewport={"width": 1400, "height": 1300},  # UI writes need --api-auth
+                                    http_credentials={"username": AUTH[0], "password": AUTH[1]})
             page.dialogs = []
             page.errors = []
             page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
@@ -313,7 +314,7 @@ def test_payloads_in_files_metadata_and_sidecars_show_as_text_in_the_browser(sit
             # click-to-insert a payload alias, then generate: the infotext shows the prompt as text
             card_locator(page, ATTR_STEM).locator(".lora-card-preview").click()
             prompt = page.input_value("#txt2img_prompt textarea")
-            assert prompt == f"<lora:{SVG}:1>", prompt
+            assert prompt == f"<lora:{ATTR_STEM}:1>", prompt  # the alias holds `>` (tag syntax): the stem instead
             page.fill("#txt2img_prompt textarea", f"{prompt} {IMG} {SCRIPT}")
             for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "2")):
                 page.fill(f"#{elem_id} input[type=number]", value)
@@ -322,7 +323,7 @@ def test_payloads_in_files_metadata_and_sidecars_show_as_text_in_the_browser(sit
             page.wait_for_function("document.querySelector('#html_info_txt2img').innerText.includes('Steps: 2')",
                                    timeout=90_000)
             info = page.inner_text("#html_info_txt2img")
-            assert info.startswith(f"<lora:{SVG}:1> {IMG} {SCRIPT}"), info[:300]
+            assert info.startswith(f"<lora:{ATTR_STEM}:1> {IMG} {SCRIPT}"), info[:300]
             surfaces += 3
             assert_nothing_ran(page, "generation info")
             assert page.errors == [], page.errors
@@ -379,7 +380,7 @@ def test_card_keys_are_only_registered_files(site: Site, ledger: Any) -> None:
             str(site.lora_dir / ".." / "outside" / "secret.safetensors"), site.keys["plain"] + "\x00",
             str(site.lora_dir / "plain.json"), str(site.lora_dir / "plain.png"), "../outside/secret.safetensors"]
     tried = 0
-    with httpx.Client(base_url=site.base, timeout=60) as ui:
+    with httpx.Client(base_url=site.base, timeout=60, auth=AUTH) as ui:  # UI writes need --api-auth
         for key in keys:
             for route in ("card", "thumb", "metadata", "blocks", "editor"):
                 response = ui.get(f"/lora-ui/{route}", params={"key": key})
@@ -404,7 +405,7 @@ def test_symlinks_to_outside_files_are_refused_everywhere(site: Site, api: httpx
     assert refused.status_code == 403 and "outside the Lora folders" in detail(refused)
     details = api.get("/sdapi/v1/lora", params={"name": "linked"})
     assert details.status_code == 200 and SECRET not in details.text and details.json()["preview_url"] is None
-    with httpx.Client(base_url=site.base, timeout=60) as ui:  # the card page's own routes, same rule
+    with httpx.Client(base_url=site.base, timeout=60, auth=AUTH) as ui:  # UI writes need --api-auth  # the card page's own routes, same rule
         key = site.keys["linked"]
         thumb = ui.get("/lora-ui/thumb", params={"key": key})
         assert thumb.status_code == 403 and thumb.content != (site.outside / "secret.png").read_bytes()
@@ -454,11 +455,12 @@ def test_a_symlinked_lora_folder_serves_only_its_own_companions(site: Site, api:
         assert SECRET not in escape.text and escape.json()["preview_url"] is None
         refused = api.post("/sdapi/v1/lora/metadata", json={"name": "shared/shared_escape", "notes": "x"})
         assert refused.status_code == 403 and "outside the Lora folders" in detail(refused)
-        with httpx.Client(base_url=site.base, timeout=60) as ui:
+        with httpx.Client(base_url=site.base, timeout=60, auth=AUTH) as ui:  # UI writes need --api-auth
             ok_key, escape_key = str(link / "shared_ok.safetensors"), str(link / "shared_escape.safetensors")
             card = ui.get("/lora-ui/card", params={"key": ok_key}).json()["card"]
             assert card["description"] == "shared description" and card["activation"] == "shared trigger"
-            assert ui.get(card["preview"]).content == (store / "shared_ok.png").read_bytes()
+            # the card picture is made on the server (a PNG of the same pixels at this small size)
+            assert same_pixels(ui.get(card["preview"]).content, (store / "shared_ok.png").read_bytes())
             saved = ui.post("/lora-ui/save", json={"key": ok_key, "fields": {"notes": "ui"}})
             assert saved.status_code == 200 and json.loads((store / "shared_ok.json").read_text())["notes"] == "ui"
             card = ui.get("/lora-ui/card", params={"key": escape_key}).json()["card"]
@@ -533,6 +535,15 @@ def raw_request(port: int, method: str, target: str, headers: dict[str, str] | N
         while chunk := sock.recv(65536):
             data += chunk
     return int(data.split(b" ", 2)[1]), data
+
+
+def same_pixels(first: bytes, second: bytes) -> bool:
+    """Two encoded images hold the same RGB pixels."""
+    def rgb(data: bytes) -> tuple:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size, image.convert("RGB").tobytes()
+
+    return rgb(first) == rgb(second)
 
 
 def basic(user: str, password: str) -> str:

@@ -74,7 +74,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     page = webui.services["lora_page"]
     page.refresh()
     webui.services["lora"].set_model(model)
-    client = TestClient(create_app(webui, ui=False))
+    client = TestClient(create_app(webui, ui=False), base_url="http://127.0.0.1")  # the Host check: a local name
     yield webui, page, client, model, deltas
 
 

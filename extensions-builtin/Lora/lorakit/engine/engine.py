@@ -14,6 +14,10 @@ pristine + exactly the requested LoRAs.
   the native loader cannot place (nothing fits, or keys left unmatched/unsupported) is tried with diffusers and
   applied that way when diffusers places more of its layers, with a warning saying so. Both kinds can be active at
   once; the report's `ActiveNetwork.method` says which ran.
+* Failures are contained per requested LoRA: a `LoraError`/`OSError` is reported with its message, any other
+  exception (a bug, an unforeseen file) is logged with its traceback and reported naming the LoRA and the exception;
+  the other LoRAs apply. A failed rescan, or a failure while patching, never leaves the previous prompt's set merged:
+  the model holds pristine weights plus exactly the LoRAs in `report.active`.
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ class LoraEngine:
         # Per file version: the native loader's "nothing fits" (not retried) and the stand-in Network of a file only
         # diffusers places (name, hash, bundled embeddings for the report and the embeddings).
         self._nothing_fits: dict[tuple, NothingFitsError] = {}
+        self._in_use: set[int] = set()  # ids of the networks the active set and the running activation hold
         self._diffusers_only: dict[tuple, Network] = {}
         self.active: list[ActiveNetwork] = []
         self.last_report = ActivationReport()
@@ -153,6 +158,7 @@ class LoraEngine:
         self.index = LayerIndex(model) if model is not None else None
         self.patcher = Patcher(model.pristine if model is not None else None)
         self.networks_in_memory.clear()
+        self._in_use = set()
         self.active = []
 
     def require_started(self) -> None:
@@ -225,21 +231,32 @@ class LoraEngine:
     def _network(self, entry: NetworkOnDisk) -> Network:
         assert self.index is not None
         key = self._file_key(entry)
-        if key in self._nothing_fits:
-            raise self._nothing_fits[key]
+        if key in self._nothing_fits:  # a fresh copy: a raised exception would keep the frames it passed through
+            raise self._nothing_fits[key].without_tensors()
         net = self.networks_in_memory.get(key)
         if net is None:
             try:
                 net = load_network(entry, self.index)
             except NothingFitsError as exc:
-                self._nothing_fits[key] = exc
-                raise
+                self._nothing_fits[key] = exc.without_tensors()  # kept per file version: no frames, no tensors
+                raise self._nothing_fits[key].without_tensors() from None
+            self._in_use.add(id(net))
             self.networks_in_memory[key] = net
-            while len(self.networks_in_memory) > max(self.memory_limit, 1):
-                self.networks_in_memory.popitem(last=False)
+            self._evict()
         else:
             self.networks_in_memory.move_to_end(key)
+            self._in_use.add(id(net))
         return net
+
+    def _evict(self) -> None:
+        """Keep at most `memory_limit` networks in memory, least recently used out first, but never one that the
+        active set or the activation running now uses: evicting it would load the file again for its next tag
+        (500 tags over 10 files then held 500 copies of the same tensors) while the old copy stays referenced."""
+        while len(self.networks_in_memory) > max(self.memory_limit, 1):
+            victim = next((key for key, net in self.networks_in_memory.items() if id(net) not in self._in_use), None)
+            if victim is None:
+                return
+            del self.networks_in_memory[victim]
 
     def activate(self, requests: list[NetworkRequest], method: str = METHOD_NATIVE) -> ActivationReport:
         """Make the model hold exactly `requests` (in order; the same file twice counts twice), each applied with
@@ -251,14 +268,19 @@ class LoraEngine:
             if self.model is None or self.index is None or self.peft is None:
                 raise RuntimeError("no model is loaded")
             report = ActivationReport()
+            self._in_use = {id(active.network) for active in self.active}
             chosen: list[ActiveNetwork] = []
             occurrences: dict[str, int] = {}
             rescanned = False
             for request in requests:
                 entry = self.registry.find(request.name)
                 if entry is None and not rescanned:  # a file added since the last scan: one rescan per activation
-                    self.registry.refresh()
                     rescanned = True
+                    try:
+                        self.registry.refresh()
+                    except Exception as exc:  # a failed rescan costs only the names it would have found
+                        log.exception("Lora folder rescan failed")
+                        report.warnings.append(f"the Lora folders could not be rescanned: {type(exc).__name__}: {exc}")
                     entry = self.registry.find(request.name)
                 if entry is None:
                     report.not_found.append(request.name)
@@ -271,23 +293,52 @@ class LoraEngine:
                     report.errors[request.name] = str(exc)
                     log.error("Lora %s not applied: %s", request.name, exc)
                     continue
+                except Exception as exc:  # a bug or an unforeseen file: this LoRA fails, named; the others apply
+                    report.errors[request.name] = f"{entry.name}: could not be loaded ({type(exc).__name__}: {exc})"
+                    log.exception("Lora %s not applied", request.name)
+                    continue
                 chosen.append(active)
-            while True:
-                native = [a for a in chosen if a.method == METHOD_NATIVE]
+            chosen = self._apply_native(chosen, report)
+            try:
+                report.peft = self.peft.apply([(a.adapter, a.request.te_multiplier, a.request.unet_multiplier)
+                                               for a in chosen if a.adapter is not None])
+            except Exception as exc:  # the adapters' state is unknown: none of them stays, the native ones do
+                log.exception("diffusers adapters could not be applied")
+                failed = [a for a in chosen if a.adapter is not None]
+                for a in failed:
+                    report.errors[a.request.name] = f"not applied with diffusers: {type(exc).__name__}: {exc}"
+                chosen = [a for a in chosen if a.adapter is None]
                 try:
-                    report.stats = self.patcher.apply(self._wanted(native), self._targets(native))
-                    break
-                except LayerPatchError as exc:
-                    failed = exc.network
-                    report.errors[failed.name] = f"failed on layer {exc.layer}: {exc.cause}"
-                    log.error("Lora %s not applied: failed on layer %s: %s", failed.name, exc.layer, exc.cause)
-                    chosen = [a for a in chosen if not (a.network is failed and a.method == METHOD_NATIVE)]
-            report.peft = self.peft.apply([(a.adapter, a.request.te_multiplier, a.request.unet_multiplier)
-                                           for a in chosen if a.adapter is not None])
+                    report.peft = self.peft.apply([])
+                except Exception:
+                    log.exception("diffusers adapters could not be removed")
             report.active = chosen
             self.active = chosen
+            self._in_use = {id(active.network) for active in chosen}
+            self._evict()
             self.last_report = report
             return report
+
+    def _apply_native(self, chosen: list[ActiveNetwork], report: ActivationReport) -> list[ActiveNetwork]:
+        """Patch the native networks of `chosen`; a network that fails on a layer is dropped (named in the report)
+        and the rest applied again. Any other failure restores every layer to pristine and drops every native
+        network: the model then holds pristine weights, never a mix of this prompt's and the previous one's."""
+        while True:
+            native = [a for a in chosen if a.method == METHOD_NATIVE]
+            try:
+                report.stats = self.patcher.apply(self._wanted(native), self._targets(native))
+                return chosen
+            except LayerPatchError as exc:
+                failed = exc.network
+                report.errors[failed.name] = f"failed on layer {exc.layer}: {exc.cause}"
+                log.error("Lora %s not applied: failed on layer %s: %s", failed.name, exc.layer, exc.cause)
+                chosen = [a for a in chosen if not (a.network is failed and a.method == METHOD_NATIVE)]
+            except Exception as exc:
+                log.exception("Lora weights could not be patched")
+                for a in native:
+                    report.errors[a.request.name] = f"not applied: {type(exc).__name__}: {exc}"
+                self.patcher.apply({}, {})
+                return [a for a in chosen if a.method != METHOD_NATIVE]
 
     def _choose(self, entry: NetworkOnDisk, request: NetworkRequest, method: str, occurrence: int,
                 report: ActivationReport) -> ActiveNetwork:

@@ -43,6 +43,14 @@ class NothingFitsError(NetworkLoadError):
         super().__init__(message)
         self.network = network
 
+    def without_tensors(self) -> NothingFitsError:
+        """A copy to keep (the engine remembers it per file version): the same message and key lists, no bundled
+        embedding tensors, no traceback (whose frames hold the file's tensors)."""
+        kept = Network(name=self.network.name, on_disk=self.network.on_disk, mtime=self.network.mtime,
+                       unmatched_keys=list(self.network.unmatched_keys), unsupported=list(self.network.unsupported),
+                       shape_errors=list(self.network.shape_errors))
+        return NothingFitsError(str(self), kept)
+
 
 @dataclass
 class Network:

@@ -13,8 +13,8 @@ they are on CUDA) on the weight's device, the same dtype the strategies compute 
 are rebuilt in place (pristine copied in, deltas added with `addmm_`), other dtypes in a float32 working copy written
 back once. NaN/Inf/overflow guard without an extra pass where it can be proven unnecessary: for low-rank deltas
 |W0 + sum_i up_i down_i| <= max|W0| + sum_i r_i max|up_i| max|down_i|; when that bound (from the small factors and
-max|W0| measured once) is under half the dtype's largest value the result is finite; otherwise (or for other
-algorithms) one reduction max|W| <= largest value checks the merged weight. Counters (`PatchStats`) say what each
+max|W0| measured once) is within `algorithms.weight_checks`' limit the result is finite and sane; otherwise (or for
+other algorithms) one reduction over the merged weight checks it (NaN/Inf, or absurdly large: a black image). Counters (`PatchStats`) say what each
 call did.
 """
 
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from ..algorithms import weight_checks
 from ..algorithms.base import NetworkModule
 from ..algorithms.tensor_math import compute_dtype
 from ..errors import LoraError
@@ -225,9 +226,9 @@ class Patcher:
                 failure.__cause__ = exc
                 break
             bound += delta_bound
-            if not self._finite(new_weight, new_bias, bound, weight.dtype):  # blame the one that overflowed
-                failure = LayerPatchError(contribution.network, name,
-                                          ValueError("the merged weight has NaN or Inf values"))
+            problem = self._problem(new_weight, new_bias, bound, state.pristine_amax, weight.dtype)
+            if problem is not None:  # blame the one that overflowed (or grew absurdly large)
+                failure = LayerPatchError(contribution.network, name, ValueError(problem))
                 break
         if failure is not None:
             # Back to pristine without running any network's code again; the engine drops the failing network and
@@ -247,15 +248,15 @@ class Patcher:
         return written
 
     @staticmethod
-    def _finite(weight: torch.Tensor, bias: torch.Tensor | None, bound: float, dtype: torch.dtype) -> bool:
-        """True when the merged weight (and bias) are finite and fit `dtype`: by the bound when it proves it, else by
-        one reduction over the weight. NaN anywhere makes every comparison false."""
-        largest = torch.finfo(dtype).max
-        if bias is not None and not max_abs(bias) <= largest:
-            return False
-        if bound < largest / 2:
-            return True
-        return max_abs(weight) <= largest
+    def _problem(weight: torch.Tensor, bias: torch.Tensor | None, bound: float, pristine_amax: float,
+                 dtype: torch.dtype) -> str | None:
+        """Why the merged weight (and bias) cannot stay (`weight_checks.merged_problem`: NaN/Inf, or absurdly large),
+        or None: by the bound when it proves it, else by one reduction over the weight."""
+        if bias is not None and not max_abs(bias) <= torch.finfo(dtype).max:
+            return "the merged bias has NaN or Inf values"
+        if bound <= pristine_amax + weight_checks.delta_limit(pristine_amax):
+            return None
+        return weight_checks.merged_problem(max_abs(weight), pristine_amax, dtype)
 
     @staticmethod
     def _add_contribution(weight: torch.Tensor, bias: torch.Tensor | None,

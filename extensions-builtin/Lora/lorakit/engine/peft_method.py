@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..algorithms import weight_checks
 from ..errors import LoraError
-from ..formats.peft_metadata import adapter_metadata, pattern_alpha
+from ..formats.peft_metadata import AdapterMetadataError, adapter_metadata, pattern_alpha, peft_alphas
 
 if TYPE_CHECKING:
     from modules.sd_model_types import LoadedModel
@@ -233,24 +234,36 @@ def convert_state_dict(model: Any, tensors: dict[str, torch.Tensor], metadata: d
         state, network_alphas = loader.lora_state_dict(state, unet_config=model.unet.config)
     except (ValueError, KeyError, IndexError, RuntimeError) as exc:
         raise PeftLoadError(f"diffusers cannot convert it: {str(exc).strip().splitlines()[0][:300]}") from exc
-    check_finite(state, network_alphas)
     meta = adapter_metadata(metadata)
+    try:  # the alphas diffusers would use from the metadata: finite numbers, or the file is refused
+        peft_alphas(metadata)
+        peft_alphas(metadata, "unet")
+        peft_alphas(metadata, "text_encoder")
+    except AdapterMetadataError as exc:
+        raise PeftLoadError(str(exc)) from None
     if not network_alphas:
         network_alphas = None
         state = _bake_alphas(state, meta)
         meta = meta if _is_prefixed(meta) else None
     else:
         meta = None
+    check_finite(state, network_alphas)
     return state, network_alphas, meta
 
 
 def check_finite(state: dict[str, torch.Tensor], network_alphas: dict[str, float] | None = None) -> None:
-    """Refuse what native merge refuses (it checks each merged weight): NaN/Inf values, or factors so large that a
-    delta could overflow float32. diffusers would load them and the images would turn to NaN. The bound is the product
-    of the largest down- and up-factor norms (Frobenius norms bound every entry of up @ down) times the largest
-    alpha, computed in float64."""
+    """Refuse what native merge refuses (`algorithms.weight_checks`, which the patcher applies to each merged
+    weight): NaN/Inf in any tensor or alpha, or factors so large that a delta would turn the image black. diffusers
+    would load them and the images would be NaN. The bound per delta entry is the product of the largest down- and
+    up-factor Frobenius norms times the largest alpha over the smallest rank (a scale of at least 1), in float64."""
     down = up = 0.0
-    alpha = max([1.0, *(abs(float(value)) for value in (network_alphas or {}).values())])
+    alpha = 1.0
+    rank = math.inf
+    for name, value in (network_alphas or {}).items():
+        problem = weight_checks.scalar_problem(f"alpha of {name}", value)
+        if problem is not None:
+            raise PeftLoadError(problem)
+        alpha = max(alpha, abs(float(value)))
     for key, tensor in state.items():
         if not tensor.is_floating_point():
             continue
@@ -261,10 +274,13 @@ def check_finite(state: dict[str, torch.Tensor], network_alphas: dict[str, float
             alpha = max(alpha, norm)
         elif key.endswith(_DOWN_SUFFIXES):
             down = max(down, norm)
+            rank = min(rank, tensor.shape[0]) if tensor.dim() else rank
         else:
             up = max(up, norm)
-    if not math.isfinite(alpha) or down * up * alpha > 1e30:
-        raise PeftLoadError("its deltas would overflow float32 (NaN or Inf weights)")
+    scale = max(1.0, alpha / rank) if math.isfinite(rank) and rank > 0 else alpha
+    problem = weight_checks.bound_problem(down * up * scale)
+    if problem is not None:
+        raise PeftLoadError(problem)
 
 
 def count_layers(state_dict: dict[str, torch.Tensor]) -> int:

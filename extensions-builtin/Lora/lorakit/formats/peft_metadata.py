@@ -9,8 +9,16 @@ PEFT's `alpha_pattern`, read in one place for the native loader and the diffuser
 
 from __future__ import annotations
 
-import json
+import math
 from typing import Any
+
+from modules import safe_json
+
+from ..errors import FormatError
+
+
+class AdapterMetadataError(FormatError):
+    """A `lora_adapter_metadata` whose alpha values are not finite numbers; the message names the field."""
 
 
 def adapter_metadata(metadata: dict[str, Any]) -> dict[str, Any] | None:
@@ -18,8 +26,8 @@ def adapter_metadata(metadata: dict[str, Any]) -> dict[str, Any] | None:
     raw = metadata.get("lora_adapter_metadata")
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
-        except ValueError:
+            raw = safe_json.loads(raw)
+        except safe_json.JsonError:
             return None
     return raw if isinstance(raw, dict) and raw else None
 
@@ -41,4 +49,18 @@ def peft_alphas(metadata: dict[str, Any], prefix: str = "") -> tuple[float | Non
         raw = {"lora_alpha": raw[f"{prefix}.lora_alpha"], "alpha_pattern": raw.get(f"{prefix}.alpha_pattern")}
     alpha = raw.get("lora_alpha")
     pattern = raw.get("alpha_pattern") or {}
-    return (float(alpha) if alpha is not None else None), {str(k): float(v) for k, v in pattern.items()}
+    if not isinstance(pattern, dict):
+        raise AdapterMetadataError(f"lora_adapter_metadata: alpha_pattern is a {type(pattern).__name__}, not an object")
+    return (_alpha("lora_alpha", alpha) if alpha is not None else None), \
+        {str(k): _alpha(f"alpha_pattern[{k!r}]", v) for k, v in pattern.items()}
+
+
+def _alpha(field: str, value: Any) -> float:
+    """`value` as a finite float; AdapterMetadataError naming `field` otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise AdapterMetadataError(f"lora_adapter_metadata: {field} is {str(value)[:60]!r}, not a number") from None
+    if not math.isfinite(number):
+        raise AdapterMetadataError(f"lora_adapter_metadata: {field} is {number}, not a finite number")
+    return number

@@ -104,11 +104,13 @@ def open_companion(path: str | os.PathLike[str], lora_filename: str | os.PathLik
         raise CompanionRefused(f"the {what} lies outside the Lora folders and not beside the LoRA file")
     real = os.path.realpath(path)
     try:
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # O_NONBLOCK: opening a FIFO returns at once (then refused below) instead of waiting for a writer
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
         raise CompanionUnreadable(f"the {what} cannot be read: {exc.strerror or exc}") from exc
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise CompanionUnreadable(f"the {what} is not a regular file")
+    os.set_blocking(fd, True)
     return OpenedCompanion(fd, st, real)

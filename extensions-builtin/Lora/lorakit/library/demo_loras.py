@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from modules.atomic_io import write_bytes_atomic, write_json_atomic
+from modules.regular_files import walk
 from modules.safetensors_header import write_safetensors
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ def _preview(hue: int) -> bytes:
 def ensure_demo_loras(lora_dir: Path, seed: int = 0) -> list[Path]:
     """Write the demo LoRAs into `lora_dir` when it holds no LoRA file at all; returns the files written."""
     lora_dir = Path(lora_dir)
-    if lora_dir.is_dir() and any(p.suffix.lower() in (".safetensors", ".pt", ".ckpt") for p in lora_dir.rglob("*")):
+    if lora_dir.is_dir() and any(name.lower().endswith((".safetensors", ".pt", ".ckpt"))
+                                 for _, _, names in walk(lora_dir) for name in names):  # loop-proof, bounded
         return []
     from modules.tiny_models import build_tiny_components  # noqa: PLC0415
 

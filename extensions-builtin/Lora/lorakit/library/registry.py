@@ -1,6 +1,8 @@
 """The registry of LoRA files on disk: scan, names and aliases, metadata, SD version, hashes.
 
-* Roots: the Lora folder, then the LyCORIS folder when it exists; walked recursively, symlinked folders followed,
+* Roots: the Lora folder, then the LyCORIS folder when it exists; walked recursively, symlinked folders followed
+  (each real folder once, so symlink loops end; the walk is bounded in names and seconds), only regular files opened
+  (a FIFO named `x.safetensors` is skipped with its reason, never opened blocking),
   natural sort (digit runs compared as numbers, text case-insensitively), `.safetensors`, `.pt`, `.ckpt`.
 * Name = file stem. A stem that occurs in two folders keeps the first (in scan order) under the bare stem; every file is
   also reachable by its path relative to its root without extension (`sub/name`), so nothing is hidden.
@@ -22,7 +24,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import re
@@ -32,9 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modules import safe_json
 from modules.atomic_io import read_json
 from modules.cache import DiskCache
 from modules.hashes import cache_subsection, file_hash, short_hash
+from modules.regular_files import MAX_WALK_ENTRIES, MAX_WALK_SECONDS, WalkStats, check_regular, walk
 
 from ..algorithms.registry import detect_algorithm
 from ..formats import files
@@ -45,7 +48,7 @@ from .companion import companion_allowed
 log = logging.getLogger(__name__)
 
 METADATA_CACHE = "lora-metadata"
-CACHE_VERSION = 3  # 3: badges from the strategies' own recogniser
+CACHE_VERSION = 4  # 3: badges from the strategies' own recogniser; 4: metadata read through modules.safe_json
 PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 METADATA_PRIORITY = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3, "ss_num_train_images": 10,
                      "ss_tag_frequency": 20}
@@ -72,8 +75,8 @@ def training_tags(metadata: dict[str, Any]) -> list[tuple[str, int]]:
     frequency = metadata.get("ss_tag_frequency")
     if isinstance(frequency, str):
         try:
-            frequency = json.loads(frequency)
-        except json.JSONDecodeError:
+            frequency = safe_json.loads(frequency)
+        except safe_json.JsonError:
             return []
     if not isinstance(frequency, dict):
         return []
@@ -87,7 +90,7 @@ def training_tags(metadata: dict[str, Any]) -> list[tuple[str, int]]:
                 continue
             try:
                 counts[tag] = counts.get(tag, 0) + int(count)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # inf, NaN, a list ...
                 continue
     if counts and sum(len(tag) for tag in counts) / len(counts) >= 16:
         words: dict[str, int] = {}
@@ -97,6 +100,30 @@ def training_tags(metadata: dict[str, Any]) -> list[tuple[str, int]]:
                     words[word] = words.get(word, 0) + count
         counts = words
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def skip_reason(exc: BaseException) -> str:
+    """The message listed for a file the scan skipped because of `exc` (any exception: a bug names its type)."""
+    if isinstance(exc, files.LoraFileError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    return f"cannot be read ({type(exc).__name__}: {str(exc)[:300]})"
+
+
+ALIAS_FORBIDDEN = re.compile(r"[<>:\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def usable_alias(alias: str) -> bool:
+    """True when `alias` can be typed inside `<lora:ALIAS:w>` and read back as the same name."""
+    return alias == alias.strip() and len(alias) <= 255 and ALIAS_FORBIDDEN.search(alias) is None
+
+
+def usable_cache_entry(cached: Any) -> bool:
+    """True when a cache.json metadata entry has this version's shape (anything else is made afresh)."""
+    return (isinstance(cached, dict) and cached.get("version") == CACHE_VERSION
+            and isinstance(cached.get("metadata"), dict) and isinstance(cached.get("algorithm"), str)
+            and isinstance(cached.get("sd_version"), str))
 
 
 def prompt_name(entry: NetworkOnDisk, preferred: str, forbidden_aliases: set[str]) -> str:
@@ -134,7 +161,12 @@ class NetworkOnDisk:
 
     @property
     def alias(self) -> str:
-        return str(self.metadata.get("ss_output_name") or self.name)
+        """`ss_output_name`, unless it is not a string usable inside a tag (holds `<`, `>`, `:`, a control
+        character, or surrounding spaces): then the stem, so a clicked card always inserts a tag that resolves."""
+        alias = self.metadata.get("ss_output_name")
+        if not isinstance(alias, str) or not alias or not usable_alias(alias):
+            return self.name
+        return alias
 
     @property
     def shorthash(self) -> str:
@@ -181,8 +213,10 @@ class NetworkOnDisk:
 class NetworkRegistry:
     """Every LoRA file under the roots; thread-safe rescans."""
 
-    def __init__(self, roots: Iterable[Path], cache: DiskCache | None, hashing: bool = True) -> None:
+    def __init__(self, roots: Iterable[Path], cache: DiskCache | None, hashing: bool = True,
+                 max_entries: int = MAX_WALK_ENTRIES, max_seconds: float = MAX_WALK_SECONDS) -> None:
         self.roots = [Path(r) for r in roots]
+        self.max_entries, self.max_seconds = max_entries, max_seconds  # the scan's bounds (see `_walk`)
         self.cache = cache
         self.hashing = hashing
         self.available: dict[str, NetworkOnDisk] = {}  # stem and relative name -> entry
@@ -194,15 +228,18 @@ class NetworkRegistry:
 
     # ---------------------------------------------------------------- scanning
     def _walk(self) -> list[tuple[str, str, frozenset[str]]]:
-        """(root, file path, names in its folder) for every LoRA file, in scan order."""
+        """(root, file path, names in its folder) for every LoRA file, in scan order. Folder symlinks are followed,
+        each real folder once (`modules.regular_files.walk`: visited (device, inode) set, entry and time bounds);
+        names that are not regular files (FIFOs, devices) are skipped by `_describe` with the reason."""
         found: list[tuple[str, str, frozenset[str]]] = []
         for root in self.roots:
             if not root.is_dir():
                 continue
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-                dirnames.sort(key=natural_sort_key)
+            stats = WalkStats()
+            for dirpath, dirnames, filenames in walk(root, natural_sort_key, self.max_entries, self.max_seconds,
+                                                     stats):
                 listing = frozenset(filenames)
-                for fname in sorted(filenames, key=natural_sort_key):
+                for fname in filenames:
                     if fname.lower().endswith(files.LORA_EXTENSIONS):
                         filename = os.path.join(dirpath, fname)
                         try:
@@ -214,18 +251,22 @@ class NetworkRegistry:
                 for dname in list(dirnames):  # a folder named like a LoRA file is skipped, not walked into as one
                     if dname.lower().endswith(files.LORA_EXTENSIONS):
                         self.errors[display_path(os.path.join(dirpath, dname))] = "is a directory, not a LoRA file"
+            if stats.truncated:
+                self.errors[str(root)] = f"scan {stats.truncated}: files beyond that are not listed"
         return found
 
     def _describe(self, root: str, filename: str, listing: frozenset[str] | None = None) -> NetworkOnDisk:
-        st = os.stat(filename)  # raises for broken symlinks
+        st = check_regular(filename)  # raises for broken symlinks, FIFOs, devices
         entry = NetworkOnDisk(name=Path(filename).stem, filename=filename, root=root, mtime=st.st_mtime, size=st.st_size,
                               hasher=self.read_hash)
         signature = (st.st_mtime, st.st_size)
         cached = self.cache.get(METADATA_CACHE, filename, signature) if self.cache is not None else None
-        if isinstance(cached, dict) and cached.get("version") == CACHE_VERSION:
+        if usable_cache_entry(cached):
             entry.metadata, entry.algorithm = cached["metadata"], cached["algorithm"]
             entry.sd_version = SdVersion.parse(cached["sd_version"]) or SdVersion.Unknown
         else:
+            if cached is not None and self.cache is not None:  # an old version or a poisoned entry: made afresh
+                self.cache.drop(METADATA_CACHE, filename)
             if entry.is_safetensors:
                 header = files.read_safetensors_header(filename)
                 entry.metadata = files.decode_metadata(header.get("__metadata__") or {})
@@ -251,7 +292,7 @@ class NetworkRegistry:
             else:
                 try:
                     data = read_json(sidecar, default={})
-                except (ValueError, OSError) as exc:
+                except Exception as exc:  # any problem of the sidecar leaves the LoRA usable
                     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                     entry.sidecar_problem = f"sidecar ignored: {reason}"
                 else:
@@ -264,7 +305,8 @@ class NetworkRegistry:
         return entry
 
     def refresh(self) -> None:
-        """Full rescan. Files that cannot be read are skipped with the reason in `errors` (and the log)."""
+        """Full rescan. It never fails as a whole: a file that cannot be read, whatever the exception, is skipped
+        with the reason in `errors` (and the log); cache entries of files no longer found are pruned."""
         with self._lock:
             self.errors = {}
             entries: list[NetworkOnDisk] = []
@@ -274,13 +316,28 @@ class NetworkRegistry:
                     entries.append(entry)
                     if entry.sidecar_problem:
                         self.errors[display_path(str(entry.sidecar_path()))] = entry.sidecar_problem
-                except (OSError, files.LoraFileError) as exc:
-                    reason = str(exc) if isinstance(exc, files.LoraFileError) else f"cannot read: {exc.strerror or exc}"
-                    self.errors[filename] = reason
-                    log.warning("Lora file skipped: %s: %s", filename, reason)
+                except Exception as exc:  # one bad file never disables the others
+                    self.errors[filename] = skip_reason(exc)
+                    if isinstance(exc, (OSError, files.LoraFileError)):
+                        log.warning("Lora file skipped: %s: %s", filename, self.errors[filename])
+                    else:
+                        log.warning("Lora file skipped: %s: %s", filename, self.errors[filename], exc_info=exc)
             self._index(entries)
             if self.cache is not None:
+                self._prune_cache({entry.filename for entry in entries})
                 self.cache.save()
+
+    def _prune_cache(self, present: set[str]) -> None:
+        """Drop the metadata and hash cache entries of files under the roots that this scan did not find."""
+        assert self.cache is not None
+        roots = [os.path.abspath(root) + os.sep for root in self.roots]
+        present = {os.path.abspath(name) for name in present}
+
+        def stale(key: str) -> bool:
+            return key.lower().endswith(files.LORA_EXTENSIONS) and key.startswith(tuple(roots)) and key not in present
+
+        for subsection in (METADATA_CACHE, cache_subsection(whole_file=False), cache_subsection(whole_file=True)):
+            self.cache.prune(subsection, stale)
 
     def _index(self, entries: list[NetworkOnDisk]) -> None:
         available: dict[str, NetworkOnDisk] = {}

@@ -5,16 +5,22 @@
 Single file in -> single file out with exactly the input's keys, shapes and dtypes (non-weight tensors and the
 metadata kept); diffusers folder in -> diffusers folder out (every other file copied; the UNet and text encoders
 re-saved in their original dtype). The merge runs in float32 on the CPU through the same engine as the WebUI, so the
-merged weights equal what a generation uses. Exits 2 on bad arguments or tags, 1 when a LoRA is missing or fails.
+merged weights equal what a generation uses. Exits 2 on bad arguments or tags, 1 when a LoRA is missing or fails
+(one line on stderr, never a traceback). Files in the Lora folders that are not the requested LoRAs are never a
+reason to fail (a FIFO is skipped, a broken file only listed), and `--max-seconds` bounds the whole run.
 Outputs are written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ log = logging.getLogger("merge")
 
 DIFFUSERS_PARTS = ("unet", "text_encoder", "text_encoder_2")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+DEFAULT_MAX_SECONDS = 3600.0
 
 
 class MergeError(LoraError):
@@ -53,7 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True, help='tags to apply, e.g. "<lora:a:0.7> <lora:b:1>"')
     parser.add_argument("--out", required=True, help="output file (single file) or folder (diffusers)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+                        help=f"give up after this many seconds (default {DEFAULT_MAX_SECONDS:g})")
     return parser
+
+
+@contextlib.contextmanager
+def wall_clock_limit(seconds: float) -> Iterator[None]:
+    """Raise MergeError once `seconds` have passed (SIGALRM; where there is none, or off the main thread, no limit).
+    The Lora folder scan has its own bounds (`NetworkRegistry`), and FIFOs are never opened: this is the last guard."""
+    usable = seconds > 0 and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise MergeError(f"gave up after {seconds:g} seconds (--max-seconds)", 1)
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _components_dtype(folder: Path) -> torch.dtype:
@@ -156,10 +186,19 @@ def _write_diffusers(model, ckpt: Path, out: Path) -> None:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        warnings = merge(Path(args.ckpt), [Path(d) for d in args.lora_dir], args.prompt, Path(args.out), args.overwrite)
+        with wall_clock_limit(args.max_seconds):
+            warnings = merge(Path(args.ckpt), [Path(d) for d in args.lora_dir], args.prompt, Path(args.out),
+                             args.overwrite)
     except MergeError as exc:
         print(f"merge failed: {exc}", file=sys.stderr)
         return exc.code
+    except (LoraError, OSError) as exc:
+        print(f"merge failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # one clear line, not a traceback (the log at debug level has it)
+        log.debug("merge failed", exc_info=exc)
+        print(f"merge failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {args.out}")

@@ -5,6 +5,8 @@ A1111-compatible (existing clients work unchanged):
 * `GET /sdapi/v1/loras` -> `[{name, alias, path, metadata}]` (name = file stem, alias = `ss_output_name` or stem,
   path = full file path, metadata = the decoded safetensors metadata), one entry per file in scan order.
 * `POST /sdapi/v1/refresh-loras` -> `null`; rescans the Lora folders (safe while a generation runs).
+* `GET /sdapi/v1/lora/unreadable` -> `[{file, reason}]`: files the last scan skipped and sidecars it ignored (one bad
+  file never hides the others: it is listed here, and in the Lora tab, with its reason).
 
 Beyond A1111 (SD.Next's names where it has them):
 
@@ -27,7 +29,6 @@ All state (thumbnail and layer-report caches, write lock) lives on the `LoraApi`
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -39,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from modules import safe_json
 from modules.api.api import ApiError
 from modules.api.models import ErrorResponse
 
@@ -56,6 +57,7 @@ from ..library.companion import (
     open_companion,
 )
 from ..library.registry import NetworkOnDisk
+from .thumbnails import make_thumbnail
 
 if TYPE_CHECKING:
     from modules.host import WebUI
@@ -181,14 +183,16 @@ class LoraMetadataResponse(BaseModel):
 
 
 def json_safe(value: Any) -> Any:
-    """`value` with non-finite floats turned into strings (JSON has no NaN), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+    """`value` as any JSON response can carry it (`modules.safe_json.sendable`: non-finite floats as text, lone
+    surrogates replaced, depth bounded)."""
+    return safe_json.sendable(value)
+
+
+class UnreadableFile(BaseModel):
+    """A file the last scan skipped (or a sidecar it ignored), with the reason."""
+
+    file: str
+    reason: str
 
 
 def check_name(name: str) -> str:
@@ -215,22 +219,6 @@ def _number(text: Any, kind: type) -> Any:
     except (TypeError, ValueError, OverflowError):
         return None
     return value if math.isfinite(float(value)) else None
-
-
-def make_thumbnail(data: bytes, size: int) -> bytes:
-    """A PNG at most `size` pixels on its longer side from image bytes; ValueError when they are not an image."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (size, size))
-            image.seek(0)
-            frame = ImageOps.exif_transpose(image)
-            frame = frame.convert("RGBA" if "A" in frame.getbands() or "transparency" in frame.info else "RGB")
-            frame.thumbnail((size, size))
-            out = io.BytesIO()
-            frame.save(out, format="PNG")
-            return out.getvalue()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, EOFError) as exc:
-        raise ValueError(f"the preview is not a readable image: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------------- the API
@@ -293,6 +281,12 @@ class LoraApi:
         """A1111's `GET /sdapi/v1/loras`."""
         return [LoraItem(name=e.name, alias=e.alias, path=e.filename, metadata=json_safe(e.metadata))
                 for e in self.registry.entries()]
+
+    def unreadable(self) -> list[UnreadableFile]:
+        """`GET /sdapi/v1/lora/unreadable`: every file the last scan skipped, and every sidecar it ignored, with why
+        (the same list the Lora tab shows under "file(s) could not be read")."""
+        return [UnreadableFile(file=safe_json.clean_surrogates(name), reason=safe_json.clean_surrogates(reason))
+                for name, reason in sorted(dict(self.registry.errors).items())]
 
     def refresh(self) -> None:
         """A1111's `POST /sdapi/v1/refresh-loras`: rescan (does not wait for a running generation)."""
@@ -502,6 +496,8 @@ class LoraApi:
         tags = ["lora"]
         route(f"{API}/loras", self.list_loras, methods=["GET"], response_model=list[LoraItem], tags=tags,
               responses=_errors(), summary="LoRA files found (A1111 shape)")
+        route(f"{API}/lora/unreadable", self.unreadable, methods=["GET"], response_model=list[UnreadableFile],
+              tags=tags, responses=_errors(), summary="Files the last scan skipped, with the reason")
         route(f"{API}/refresh-loras", self.refresh, methods=["POST"], response_model=None, tags=tags,
               responses=_errors(), summary="Rescan the Lora folders")
         route(f"{API}/loaded-loras", self.loaded, methods=["GET"], response_model=list[LoadedLora], tags=tags,

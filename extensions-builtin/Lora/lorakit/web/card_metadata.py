@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from modules import safe_json
 from modules.atomic_io import write_bytes_atomic
 
 from ..library.registry import NetworkOnDisk, training_tags
@@ -32,8 +33,8 @@ def _json_field(metadata: dict[str, Any], key: str) -> Any:
     value = metadata.get(key)
     if isinstance(value, str) and value[:1] in "[{":
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
+            return safe_json.loads(value)
+        except safe_json.JsonError:
             return value
     return value
 
@@ -144,8 +145,8 @@ def flatten_metadata(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, str) and value[:1] in "[{":
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
+                value = safe_json.loads(value)
+            except safe_json.JsonError:
                 pass
         if isinstance(value, dict) and value and len(rows) < 2000:
             for key, inner in value.items():

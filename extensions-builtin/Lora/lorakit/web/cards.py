@@ -28,19 +28,25 @@ import hashlib
 import html
 import json
 import logging
+import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 
+from modules import safe_json
+from modules.regular_files import open_regular
+
 from ..library.companion import CompanionRefused, CompanionUnreadable, companion_allowed, open_companion
 from ..library.registry import PREVIEW_EXTENSIONS, NetworkOnDisk, NetworkRegistry, prompt_name
 from ..library.sidecars import SidecarNotAllowed, UserMetadataError, save_user_metadata
 from . import block_chart, card_metadata
+from .thumbnails import CARD_THUMB_SIZE, ThumbnailCache, make_thumbnail
 
 if TYPE_CHECKING:
     from modules.host import WebUI
@@ -63,7 +69,7 @@ def _cover_image(entry: NetworkOnDisk) -> tuple[bytes, str] | None:
     """The first `ssmd_cover_images` image (bytes, media type), or None."""
     raw = entry.metadata.get("ssmd_cover_images")
     try:
-        images = json.loads(raw) if isinstance(raw, str) else raw
+        images = safe_json.loads(raw) if isinstance(raw, str) else raw
         if not isinstance(images, list) or not images or not isinstance(images[0], str):
             return None
         text = images[0].split(",", 1)[1] if images[0].startswith("data:") else images[0]
@@ -160,10 +166,17 @@ def read_description(path: str | None) -> str:
     if not path:
         return ""
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(DESCRIPTION_LIMIT * 4)
+        with open_regular(path) as handle:  # a FIFO named `x.txt` is refused, never waited on
+            return handle.read(DESCRIPTION_LIMIT * 4).decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def _mtime_ns(path: os.PathLike[str] | str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _mtime(path: str | None) -> int:
@@ -193,6 +206,7 @@ class LoraPage:
         self._static: dict[str, tuple[tuple, dict[str, Any]]] = {}
         self._payload: tuple[str, bytes, bytes] | None = None  # (version, json, gzip)
         self._blocks: OrderedDict[tuple, str] = OrderedDict()
+        self.thumbnails = ThumbnailCache()  # card pictures, made on the server (see `web.thumbnails`)
 
     # ------------------------------------------------------------------------------------------- state
     @property
@@ -293,6 +307,15 @@ class LoraPage:
                 dict(entry.user_metadata), preview, _mtime(preview), text, _mtime(text),
                 "ssmd_cover_images" in entry.metadata)
 
+    @staticmethod
+    def plain_card(entry: NetworkOnDisk, alias: str) -> dict[str, Any]:
+        """A card from the file's names alone (for an entry whose metadata or sidecar breaks `build_card`)."""
+        return {"key": entry.filename, "name": entry.name, "alias": alias, "path": entry.relative_name,
+                "dir": entry.relative_name.rpartition("/")[0], "description": "", "activation": "", "negative": "",
+                "weight": 0.0, "sd": entry.sd_version, "algorithm": entry.algorithm, "created": int(entry.mtime),
+                "modified": int(entry.mtime), "hash": entry.hash, "preview": "", "tags": [], "search_tags": [],
+                "has_metadata": False}
+
     def build_card(self, entry: NetworkOnDisk, listing: DirListing | None = None, alias: str | None = None,
                    sources: tuple[str | None, str | None] | None = None) -> dict[str, Any]:
         """One card's data (plain JSON values; the browser escapes nothing because it only uses textContent)."""
@@ -304,8 +327,9 @@ class LoraPage:
         user = entry.user_metadata
         try:
             weight = float(user.get("preferred weight") or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             weight = 0.0
+        weight = weight if math.isfinite(weight) else 0.0
         preview_url = ""
         if preview is not None:
             preview_url = f"{ROUTE_PREFIX}/thumb?key={quote(entry.filename)}&v={_mtime(preview)}"
@@ -347,7 +371,11 @@ class LoraPage:
         cached = self._cards.get(entry.filename)
         if cached is not None and cached[0] == signature:
             return cached[1], cached[2]
-        card = self.build_card(entry, listing, alias, sources)
+        try:
+            card = safe_json.sendable(self.build_card(entry, listing, alias, sources))
+        except Exception:  # one odd file never breaks the card list: it gets a plain card, the log the traceback
+            log.exception("Lora card of %s could not be built from its metadata", entry.filename)
+            card = safe_json.sendable(self.plain_card(entry, alias))
         text = json.dumps(card, ensure_ascii=False, separators=(",", ":"))
         self._cards[entry.filename] = (signature, card, text)
         return card, text
@@ -366,7 +394,7 @@ class LoraPage:
             listing = DirListing(self.registry.roots)
             prefer_filename = self.webui.options.get("lora_preferred_name") == "Filename"
             cards = ",".join(self._card_entry(entry, listing, prefer_filename)[1] for entry in self._entries)
-            errors = [{"file": f, "reason": r} for f, r in sorted(self.registry.errors.items())][:200]
+            errors = safe_json.sendable([{"file": f, "reason": r} for f, r in sorted(self.registry.errors.items())][:200])
             body = ('{"version":' + json.dumps(version) + ',"cards":[' + cards + '],"errors":'
                     + json.dumps(errors, ensure_ascii=False) + "}").encode("utf-8")
             self._payload = (version, body, gzip.compress(body, compresslevel=5))
@@ -482,6 +510,19 @@ def _guard(page: LoraPage, path: os.PathLike[str], entry: NetworkOnDisk, what: s
                                                     "LoRA file")
 
 
+def _contained(entry: NetworkOnDisk, what: str, make: Callable[[], Any]) -> Any:
+    """`make()`, or a 422 naming the file when its metadata or sidecar makes it fail (logged with the traceback):
+    one odd file gives one clear error, never a 500."""
+    try:
+        return make()
+    except HTTPException:
+        raise
+    except Exception as exc:
+        log.exception("Lora %s of %s could not be made", what, entry.filename)
+        raise HTTPException(status_code=422, detail=f"the {what} of {entry.name} cannot be shown: "
+                                                    f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
 def mount_routes(app: FastAPI, page: LoraPage) -> None:
     """Add the page's routes (see the module docstring) to the FastAPI app."""
     def cards(request: Request) -> Response:
@@ -516,21 +557,29 @@ def mount_routes(app: FastAPI, page: LoraPage) -> None:
                 raise HTTPException(status_code=403, detail=str(exc)) from exc
             except CompanionUnreadable as exc:
                 raise HTTPException(status_code=404, detail=str(exc)) from exc
-            media = IMAGE_TYPES.get(preview.suffix.lower(), "application/octet-stream")
-            return Response(data, media_type=media, headers=headers)
-        cover = _cover_image(entry)
-        if cover is None:
-            raise HTTPException(status_code=404, detail=f"{entry.name} has no preview")
-        return Response(cover[0], media_type=cover[1], headers=headers)
+            version: tuple = ("file", str(preview), _mtime_ns(preview), len(data))
+        else:
+            cover = _cover_image(entry)
+            if cover is None:
+                raise HTTPException(status_code=404, detail=f"{entry.name} has no preview")
+            data, version = cover[0], ("cover", entry.filename, entry.mtime, entry.size)
+        try:  # always downscaled here, with a pixel cap: the browser never gets a full-size preview as a thumbnail
+            png = page.thumbnails.get_or_make(version, lambda: make_thumbnail(data, CARD_THUMB_SIZE))
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=f"{entry.name}: {exc}") from exc
+        return Response(png, media_type="image/png", headers=headers)
 
     def metadata(key: str = Query(...)) -> dict[str, str]:
-        return {"html": card_metadata.metadata_popup_html(_key_entry(page, key))}
+        entry = _key_entry(page, key)
+        return {"html": _contained(entry, "metadata", lambda: card_metadata.metadata_popup_html(entry))}
 
     def blocks(key: str = Query(...)) -> dict[str, str]:
-        return {"html": page.block_strength_html(_key_entry(page, key))}
+        entry = _key_entry(page, key)
+        return {"html": _contained(entry, "block chart", lambda: page.block_strength_html(entry))}
 
     def editor(key: str = Query(...)) -> dict[str, Any]:
-        return page.editor(_key_entry(page, key))
+        entry = _key_entry(page, key)
+        return safe_json.sendable(_contained(entry, "editor data", lambda: page.editor(entry)))
 
     def save(payload: dict[str, Any] = Body(...)) -> dict[str, Any]:
         entry = _key_entry(page, str(payload.get("key", "")))
