@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modules import safe_json
 from modules.atomic_io import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
+MAX_UNREGISTERED_DEPTH = 8  # values of keys nobody registered (an A1111 client's extension options)
+MAX_UNREGISTERED_BYTES = 64 * 1024
 
 MAX_LIST_ITEMS = 1000
 
@@ -238,9 +241,26 @@ class Options:
                 raise
             return changed
 
+    @staticmethod
+    def check_unregistered(values: dict[str, Any]) -> None:
+        """ValueError naming the key when a value for an unregistered key could not be kept as standard JSON in
+        config.json and served back: NaN/Infinity, nesting deeper than `MAX_UNREGISTERED_DEPTH`, or more than
+        `MAX_UNREGISTERED_BYTES` of JSON."""
+        for key, value in values.items():
+            if safe_json.nesting_depth(value, MAX_UNREGISTERED_DEPTH) > MAX_UNREGISTERED_DEPTH:
+                raise ValueError(f"option {key!r}: nested deeper than {MAX_UNREGISTERED_DEPTH} levels")
+            try:
+                size = len(safe_json.dumps(value))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"option {key!r}: not storable as standard JSON ({exc})") from None
+            if size > MAX_UNREGISTERED_BYTES:
+                raise ValueError(f"option {key!r}: {size} bytes of JSON, at most {MAX_UNREGISTERED_BYTES}")
+
     def store_unregistered(self, values: dict[str, Any], save: bool = True) -> None:
         """Keep values of keys nobody registered, unchanged (as for unknown keys in config.json: an A1111 client may
-        set options of extensions this WebUI does not have). Registered keys raise KeyError: use `set`/`update`."""
+        set options of extensions this WebUI does not have). Registered keys raise KeyError: use `set`/`update`;
+        values `check_unregistered` refuses raise ValueError."""
+        self.check_unregistered(values)
         with self._lock:
             known = sorted(key for key in values if key in self.infos)
             if known:

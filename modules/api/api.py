@@ -412,6 +412,10 @@ def apply_options(webui: Any, values: dict[str, Any]) -> list[str]:
     if "sd_vae" in checked:
         apply_vae(webui, str(checked["sd_vae"]))
     changed: list[str] = []
+    try:
+        webui.options.check_unregistered(unknown)
+    except ValueError as exc:
+        raise ApiError(422, "InvalidOption", str(exc)) from exc
     if checked:
         try:
             changed = webui.options.update(checked)

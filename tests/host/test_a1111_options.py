@@ -166,3 +166,26 @@ def test_ensd_changes_only_noise_drawing_samplers(server):
     euler_ensd, _ = run("Euler", 31337)
     assert np.array_equal(euler, euler_ensd)  # no noise per step: ENSD changes nothing
     assert webui.options.get("eta_noise_seed_delta") == 0  # the override was restored
+
+
+@pytest.mark.parametrize("value, message", [
+    (json.loads("[" * 500 + "]" * 500), "nested deeper than 8"),
+    ("x" * 70_000, "at most 65536"),
+])
+def test_unknown_keys_that_could_not_be_served_back_are_refused(server, value, message):
+    client, webui = server
+    body = {"send_size": False, "hostile_extension_option": value}
+    response = client.post("/sdapi/v1/options", json=body)
+    assert response.status_code == 422 and "hostile_extension_option" in response.text and message in response.text
+    options = client.get("/sdapi/v1/options")  # nothing of the request was applied, and the listing still answers
+    assert options.status_code == 200 and "hostile_extension_option" not in options.json()
+    assert options.json()["send_size"] is True
+    assert "hostile_extension_option" not in webui.paths.config_file.read_text()
+
+
+def test_unknown_key_with_nan_is_refused(server):
+    client, _ = server
+    response = client.post("/sdapi/v1/options", content=b'{"nan_extension_option": NaN}',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "nan_extension_option" in response.text
+    assert "nan_extension_option" not in client.get("/sdapi/v1/options").json()
