@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from modules import extra_networks, images, infotext, sd_samplers
+from modules import extra_networks, flux_sampling, images, infotext, sd_samplers
 from modules.generation_state import GenerationState
 from modules.prompt_encoding import EMPHASIS_MODES, Conditioning, PromptEncoder
 
@@ -106,6 +106,7 @@ class StableDiffusionProcessingTxt2Img:
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None  # None / "Use same scheduler": the first pass's schedule type
     denoising_strength: float = 0.7
+    distilled_cfg_scale: float | None = None  # Flux dev's distilled guidance (Forge's name); None: 3.5
     override_settings: dict[str, Any] = field(default_factory=dict)
     do_not_save_samples: bool = False
     do_not_save_grid: bool = True
@@ -702,6 +703,11 @@ def _first_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
     cond = _encode(p, encoder, prompts, data, "cond")
     uncond = _encode(p, encoder, _strip_tags(p.negative_prompts), data, "uncond")
     factor = vae_scale_factor(model)
+    if model.is_flux:
+        noise, _ = batch_noise(p, (int(model.vae.config.latent_channels), p.height // factor, p.width // factor), factor)
+        inputs = flux_sampling.FluxPass(cond, uncond, p.cfg_scale, flux_sampling.distilled_cfg(p), encode=lambda: (
+            encoder.encode(prompts), encoder.encode(_strip_tags(p.negative_prompts), is_negative=True)))
+        return flux_sampling.txt2img_pass(denoiser, p, model, noise, inputs)
     shape = (int(model.unet.config.in_channels), p.height // factor, p.width // factor)
     noise, generators = batch_noise(p, shape, factor)
     sampler = sd_samplers.find_sampler(p.sampler_name)
@@ -739,6 +745,12 @@ def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
                               crop_x // 2:crop_x // 2 + p.hr_resize_x // factor]
         if p.denoising_strength <= 0:
             return latents
+        if model.is_flux:
+            noise, _ = batch_noise(p, tuple(latents.shape[1:]), factor)  # type: ignore[arg-type]
+            inputs = flux_sampling.FluxPass(cond, uncond, p.cfg_scale, flux_sampling.distilled_cfg(p), encode=lambda: (
+                encoder.encode(prompts), encoder.encode(_strip_tags(hr_negatives), is_negative=True)))
+            return flux_sampling.hires_pass(denoiser, p, model, latents, noise, inputs,
+                                            p.hr_second_pass_steps or p.steps)
         shape = tuple(latents.shape[1:])
         noise, generators = batch_noise(p, shape, factor)  # type: ignore[arg-type]
         sampler = sd_samplers.find_sampler(p.effective_hr_sampler())
@@ -787,23 +799,35 @@ def process_images(webui: Any, p: StableDiffusionProcessingTxt2Img) -> Processed
     return processed
 
 
+def _process_flux_checks(p: StableDiffusionProcessingTxt2Img) -> None:
+    """Flux packs 2x2 latent cells into one token: every pass's size must be a multiple of 16 pixels."""
+    sizes = [(p.width, p.height)] + ([(p.hr_upscale_to_x, p.hr_upscale_to_y)] if p.enable_hr else [])
+    if p.enable_hr and p.hr_resize_x and p.hr_resize_y:
+        sizes.append((p.hr_resize_x, p.hr_resize_y))
+    for width, height in sizes:
+        if width % 16 or height % 16:
+            raise ProcessingError(f"Flux needs sizes that are multiples of 16 pixels; got {width}x{height}")
+
+
 def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Processed:
     options, state = webui.options, webui.state
     clip_skip = p.clip_skip if p.clip_skip is not None else int(options.get("CLIP_stop_at_last_layers"))
     emphasis = options.get("emphasis")
+    if model.is_flux:
+        _process_flux_checks(p)
     try:
-        encoder = PromptEncoder(model, clip_skip=clip_skip, emphasis=emphasis if emphasis in EMPHASIS_MODES
+        encoder = flux_sampling.FluxPromptEncoder(model) if model.is_flux else PromptEncoder(model, clip_skip=clip_skip, emphasis=emphasis if emphasis in EMPHASIS_MODES
                                 else "Original", comma_padding_backtrack=int(options.get("comma_padding_backtrack")),
                                 embeddings=getattr(webui, "embeddings", None))
     except ValueError as exc:
         raise ProcessingError(str(exc)) from exc
     sampler = sd_samplers.find_sampler(p.sampler_name)
     assert sampler is not None
-    p.used_schedule = _schedule_label(p, sampler)
-    if sd_samplers.uses_eta(sampler) and _eta(webui) != 1.0:
+    p.used_schedule = flux_sampling.describe(p, model) if model.is_flux else _schedule_label(p, sampler)
+    if not model.is_flux and sd_samplers.uses_eta(sampler) and _eta(webui) != 1.0:
         p.extra_generation_params["Eta"] = _eta(webui)
 
-    denoiser = Denoiser(webui, p, model)
+    denoiser = flux_sampling.FlowSampler(webui, p, model) if model.is_flux else Denoiser(webui, p, model)
     save = not p.do_not_save_samples and bool(options.get("samples_save"))
     all_images: list[Image.Image] = []
     infotexts: list[str] = []
