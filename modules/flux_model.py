@@ -174,6 +174,16 @@ def bfl_module_map(config: Mapping[str, Any]) -> dict[str, tuple[str, int, int] 
     return names
 
 
+def single_block_qkv(module_map: Mapping[str, tuple[str, int, int] | str]) -> dict[str, list[tuple[str, int, int]]]:
+    """{"single_blocks.N.qkv": [("unet.<q/k/v module>", start, stop), ...]}: the q/k/v rows of each single block's
+    `linear1` (BFL's own split of linear1 into qkv and mlp; XLabs LoRAs train this part)."""
+    groups: dict[str, list[tuple[str, int, int]]] = {}
+    for path, target in module_map.items():
+        if isinstance(target, tuple) and target[0].endswith(".linear1") and ".attn.to_" in path:
+            groups.setdefault(target[0][: -len("linear1")] + "qkv", []).append((f"unet.{path}", target[1], target[2]))
+    return groups
+
+
 def bfl_key_map(config: Mapping[str, Any], param_names: Iterable[str], prefix: str = ""
                 ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """(key_map, transforms) for the transformer's parameters, in `checkpoint_convert`'s form.

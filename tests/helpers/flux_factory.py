@@ -154,3 +154,31 @@ def write_companions(models_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     write_safetensors(files["vae"], {k: v.contiguous() for k, v in vae.items()}, {"format": "pt"})
     files["t5_tokenizer"] = write_t5_tokenizer(models_dir / "text_encoder" / "t5_tokenizer")
     return files
+
+
+def tiny_flux_model(seed: int = 0, guidance: bool = True) -> Any:
+    """A `LoadedModel` of the tiny Flux built in memory (float32, CPU), as the host loads it."""
+    from modules.sd_model_types import CheckpointInfo, LoadedModel  # noqa: PLC0415
+
+    built = build_tiny_flux(seed, guidance)
+    return LoadedModel(
+        family="Flux", unet=built["unet"], vae=built["vae"],
+        text_encoders=[built["text_encoders.0"], built["text_encoders.1"]], tokenizers=[],
+        prediction_type="flow", scheduler_config=flux_model.scheduler_config(built["config"]),
+        checkpoint=CheckpointInfo(path=Path("tiny-flux.safetensors"), name="tiny-flux", format="single-file"),
+        device=torch.device("cpu"), dtype=torch.float32)
+
+
+def bfl_linear_modules(model: Any) -> dict[str, int]:
+    """{BFL module name: output rows} of every Linear of the transformer under its BFL name (fused ones once)."""
+    names = flux_model.bfl_module_map(model.unet.config)
+    rows: dict[str, int] = {}
+    for path, target in names.items():
+        module = model.unet.get_submodule(path)
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if isinstance(target, tuple):
+            rows[target[0]] = max(rows.get(target[0], 0), target[2])
+        else:
+            rows[target] = module.weight.shape[0]
+    return rows
