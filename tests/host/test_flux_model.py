@@ -5,17 +5,26 @@ diffusers' FlowMatchEulerDiscreteScheduler's."""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+
+import httpx
 import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+from PIL import Image
+from safetensors.torch import save_file
 
 from modules import checkpoint_convert, flux_model, flux_sampling
 from modules.host import WebUI
 from modules.processing import ProcessingError, StableDiffusionProcessingTxt2Img, process_images
 from modules.sd_models import ModelLoadError
+from modules.webui_server import ServerThread, create_app
 from tests.helpers import flux_factory
+from tests.helpers.hashes import payload_hash
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +165,33 @@ def test_pack_unpack_round_trip():
     packed = flux_sampling.pack_latents(x)
     assert packed.shape == (2, 12, 64)
     assert torch.equal(flux_sampling.unpack_latents(packed, 6, 8), x)
+
+
+def test_flux_lora_through_the_api_changes_the_image_and_records_its_hash(flux_home):
+    generator = torch.Generator().manual_seed(8)
+    inner = 64  # tiny-flux.json: 2 heads x 32
+    tensors = {}
+    for i in range(2):
+        key = f"lora_unet_double_blocks_{i}_img_attn_qkv"
+        tensors[f"{key}.lora_down.weight"] = torch.randn(4, inner, generator=generator)
+        tensors[f"{key}.lora_up.weight"] = torch.randn(3 * inner, 4, generator=generator) * 0.5
+        tensors[f"{key}.alpha"] = torch.tensor(4.0)
+    (flux_home / "models" / "Lora").mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(flux_home / "models" / "Lora" / "fluxstyle.safetensors"))
+    webui = WebUI.create(["--data-dir", str(flux_home), "--no-embedded-default", "--nowebui"])
+    webui.models.load("tiny-flux-bfl.safetensors")
+    thread = ServerThread(create_app(webui), host="127.0.0.1", port=0).start()
+    try:
+        url = f"http://127.0.0.1:{thread.port}/sdapi/v1/txt2img"
+        body = {"prompt": "a photo of a red cat", "seed": 11, "steps": 3, "width": 64, "height": 64,
+                "sampler_name": "Euler", "cfg_scale": 1}
+        plain = httpx.post(url, json=body, timeout=120).json()
+        styled = httpx.post(url, json={**body, "prompt": body["prompt"] + " <lora:fluxstyle:1>"}, timeout=120).json()
+    finally:
+        thread.stop()
+    images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(r["images"][0]))).convert("RGB"))
+              for r in (plain, styled)]
+    assert np.abs(images[0].astype(int) - images[1].astype(int)).mean() > 1
+    info = json.loads(styled["info"])["infotexts"][0]
+    file_hash = payload_hash(flux_home / "models" / "Lora" / "fluxstyle.safetensors")
+    assert f'Lora hashes: "fluxstyle: {file_hash[:12]}"' in info and "Model family: Flux" in info
