@@ -20,6 +20,8 @@ from lorakit.engine.engine import LoraEngine, NetworkRequest
 from lorakit.formats.keys import LayerIndex, split_key
 from lorakit.formats.sd_version import detect_sd_version
 from lorakit.library.registry import NetworkRegistry
+from lorakit.prompt.block_weights import BlockWeightError, layer_factor
+from lorakit.web.block_chart import block_label, model_blocks
 from modules import flux_model
 from modules.cache import DiskCache
 from tests.helpers import flux_factory
@@ -316,3 +318,15 @@ def test_simpletuner_lycoris_files_match_lycoris(tmp_path, model, algo):
     assert len(reference) == 2 * 14 + 2 * 6  # every Linear of the double and single blocks
     assert_close({k: v for k, v in ours.items() if k.startswith("unet.")}, expected,
                  {k: v for k, v in pristine.items() if k.startswith("unet.")})
+
+
+def test_chart_rows_are_double_and_single_blocks_and_block_weights_are_refused_clearly(model):
+    index = LayerIndex(model)
+    labels = model_blocks(index)
+    assert labels == ["TE1", "TE2", "OTHER", "DOUBLE00", "DOUBLE01", "SINGLE00", "SINGLE01"]
+    assert block_label(index.layers["unet.single_transformer_blocks.1.attn.to_k"], 2) == "SINGLE01"
+    with pytest.raises(BlockWeightError, match="not available for Flux"):
+        layer_factor("Flux", lbw="1,0,1")
+    with pytest.raises(BlockWeightError, match="not available for Flux"):
+        layer_factor("Flux", in_w=0.5)
+    assert layer_factor("Flux") is None
