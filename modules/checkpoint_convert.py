@@ -18,6 +18,8 @@ Tensors that change form on the way (`key_map_special["transforms"]`, keyed by m
   (`{"op": "split", "index": i, "parts": 3}`);
 * OpenCLIP `text_projection` (h, p), used as `x @ P`, -> `text_projection.weight` = P^T (p, h) (`{"op": "transpose"}`);
 * VAE mid-block attention q/k/v/proj_out, 1x1 conv (c, c, 1, 1) -> linear (c, c) (`{"op": "reshape", "shape": ldm}`).
+* Flux (`modules.flux_model`): unequal row splits (`{"op": "split", "index": i, "sizes": [h, h, h, m]}`, single
+  blocks' fused `linear1`) and the final modulation's (shift, scale) -> (scale, shift) (`{"op": "swap_halves"}`).
 
 Tensors of the file that no model parameter uses (EMA weights, noise-schedule buffers, `position_ids`, SD2's
 `text_projection`, `logit_scale`...) are kept in `key_map_special["extra"]`, the original dtype of every key in
@@ -261,13 +263,10 @@ def _open_clip_name(param: str) -> tuple[str, dict[str, Any] | None]:
     return f"{base}{OPENCLIP_LAYER[module]}.{leaf}", None
 
 
-def vae_key_map(vae_config: Mapping[str, Any], param_shapes: Mapping[str, tuple[int, ...]]
-                ) -> tuple[dict[str, str], dict[str, dict]]:
-    """({diffusers AutoencoderKL param: LDM key without `first_stage_model.`}, {param: transform}) for a VAE config.
-
-    The LDM names are those of A1111's VAE files (`encoder.down.0.block.0.conv1.weight`, ...); the mid-block
-    attention's linear weights are 1x1 convolutions there (the "reshape" transform).
-    """
+def vae_key_map(vae_config: Mapping[str, Any], param_shapes: Mapping[str, tuple[int, ...]],
+                prefix: str) -> tuple[dict[str, str], dict[str, dict]]:
+    """(key_map, transforms) of the VAE alone: {"vae.<param>": prefix + LDM name}, for LDM VAE tensors under
+    `prefix` ("first_stage_model." in SD checkpoints, "" in Flux's `ae.safetensors`, "vae." in ComfyUI bundles)."""
     key_map: dict[str, str] = {}
     transforms: dict[str, dict] = {}
     vae_blocks = vae_ldm_block_map(vae_config)
@@ -276,9 +275,9 @@ def vae_key_map(vae_config: Mapping[str, Any], param_shapes: Mapping[str, tuple[
         target = _translate(module, vae_blocks, RESNET_VAE, ATTENTION_VAE)
         if target is None:
             raise CheckpointConversionError(f"VAE parameter {param!r} has no LDM counterpart for this config")
-        key_map[param] = f"{target}.{leaf}"
+        key_map[f"vae.{param}"] = f"{prefix}{target}.{leaf}"
         if ".mid.attn_1." in target and leaf == "weight" and len(shape) == 2:
-            transforms[param] = {"op": "reshape", "shape": [*shape, 1, 1]}
+            transforms[f"vae.{param}"] = {"op": "reshape", "shape": [*shape, 1, 1]}
     return key_map, transforms
 
 
@@ -301,9 +300,9 @@ def build_key_map(family: str, config: Mapping[str, Any],
         if target is None:
             raise CheckpointConversionError(f"UNet parameter {param!r} has no LDM counterpart for this config")
         key_map[f"unet.{param}"] = f"{UNET_PREFIX}{target}.{leaf}"
-    vae_keys, vae_transforms = vae_key_map(config["vae"], param_shapes["vae"])
-    key_map.update({f"vae.{param}": VAE_PREFIX + ldm for param, ldm in vae_keys.items()})
-    transforms.update({f"vae.{param}": transform for param, transform in vae_transforms.items()})
+    vae_map, vae_transforms = vae_key_map(config["vae"], param_shapes["vae"], VAE_PREFIX)
+    key_map.update(vae_map)
+    transforms.update(vae_transforms)
     for index, (kind, prefix) in enumerate(TEXT_PREFIXES[family]):
         component = f"text_encoders.{index}"
         for param in param_shapes[component]:
@@ -339,7 +338,12 @@ def ldm_tensor_to_model(tensor: torch.Tensor, transform: Mapping[str, Any] | Non
         return tensor
     op = transform["op"]
     if op == "split":
+        if "sizes" in transform:  # unequal parts (Flux single blocks: q, k, v, mlp in one linear1)
+            return tensor.split([int(n) for n in transform["sizes"]], dim=0)[int(transform["index"])]
         return tensor.chunk(int(transform["parts"]), dim=0)[int(transform["index"])]
+    if op == "swap_halves":  # (shift, scale) <-> (scale, shift) along dim 0; its own inverse
+        first, second = tensor.chunk(2, dim=0)
+        return torch.cat([second, first], dim=0)
     if op == "transpose":
         return tensor.t().contiguous()
     if op == "reshape":
@@ -457,9 +461,11 @@ def diffusers_to_ldm(components: Mapping[str, Any], key_map: Mapping[str, str],
             out[ldm_key] = tensor
         elif transform["op"] == "split":
             pending.setdefault(ldm_key, {})[int(transform["index"])] = tensor
-            parts_needed[ldm_key] = int(transform["parts"])
+            parts_needed[ldm_key] = len(transform["sizes"]) if "sizes" in transform else int(transform["parts"])
         elif transform["op"] == "transpose":
             out[ldm_key] = tensor.t().contiguous()
+        elif transform["op"] == "swap_halves":
+            out[ldm_key] = ldm_tensor_to_model(tensor, transform, None)
         elif transform["op"] == "reshape":
             out[ldm_key] = tensor.reshape(transform["shape"])
         else:

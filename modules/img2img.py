@@ -136,6 +136,8 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessingTxt2Img):
 
     def init(self, webui: Any, model: Any) -> None:
         """Resize the init images, prepare the mask, encode the init latents (see the module docstring)."""
+        if getattr(model, "is_flux", False):  # decision: Flux runs txt2img (and hires fix) only, for now
+            raise ProcessingError("img2img and inpainting are not available for Flux models yet; use txt2img")
         extra = self.extra_generation_params
         extra["Denoising strength"] = self.denoising_strength
         if self.initial_noise_multiplier != 1.0:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from modules import extra_networks, image_checks, images, infotext, sd_samplers, upscalers
+from modules import extra_networks, flux_sampling, image_checks, images, infotext, sd_samplers, upscalers
 from modules.generation_state import GenerationState
 from modules.prompt_encoding import EMPHASIS_MODES, Conditioning, PromptEncoder
 from modules.scripts import PostprocessImageArgs
@@ -118,6 +118,7 @@ class StableDiffusionProcessingTxt2Img:
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None  # None / "Use same scheduler": the first pass's schedule type
     denoising_strength: float = 0.7
+    distilled_cfg_scale: float | None = None  # Flux dev's distilled guidance (Forge's name); None: 3.5
     override_settings: dict[str, Any] = field(default_factory=dict)
     override_settings_restore_afterwards: bool = True  # False: the overrides stay set after the generation
     do_not_save_samples: bool = False
@@ -849,8 +850,13 @@ def _first_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
                 encoder: PromptEncoder) -> torch.Tensor:
     """Activate the batch's extra networks, encode its prompts and sample from seeded noise."""
     inputs = first_pass_inputs(webui, p, encoder)
-    inputs.image_conditioning = txt2img_conditioning(model, len(p.prompts), p.width, p.height)
     factor = vae_scale_factor(model)
+    if model.is_flux:
+        noise, _ = batch_noise(p, (int(model.vae.config.latent_channels), p.height // factor, p.width // factor), factor)
+        flux_inputs = flux_sampling.FluxPass(inputs.cond, inputs.uncond, p.cfg_scale, flux_sampling.distilled_cfg(p),
+                                             encode=inputs.encode)
+        return flux_sampling.txt2img_pass(denoiser, p, model, noise, flux_inputs)
+    inputs.image_conditioning = txt2img_conditioning(model, len(p.prompts), p.width, p.height)
     shape = (latent_channels(model), p.height // factor, p.width // factor)
     noise, generators = batch_noise(p, shape, factor)
     generators = sampler_generators(webui, generators, p.seeds)
@@ -910,6 +916,12 @@ def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
                               crop_x // 2:crop_x // 2 + p.hr_resize_x // factor]
         if p.denoising_strength <= 0:
             return latents
+        if model.is_flux:
+            noise, _ = batch_noise(p, tuple(latents.shape[1:]), factor)  # type: ignore[arg-type]
+            inputs = flux_sampling.FluxPass(cond, uncond, p.cfg_scale, flux_sampling.distilled_cfg(p), encode=lambda: (
+                encoder.encode(prompts), encoder.encode(_strip_tags(hr_negatives), is_negative=True)))
+            return flux_sampling.hires_pass(denoiser, p, model, latents, noise, inputs,
+                                            p.hr_second_pass_steps or p.steps)
         shape = tuple(latents.shape[1:])
         noise, generators = batch_noise(p, shape, factor)  # type: ignore[arg-type]
         generators = sampler_generators(webui, generators, p.seeds)
@@ -975,25 +987,37 @@ def process_images(webui: Any, p: StableDiffusionProcessingTxt2Img) -> Processed
     return processed
 
 
+def _process_flux_checks(p: StableDiffusionProcessingTxt2Img) -> None:
+    """Flux packs 2x2 latent cells into one token: every pass's size must be a multiple of 16 pixels."""
+    sizes = [(p.width, p.height)] + ([(p.hr_upscale_to_x, p.hr_upscale_to_y)] if p.enable_hr else [])
+    if p.enable_hr and p.hr_resize_x and p.hr_resize_y:
+        sizes.append((p.hr_resize_x, p.hr_resize_y))
+    for width, height in sizes:
+        if width % 16 or height % 16:
+            raise ProcessingError(f"Flux needs sizes that are multiples of 16 pixels; got {width}x{height}")
+
+
 def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Processed:
     options, state = webui.options, webui.state
     clip_skip = p.clip_skip if p.clip_skip is not None else int(options.get("CLIP_stop_at_last_layers"))
     emphasis = options.get("emphasis")
+    if model.is_flux:
+        _process_flux_checks(p)
     try:
-        encoder = PromptEncoder(model, clip_skip=clip_skip, emphasis=emphasis if emphasis in EMPHASIS_MODES
+        encoder = flux_sampling.FluxPromptEncoder(model) if model.is_flux else PromptEncoder(model, clip_skip=clip_skip, emphasis=emphasis if emphasis in EMPHASIS_MODES
                                 else "Original", comma_padding_backtrack=int(options.get("comma_padding_backtrack")),
                                 embeddings=getattr(webui, "embeddings", None))
     except ValueError as exc:
         raise ProcessingError(str(exc)) from exc
     sampler = sd_samplers.find_sampler(p.sampler_name)
     assert sampler is not None
-    p.used_schedule = _schedule_label(p, sampler)
-    if sd_samplers.uses_eta(sampler) and _eta(webui) != 1.0:
+    p.used_schedule = flux_sampling.describe(p, model) if model.is_flux else _schedule_label(p, sampler)
+    if not model.is_flux and sd_samplers.uses_eta(sampler) and _eta(webui) != 1.0:
         p.extra_generation_params["Eta"] = _eta(webui)
     if _ensd(webui):
         p.extra_generation_params["ENSD"] = _ensd(webui)
 
-    denoiser = Denoiser(webui, p, model)
+    denoiser = flux_sampling.FlowSampler(webui, p, model) if model.is_flux else Denoiser(webui, p, model)
     save = not p.do_not_save_samples and bool(options.get("samples_save"))
     all_images: list[Image.Image] = []
     infotexts: list[str] = []

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("SD1", "SD2", "SDXL")
+FAMILIES = ("SD1", "SD2", "SDXL")  # the UNet families of `modules.checkpoint_convert`
+FLUX = "Flux"  # Flux.1 dev/schnell (`modules.flux_model`): a transformer denoiser with flow matching
 
 
 @dataclass
@@ -37,7 +38,9 @@ class CheckpointInfo:
 class LoadedModel:
     """One Stable Diffusion model in memory.
 
-    * `family`: "SD1", "SD2" or "SDXL"; `prediction_type`: "epsilon" or "v_prediction".
+    * `family`: "SD1", "SD2", "SDXL" or "Flux"; `prediction_type`: "epsilon", "v_prediction" or (Flux) "flow".
+    * `unet`: the denoiser: a UNet2DConditionModel, or for Flux the FluxTransformer2DModel (same slot, so the LoRA
+      engine, merge tool and pristine weights address it as `unet.`); Flux `text_encoders` = [CLIP-L, T5 encoder].
     * `text_encoders`: SD1/SD2 one `CLIPTextModel`; SDXL `[CLIPTextModel (CLIP-L), CLIPTextModelWithProjection
       (OpenCLIP bigG)]`. `tokenizers` parallel to it.
     * `scheduler_config`: the training noise schedule (num_train_timesteps, beta_start, beta_end,
@@ -73,8 +76,12 @@ class LoadedModel:
         return self.family == "SDXL"
 
     @property
+    def is_flux(self) -> bool:
+        return self.family == FLUX
+
+    @property
     def is_inpainting(self) -> bool:
-        return int(self.unet.config.in_channels) == 9
+        return not self.is_flux and int(self.unet.config.in_channels) == 9
 
     def torch_modules(self) -> dict[str, torch.nn.Module]:
         """Every patchable part by prefix: "unet", "text_encoders.0", "text_encoders.1", "vae"."""

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from modules import checkpoint_convert, hashes, model_configs, pristine_weights, regular_files
+from modules import checkpoint_convert, flux_model, hashes, model_configs, pristine_weights, regular_files
 from modules.cache import DiskCache
 from modules.safetensors_header import SafetensorsHeaderError, read_header
 from modules.sd_model_types import CheckpointInfo, LoadedModel
@@ -185,10 +185,14 @@ def _finish(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -
     return module
 
 
-def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Load an A1111/LDM single-file checkpoint (see the module docstring)."""
+def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype,
+                     models_dir: Path | None = None) -> LoadedModel:
+    """Load an A1111/LDM single-file checkpoint (see the module docstring); Flux files go to `modules.flux_model`."""
     path = Path(info.path)
     state, metadata = read_state_dict(path)
+    flux_prefix = flux_model.bfl_prefix(state.keys())
+    if flux_prefix is not None:
+        return flux_model.load_single_file(info, state, flux_prefix, device, dtype, models_dir)
     try:
         family = checkpoint_convert.detect_family(state.keys())
         config = model_configs.infer_family_config(checkpoint_convert.canonical_view(state), family)
@@ -303,15 +307,21 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
         pristine=_map_pristine(lambda: pristine_weights.for_diffusers_folder(parts)))
 
 
-def load_checkpoint(info: CheckpointInfo, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
-    """Load `info` on `device`; raises ModelLoadError naming the file and the cause."""
+def load_checkpoint(info: CheckpointInfo, device: torch.device | str, dtype: torch.dtype,
+                    models_dir: Path | None = None) -> LoadedModel:
+    """Load `info` on `device`; raises ModelLoadError naming the file and the cause. `models_dir`: where a Flux
+    transformer file's text encoders and VAE are looked for (`models/text_encoder/`, `models/VAE/`)."""
     device = torch.device(device)
     try:
         if info.format == "diffusers":
+            if flux_model.is_flux_folder(Path(info.path)):
+                return flux_model.load_diffusers_folder(info, device, dtype)
             return load_diffusers_folder(info, device, dtype)
-        return load_single_file(info, device, dtype)
+        return load_single_file(info, device, dtype, models_dir)
     except ModelLoadError:
         raise
+    except flux_model.FluxLoadError as exc:
+        raise ModelLoadError(str(exc)) from exc
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"{info.path}: {type(exc).__name__}: {exc}") from exc
 
@@ -460,7 +470,7 @@ class ModelManager:
                 except OSError as exc:
                     raise ModelLoadError(f"{info.path}: cannot read the file to hash it ({exc})") from exc
             log.info("loading checkpoint %s", info.path)
-            model = load_checkpoint(info, self.device, self.dtype)
+            model = load_checkpoint(info, self.device, self.dtype, Path(self.paths.models_dir))
             self._current = model
             self._sync_option(info)
         self.callbacks.run("model_loaded", model)

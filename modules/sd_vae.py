@@ -111,7 +111,9 @@ def convert_vae_state_dict(state: dict[str, torch.Tensor], vae: torch.nn.Module,
         converted = {key: state[key] for key in expected}
     else:
         try:
-            key_map, transforms = checkpoint_convert.vae_key_map(vae.config, expected)
+            prefixed_map, prefixed_transforms = checkpoint_convert.vae_key_map(vae.config, expected, "")
+            key_map = {param.removeprefix("vae."): ldm for param, ldm in prefixed_map.items()}
+            transforms = {param.removeprefix("vae."): t for param, t in prefixed_transforms.items()}
         except checkpoint_convert.CheckpointConversionError as exc:
             raise VaeLoadError(f"VAE {name}: {exc}") from exc
         missing = [ldm for ldm in key_map.values() if ldm not in state]

@@ -49,6 +49,8 @@ class Txt2ImgRequest(ApiModel):
     do_not_save_grid: bool = False
     eta: float | None = None
     denoising_strength: float | None = Field(None, ge=0.0, le=1.0)
+    distilled_cfg_scale: float | None = Field(None, ge=0.0, le=30.0, description="Flux dev's distilled guidance "
+                                              "(Forge's field); default 3.5")
     s_min_uncond: float | None = None
     s_churn: float | None = None
     s_tmax: float | None = None

@@ -147,7 +147,11 @@ def infer_vae_config(state_dict: Mapping[str, Any], prefix: str, base: dict[str,
     cfg["up_block_types"] = ["UpDecoderBlock2D"] * len(levels)
     cfg["in_channels"] = _shape(state_dict, prefix + "encoder.conv_in.weight")[1]
     cfg["out_channels"] = _shape(state_dict, prefix + "decoder.conv_out.weight")[0]
-    cfg["latent_channels"] = _shape(state_dict, prefix + "post_quant_conv.weight")[0]
+    if prefix + "post_quant_conv.weight" in state_dict:
+        cfg["latent_channels"] = _shape(state_dict, prefix + "post_quant_conv.weight")[0]
+    else:  # Flux's VAE has no quant convs: the decoder reads the latents directly
+        cfg["latent_channels"] = _shape(state_dict, prefix + "decoder.conv_in.weight")[1]
+        cfg["use_quant_conv"] = cfg["use_post_quant_conv"] = False
     return cfg
 
 

@@ -20,15 +20,16 @@ from ..algorithms.registry import create_module
 from ..errors import LoraError
 from ..formats import files
 from ..formats.family import KNOWN, SdVersion
-from ..formats.keys import LayerIndex, TargetLayer, split_key
+from ..formats.keys import LayerIndex, Placement, TargetLayer, split_key
 from ..formats.peft_metadata import pattern_alpha, peft_alphas
 from ..formats.sd_version import detect_sd_version
 from ..library.registry import NetworkOnDisk
+from .projections import FusedRowsModule
 
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 5
-PEFT_PARTS = ("unet", "text_encoder", "text_encoder_2")  # state-dict prefixes of diffusers' LoRA files
+PEFT_PARTS = ("unet", "transformer", "text_encoder", "text_encoder_2")  # state-dict prefixes of diffusers' LoRA files
 
 
 class NetworkLoadError(LoraError):
@@ -59,7 +60,7 @@ class Network:
     name: str
     on_disk: NetworkOnDisk
     mtime: float
-    modules: dict[str, NetworkModule | PaddedInputModule] = field(default_factory=dict)  # target layer name -> module
+    modules: dict[str, NetworkModule | PaddedInputModule | FusedRowsModule] = field(default_factory=dict)  # target layer name -> module
     targets: dict[str, TargetLayer] = field(default_factory=dict)
     unmatched_keys: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)  # "key: reason"
@@ -134,10 +135,11 @@ def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = Non
     groups, net.bundle_embeddings = group_tensors(tensors)
     alphas_by_part = {part: peft_alphas(entry.metadata, part) for part in ("", *PEFT_PARTS)}
     for layer_key, parts in groups.items():
-        target = index.resolve(layer_key)
-        if target is None:
+        placements = index.resolve_placements(layer_key)
+        if not placements:
             net.unmatched_keys.append(layer_key)
             continue
+        target = placements[0].target
         if "." in layer_key and "lora_down.weight" in parts:  # PEFT/diffusers layout
             part_name = layer_key.split(".")[0]
             peft_alpha, peft_pattern = alphas_by_part[part_name if part_name in PEFT_PARTS else ""]
@@ -153,25 +155,36 @@ def load_network(entry: NetworkOnDisk, index: LayerIndex, name: str | None = Non
         except LoraError as exc:
             net.unsupported.append(f"{layer_key}: {exc}")
             continue
-        weight = target.module.weight
-        try:
-            module.validate(weight.shape)
-        except LoraError as exc:
-            module = _pad_for_inpainting(module, weight.shape, target)
-            if module is None:
-                net.shape_errors.append(f"{layer_key}: {exc}")
-                continue
-        if target.name in net.modules:
-            net.shape_errors.append(f"{layer_key}: a second group for layer {target.name}")
-            continue
-        net.modules[target.name] = module
-        net.targets[target.name] = target
+        for placement in placements:
+            _place(net, layer_key, module, placement)
     if not net.modules:
         detail = "; ".join(net.problems()) or "the file has no layers"
         raise NothingFitsError(f"{entry.name}: nothing in it fits the loaded {model.family} model ({detail})", net)
     for line in net.problems():
         log.warning("Lora %s", line)
     return net
+
+
+def _place(net: Network, layer_key: str, module: NetworkModule, placement: Placement) -> None:
+    """Put `module` on the placement's layer (through `FusedRowsModule` for a fused projection), or record why not."""
+    target = placement.target
+    weight = target.module.weight
+    placed: NetworkModule | PaddedInputModule | FusedRowsModule = module
+    try:
+        if placement.rows is not None:
+            placed = FusedRowsModule(module, placement.rows, int(placement.fused_rows or 0))
+        placed.validate(weight.shape)
+    except LoraError as exc:
+        padded = _pad_for_inpainting(module, weight.shape, target) if placement.rows is None else None
+        if padded is None:
+            net.shape_errors.append(f"{layer_key}: {exc}")
+            return
+        placed = padded
+    if target.name in net.modules:
+        net.shape_errors.append(f"{layer_key}: a second group for layer {target.name}")
+        return
+    net.modules[target.name] = placed
+    net.targets[target.name] = target
 
 
 def _pad_for_inpainting(module: NetworkModule, shape: torch.Size, target: TargetLayer) -> PaddedInputModule | None:

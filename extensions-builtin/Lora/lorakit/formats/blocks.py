@@ -15,17 +15,21 @@ from .keys import TargetLayer
 
 BASE = "BASE"  # lora-block-weight's slot of the text encoder(s)
 OTHER = "OTHER"  # the chart's row for UNet layers outside the blocks
-BLOCK_RE = re.compile(r"^(input_blocks|middle_block|output_blocks)(?:\.(\d+))?(?:\.|$)")
+BLOCK_RE = re.compile(r"^(input_blocks|middle_block|output_blocks|double_blocks|single_blocks)(?:\.(\d+))?(?:\.|$)")
+FLUX_KINDS = {"double_blocks": "DOUBLE", "single_blocks": "SINGLE"}  # Flux: `ldm_name` is the BFL module name
 
 
 def unet_block(ldm_name: str | None) -> str | None:
-    """`INnn`, `M00` or `OUTnn` for a UNet layer's LDM/SGM name; None outside the blocks."""
+    """`INnn`, `M00` or `OUTnn` for a UNet layer's LDM/SGM name (Flux: `DOUBLEnn`/`SINGLEnn` for its BFL name); None
+    outside the blocks."""
     match = BLOCK_RE.match(ldm_name or "")
     if not match:
         return None
     kind, number = match.group(1), int(match.group(2) or 0)
     if kind == "middle_block":
         return "M00"
+    if kind in FLUX_KINDS:
+        return f"{FLUX_KINDS[kind]}{number:02d}"
     return f"{'IN' if kind == 'input_blocks' else 'OUT'}{number:02d}"
 
 

@@ -112,6 +112,8 @@ def layer_factor(family: str, lbw: str | None = None, in_w: float | None = None,
                  out_w: float | None = None, user_presets: dict[str, list[float]] | None = None,
                  ) -> Callable[[TargetLayer], float] | None:
     """A function giving each layer's block factor, or None when no block weight is set. Raises BlockWeightError."""
+    if family == SdVersion.Flux and not (lbw is None and in_w is None and mid_w is None and out_w is None):
+        raise BlockWeightError("block weights (lbw=, in=, mid=, out=) are not available for Flux models yet")
     blocks = lbw_values(lbw, family, user_presets) if lbw is not None else None
     if blocks is None and in_w is None and mid_w is None and out_w is None:
         return None

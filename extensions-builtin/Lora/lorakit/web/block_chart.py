@@ -31,10 +31,10 @@ def block_label(target: TargetLayer, text_encoders: int = 1) -> str:
 
 
 def _order(label: str) -> tuple[int, int]:
-    prefixes = {"TE": 0, OTHER: 1, "IN": 2, "M": 3, "OUT": 4}
+    prefixes = {"TE": 0, OTHER: 1, "IN": 2, "M": 3, "OUT": 4, "DOUBLE": 5, "SINGLE": 6}
     match = re.match(r"([A-Z]+?)(\d*)$", label)
     head, digits = (match.group(1), match.group(2)) if match else (label, "")
-    return prefixes.get(head, 5), int(digits or 0)
+    return prefixes.get(head, 7), int(digits or 0)
 
 
 def model_blocks(index: LayerIndex) -> list[str]:

@@ -1,0 +1,332 @@
+"""Flux.1 LoRA formats on a tiny Flux (2 double and 2 single blocks, tiny CLIP-L and T5), checked against outside
+references: PEFT's own deltas for PEFT/diffusers files written by the PEFT library; diffusers' own converters
+(`FluxPipeline.lora_state_dict`, i.e. `FluxLoraLoaderMixin`) + `load_lora_into_transformer`, merged by PEFT, for kohya
+and XLabs files; fused BFL projections on diffusers' split layers (LoRA: rows of the up factor; LoKr/LoHa: rows of the
+full delta); removal is bitwise pristine; a strength change touches only that LoRA's layers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
+from lycoris import LycorisNetwork
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import save_file
+
+from lorakit.engine.engine import LoraEngine, NetworkRequest
+from lorakit.formats.keys import LayerIndex, split_key
+from lorakit.formats.sd_version import detect_sd_version
+from lorakit.library.registry import NetworkRegistry
+from lorakit.prompt.block_weights import BlockWeightError, layer_factor
+from lorakit.web.block_chart import block_label, model_blocks
+from modules import flux_model
+from modules.cache import DiskCache
+from tests.helpers import flux_factory
+from tests.helpers.lora_testing import assert_bitwise_equal, state_snapshot
+from tests.helpers.lycoris_reference import expected_function, lycoris_parts, randomize_lycoris_module
+
+TOLERANCE = 1e-5
+PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out",
+                "norm1.linear", "norm1_context.linear", "norm.linear"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return flux_factory.tiny_flux_model(seed=1)
+
+
+def make_engine(folder, model):
+    registry = NetworkRegistry([folder], DiskCache(folder / "cache.json"))
+    registry.refresh()
+    engine = LoraEngine(registry)
+    engine.set_model(model)
+    return engine
+
+
+def apply(folder, model, name, multiplier=1.0):
+    """Our engine's merged weights {"unet.<param>": tensor} with `name` at `multiplier`; the model is put back."""
+    pristine = state_snapshot(model)
+    engine = make_engine(folder, model)
+    report = engine.activate([NetworkRequest(name, te_multiplier=multiplier, unet_multiplier=multiplier)])
+    assert not report.errors, report.errors
+    merged = state_snapshot(model)
+    engine.deactivate_all()
+    assert_bitwise_equal(model, pristine)
+    return pristine, merged, report
+
+
+def peft_merged(transformer, state_dict):
+    """The transformer's weights after diffusers loads `state_dict` (its own converters ran already) as a PEFT
+    adapter and PEFT merges it: {"unet.<param>": tensor} for every layer the adapter wraps."""
+    copy_ = copy.deepcopy(transformer)
+    # diffusers 0.42's kohya converter leaves the embedders' and the final layer's keys without the `transformer.`
+    # prefix, so its own loader would skip them; prefixed here so that they are checked too.
+    state_dict = {(k if k.startswith(("transformer.", "text_encoder")) else f"transformer.{k}"): v
+                  for k, v in state_dict.items()}
+    FluxLoraLoaderMixin.load_lora_into_transformer(state_dict, None, copy_)
+    merged = {}
+    for path, module in copy_.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            merged[f"unet.{path}.weight"] = module.get_base_layer().weight.detach().clone()
+    return merged
+
+
+def assert_close(ours, reference, pristine):
+    assert reference
+    for key, want in reference.items():
+        assert not torch.equal(want, pristine[key]), f"{key}: the reference changed nothing"
+        err = (ours[key] - want).abs().max().item()
+        assert err < TOLERANCE, f"{key}: max abs difference {err}"
+    changed = {k for k in ours if not torch.equal(ours[k], pristine[k])}
+    assert changed == set(reference), sorted(changed ^ set(reference))[:5]
+
+
+def kohya_file(path, model, rank=4, alpha=2.0, seed=0, skip=("linear1",), text_encoder=False):
+    """A kohya Flux LoRA (BFL names, `lora_unet_`, alpha) over every transformer Linear but `skip` suffixes."""
+    generator = torch.Generator().manual_seed(seed)
+    module_of = {}
+    for diffusers, bfl in flux_model.bfl_module_map(model.unet.config).items():
+        module_of.setdefault(bfl[0] if isinstance(bfl, tuple) else bfl, diffusers)
+    tensors = {}
+    for bfl, rows in flux_factory.bfl_linear_modules(model).items():
+        if bfl.endswith(skip):
+            continue
+        key = "lora_unet_" + bfl.replace(".", "_")
+        columns = model.unet.get_submodule(module_of[bfl]).weight.shape[1]
+        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, columns, generator=generator) * 0.1
+        tensors[f"{key}.lora_up.weight"] = torch.randn(rows, rank, generator=generator) * 0.1
+        # diffusers' converter drops the final layer's alphas (scale 1, where kohya's trainer uses alpha / rank): the
+        # final layer gets alpha = rank here, so both readings agree
+        tensors[f"{key}.alpha"] = torch.tensor(float(rank) if bfl.startswith("final_layer") else alpha)
+    if text_encoder:
+        for name, module in model.text_encoders[0].named_modules():
+            if isinstance(module, torch.nn.Linear) and "layers" in name:
+                key = "lora_te1_" + ("text_model." + name.removeprefix("text_model.")).replace(".", "_")
+                tensors[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.1
+                tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.1
+                tensors[f"{key}.alpha"] = torch.tensor(alpha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return tensors
+
+
+def test_every_bfl_name_resolves(model):
+    index = LayerIndex(model)
+    for bfl in flux_factory.bfl_linear_modules(model):
+        placements = index.resolve_placements("lora_unet_" + bfl.replace(".", "_"))
+        expected = {"img_attn.qkv": 3, "txt_attn.qkv": 3, "linear1": 4}.get(bfl.split(".", 2)[-1], 1)
+        assert len(placements) == expected, bfl
+    assert [p.target.name for p in index.resolve_placements("lora_unet_single_blocks_1_qkv")] == [
+        f"unet.single_transformer_blocks.1.attn.to_{x}" for x in "qkv"]
+    assert index.resolve("transformer.transformer_blocks.0.attn.to_q").name == "unet.transformer_blocks.0.attn.to_q"
+    assert index.resolve("lycoris_single_transformer_blocks_0_proj_mlp").name == \
+        "unet.single_transformer_blocks.0.proj_mlp"
+    assert split_key("double_blocks.0.processor.qkv_lora2.down.weight") == (
+        "lora_unet_double_blocks_0_txt_attn_qkv", "lora_down.weight")
+
+
+def test_kohya_matches_diffusers_converter(tmp_path, model):
+    kohya_file(tmp_path / "kohya.safetensors", model, text_encoder=True)
+    pristine, ours, report = apply(tmp_path, model, "kohya")
+    reference = peft_merged(model.unet, FluxLoraLoaderMixin.lora_state_dict(str(tmp_path / "kohya.safetensors")))
+    te = {k: v for k, v in ours.items() if k.startswith("text_encoders.0.") and not torch.equal(v, pristine[k])}
+    assert len(te) == 6 * model.text_encoders[0].config.num_hidden_layers  # q, k, v, out, fc1, fc2 per layer
+    unet_ours = {k: v for k, v in ours.items() if not k.startswith("text_encoders.")}
+    unet_pristine = {k: v for k, v in pristine.items() if not k.startswith("text_encoders.")}
+    assert_close(unet_ours, reference, unet_pristine)
+
+
+def test_kohya_fused_linear1_is_rows_of_the_up_factor(tmp_path, model):
+    """diffusers' kohya converter splits linear1 at the real model's fixed widths, so here the reference is the
+    math: each split layer gets rows [a:b) of up @ down * alpha / rank."""
+    tensors = kohya_file(tmp_path / "linear1.safetensors", model, skip=("qkv", "proj", "mlp.0", "mlp.2", "lin",
+                                                                        "linear2", "img_in", "txt_in", "linear",
+                                                                        "in_layer", "out_layer", "modulation.1"))
+    assert {k.split(".")[0] for k in tensors} == {f"lora_unet_single_blocks_{i}_linear1" for i in range(2)}
+    pristine, ours, _ = apply(tmp_path, model, "linear1", multiplier=0.8)
+    inner = model.unet.config.num_attention_heads * model.unet.config.attention_head_dim
+    spans = {"attn.to_q": (0, inner), "attn.to_k": (inner, 2 * inner), "attn.to_v": (2 * inner, 3 * inner),
+             "proj_mlp": (3 * inner, 7 * inner)}
+    reference = {}
+    for i in range(2):
+        key = f"lora_unet_single_blocks_{i}_linear1"
+        delta = tensors[f"{key}.lora_up.weight"] @ tensors[f"{key}.lora_down.weight"] * (2.0 / 4) * 0.8
+        for name, (a, b) in spans.items():
+            param = f"unet.single_transformer_blocks.{i}.{name}.weight"
+            reference[param] = pristine[param] + delta[a:b]
+    assert_close({k: v for k, v in ours.items() if k.startswith("unet.")}, reference,
+                 {k: v for k, v in pristine.items() if k.startswith("unet.")})
+
+
+def test_xlabs_matches_diffusers_converter(tmp_path, model):
+    generator = torch.Generator().manual_seed(3)
+    inner = model.unet.config.num_attention_heads * model.unet.config.attention_head_dim
+    tensors = {}
+    for i in range(2):
+        for part, rows in (("qkv_lora1", 3 * inner), ("qkv_lora2", 3 * inner), ("proj_lora1", inner),
+                           ("proj_lora2", inner)):
+            tensors[f"double_blocks.{i}.processor.{part}.down.weight"] = torch.randn(4, inner, generator=generator)
+            tensors[f"double_blocks.{i}.processor.{part}.up.weight"] = torch.randn(rows, 4, generator=generator) * .1
+    for i in range(2):
+        tensors[f"single_blocks.{i}.processor.qkv_lora.down.weight"] = torch.randn(4, inner, generator=generator)
+        tensors[f"single_blocks.{i}.processor.qkv_lora.up.weight"] = torch.randn(3 * inner, 4, generator=generator)
+        tensors[f"single_blocks.{i}.processor.proj_lora.down.weight"] = torch.randn(4, 5 * inner, generator=generator)
+        tensors[f"single_blocks.{i}.processor.proj_lora.up.weight"] = torch.randn(inner, 4, generator=generator)
+    save_file(tensors, str(tmp_path / "xlabs.safetensors"))
+    pristine, ours, _ = apply(tmp_path, model, "xlabs")
+    reference = peft_merged(model.unet, FluxLoraLoaderMixin.lora_state_dict(str(tmp_path / "xlabs.safetensors")))
+    assert len(reference) == 2 * 8 + 2 * 4  # double: 2 x (q, k, v) + 2 proj; single: q, k, v + proj_out
+    unet = {k: v for k, v in ours.items() if k.startswith("unet.")}
+    assert_close(unet, reference, {k: v for k, v in pristine.items() if k.startswith("unet.")})
+
+
+def test_peft_file_matches_peft_deltas(tmp_path, model):
+    torch.manual_seed(5)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=PEFT_TARGETS, init_lora_weights=False)
+    injected = inject_adapter_in_model(config, copy.deepcopy(model.unet))
+    FluxLoraLoaderMixin.save_lora_weights(str(tmp_path), transformer_lora_layers=get_peft_model_state_dict(injected),
+                                          weight_name="peft.safetensors",
+                                          transformer_lora_adapter_metadata=config.to_dict())
+    pristine, ours, _ = apply(tmp_path, model, "peft", multiplier=0.6)
+    reference = {}
+    for path, module in injected.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            param = f"unet.{path}.weight"
+            reference[param] = pristine[param] + 0.6 * module.get_delta_weight("default")
+    assert len(reference) == 2 * 14 + 2 * 6 + 1  # double: 14 Linear targets, single: q k v mlp proj_out norm, proj_out
+    assert_close({k: v for k, v in ours.items() if k.startswith("unet.")}, reference,
+                 {k: v for k, v in pristine.items() if k.startswith("unet.")})
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha", "full"])
+def test_fused_qkv_lokr_loha_full_on_split_layers(tmp_path, model, algo):
+    """A LyCORIS-style module stored for BFL's fused `img_attn.qkv` (3h x h): each split layer gets its rows of
+    the full fused delta."""
+    generator = torch.Generator().manual_seed(7)
+    inner = model.unet.config.num_attention_heads * model.unet.config.attention_head_dim
+    key = "lora_unet_double_blocks_1_img_attn_qkv"
+    if algo == "lokr":  # delta = kron(w1, w2) * alpha / rank... full-rank w1/w2: scale 1
+        w1, w2 = torch.randn(3, 2, generator=generator), torch.randn(inner, inner // 2, generator=generator) * 0.1
+        tensors, delta = {f"{key}.lokr_w1": w1, f"{key}.lokr_w2": w2}, torch.kron(w1, w2)
+    elif algo == "loha":
+        parts = {name: torch.randn(shape, generator=generator) * 0.3 for name, shape in
+                 (("hada_w1_a", (3 * inner, 4)), ("hada_w1_b", (4, inner)), ("hada_w2_a", (3 * inner, 4)),
+                  ("hada_w2_b", (4, inner)))}
+        tensors = {f"{key}.{n}": t for n, t in parts.items()} | {f"{key}.alpha": torch.tensor(4.0)}
+        delta = (parts["hada_w1_a"] @ parts["hada_w1_b"]) * (parts["hada_w2_a"] @ parts["hada_w2_b"])
+    else:
+        delta = torch.randn(3 * inner, inner, generator=generator) * 0.05
+        tensors = {f"{key}.diff": delta}
+    save_file(tensors, str(tmp_path / f"{algo}.safetensors"))
+    pristine, ours, _ = apply(tmp_path, model, algo, multiplier=0.5)
+    reference = {}
+    for n, letter in enumerate("qkv"):
+        param = f"unet.transformer_blocks.1.attn.to_{letter}.weight"
+        reference[param] = pristine[param] + 0.5 * delta[n * inner:(n + 1) * inner]
+    assert_close({k: v for k, v in ours.items() if k.startswith("unet.")}, reference,
+                 {k: v for k, v in pristine.items() if k.startswith("unet.")})
+
+
+def test_dora_on_a_fused_projection_is_reported_not_dropped(tmp_path, model):
+    inner = model.unet.config.num_attention_heads * model.unet.config.attention_head_dim
+    key = "lora_unet_double_blocks_0_img_attn_qkv"
+    save_file({f"{key}.lora_down.weight": torch.randn(4, inner), f"{key}.lora_up.weight": torch.randn(3 * inner, 4),
+               f"{key}.dora_scale": torch.ones(3 * inner, 1),
+               "lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": torch.randn(4, inner),
+               "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": torch.randn(inner, 4)},
+              str(tmp_path / "dora.safetensors"))
+    engine = make_engine(tmp_path, model)
+    report = engine.activate([NetworkRequest("dora")])
+    text = str(report.warnings) + str(report.errors)
+    assert "DoRA on a fused projection" in text
+    engine.deactivate_all()
+
+
+def test_strength_change_touches_only_that_loras_layers(tmp_path, model):
+    kohya_file(tmp_path / "a.safetensors", model, seed=1, skip=("linear1", "linear2", "mod.lin", "modulation.lin", "in_layer",
+                                                                "out_layer", "img_in", "txt_in", "final_layer.linear",
+                                                                "adaLN_modulation.1", "mlp.0", "mlp.2"))
+    generator = torch.Generator().manual_seed(2)
+    inner = model.unet.config.num_attention_heads * model.unet.config.attention_head_dim
+    save_file({"lora_unet_single_blocks_1_linear2.lora_down.weight": torch.randn(4, 5 * inner, generator=generator),
+               "lora_unet_single_blocks_1_linear2.lora_up.weight": torch.randn(inner, 4, generator=generator)},
+              str(tmp_path / "b.safetensors"))
+    pristine = state_snapshot(model)
+    engine = make_engine(tmp_path, model)
+    engine.activate([NetworkRequest("a"), NetworkRequest("b")])
+    stats = engine.activate([NetworkRequest("a"), NetworkRequest("b", 1.0, 0.4)]).stats
+    assert set(stats.touched) == {"unet.single_transformer_blocks.1.proj_out"}
+    stats = engine.activate([NetworkRequest("a", 1.0, 0.3), NetworkRequest("b", 1.0, 0.4)]).stats
+    assert "unet.single_transformer_blocks.1.proj_out" not in stats.touched
+    assert len(stats.touched) == 2 * 8  # a's layers: q, k, v, add_q, add_k, add_v, to_out, to_add_out per double block
+    engine.deactivate_all()
+    assert_bitwise_equal(model, pristine)
+
+
+def test_flux_loras_are_recognised_as_flux():
+    shapes = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": [4, 3072], "lora_te1_x.alpha": []}
+    assert detect_sd_version({}, shapes) == "Flux"
+    assert detect_sd_version({}, {"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": [4, 8]}) == "Flux"
+    assert detect_sd_version({}, {"double_blocks.0.processor.qkv_lora1.down.weight": [4, 8]}) == "Flux"
+    assert detect_sd_version({"ss_base_model_version": "flux1"}, {}) == "Flux"
+    assert detect_sd_version({}, {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": [4, 768]}) == "SDXL"
+
+
+FLUX_BLOCK_CLASSES = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]  # SimpleTuner's Flux LyCORIS preset
+
+
+def write_simpletuner_lycoris(path, model, algo, seed):
+    """A SimpleTuner-style `lycoris_` Flux file written by the LyCORIS library (`LycorisNetwork` over the
+    transformer's blocks, LyCORIS' own key names), and {layer: f(multiplier) -> Expected} from LyCORIS' forward."""
+    saved = {name: getattr(LycorisNetwork, name) for name in ("TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME")}
+    LycorisNetwork.TARGET_REPLACE_MODULE, LycorisNetwork.TARGET_REPLACE_NAME = FLUX_BLOCK_CLASSES, []
+    try:
+        kwargs = {"factor": 4} if algo == "lokr" else {}
+        network = LycorisNetwork(model.unet, multiplier=1.0, lora_dim=4, alpha=2, network_module=algo,
+                                 warn_on_unmatched=False, **kwargs)
+    finally:
+        for name, value in saved.items():
+            setattr(LycorisNetwork, name, value)
+    paths = {id(m): f"unet.{name}" for name, m in model.unet.named_modules()}
+    generator = torch.Generator().manual_seed(seed)
+    state, reference = {}, {}
+    for module in network.loras:
+        randomize_lycoris_module(module, generator, std=0.05)
+        for part, tensor in lycoris_parts(module).items():
+            state[f"{module.lora_name}.{part}"] = tensor
+        reference[paths[id(module.org_module[0])]] = expected_function(module)
+    save_file(state, str(path))
+    return state, reference
+
+
+@pytest.mark.parametrize("algo", ["lora", "loha", "lokr", "full"])
+def test_simpletuner_lycoris_files_match_lycoris(tmp_path, model, algo):
+    state, reference = write_simpletuner_lycoris(tmp_path / f"st-{algo}.safetensors", model, algo, seed=9)
+    assert all(k.startswith("lycoris_") for k in state)
+    pristine, ours, _ = apply(tmp_path, model, f"st-{algo}", multiplier=0.7)
+    expected = {}
+    for layer, f in reference.items():
+        want = f(0.7)
+        expected[f"{layer}.weight"] = want.weight
+        if want.bias is not None:  # full weights carry the bias difference too
+            expected[f"{layer}.bias"] = want.bias
+    assert len(reference) == 2 * 14 + 2 * 6  # every Linear of the double and single blocks
+    assert_close({k: v for k, v in ours.items() if k.startswith("unet.")}, expected,
+                 {k: v for k, v in pristine.items() if k.startswith("unet.")})
+
+
+def test_chart_rows_are_double_and_single_blocks_and_block_weights_are_refused_clearly(model):
+    index = LayerIndex(model)
+    labels = model_blocks(index)
+    assert labels == ["TE1", "TE2", "OTHER", "DOUBLE00", "DOUBLE01", "SINGLE00", "SINGLE01"]
+    assert block_label(index.layers["unet.single_transformer_blocks.1.attn.to_k"], 2) == "SINGLE01"
+    with pytest.raises(BlockWeightError, match="not available for Flux"):
+        layer_factor("Flux", lbw="1,0,1")
+    with pytest.raises(BlockWeightError, match="not available for Flux"):
+        layer_factor("Flux", in_w=0.5)
+    assert layer_factor("Flux") is None
