@@ -15,8 +15,9 @@ def preload(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-auth", type=str, default=None, help="user:pass[,user2:pass2] HTTP basic auth for the API")
     parser.add_argument("--nowebui", action="store_true", help="serve the API only")
     parser.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
-    parser.add_argument("--precision", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                        help="model dtype: auto = float32 on CPU, float16 on CUDA")
+    parser.add_argument("--precision", choices=["auto", "float32", "float16", "bfloat16", "full", "half", "autocast"],
+                        default="auto", help="model dtype: auto = float32 on CPU, float16 on CUDA (A1111's full = "
+                        "float32, half = float16, autocast = auto)")
     parser.add_argument("--no-hashing", action="store_true", help="do not compute file hashes")
     parser.add_argument("--no-embedded-default", action="store_true",
                         help="do not write the tiny demo checkpoint and LoRAs into an empty models folder")

@@ -222,20 +222,15 @@ def _sampler_names() -> tuple[list[str], list[str], list[str]]:
     return sd_samplers.sampler_names(), sd_samplers.schedule_type_names(), processing.upscaler_names()
 
 
-def _build_extra_networks(webui: Any, tabname: str) -> None:
-    pages = _all_extra_network_pages(webui)
-    with gr.Accordion("Extra networks", open=bool(pages), elem_id=f"{tabname}_extra_networks"):
-        if not pages:
-            gr.HTML("<p class='webui-muted'>No extra networks registered.</p>", elem_id=f"{tabname}_extra_empty")
-            return
-        with gr.Tabs(elem_id=f"{tabname}_extra_tabs"):
-            for page in pages:
-                with gr.Tab(page.title, id=f"{tabname}_{page.name}", elem_id=f"{tabname}_{page.name}_tab"):
-                    render = _page_renderer(page, tabname)
-                    cards = gr.HTML(render, elem_id=f"{tabname}_{page.name}_cards_html")
-                    button = gr.Button("Refresh", elem_id=f"{tabname}_{page.name}_extra_refresh", size="sm")
-                    button.click(_page_refresher(page, tabname), outputs=[cards], show_progress="minimal",
-                                 api_name=f"{tabname}_{page.name}_refresh")
+def _build_extra_network_tabs(webui: Any, tabname: str) -> None:
+    """One tab per extra-network page, beside the "Generation" tab (inside the caller's `gr.Tabs`)."""
+    for page in _all_extra_network_pages(webui):
+        with gr.Tab(page.title, id=f"{tabname}_{page.name}", elem_id=f"{tabname}_{page.name}_tab"):
+            render = _page_renderer(page, tabname)
+            cards = gr.HTML(render, elem_id=f"{tabname}_{page.name}_cards_html")
+            button = gr.Button("Refresh", elem_id=f"{tabname}_{page.name}_extra_refresh", size="sm")
+            button.click(_page_refresher(page, tabname), outputs=[cards], show_progress="minimal",
+                         api_name=f"{tabname}_{page.name}_refresh")
 
 
 def _page_renderer(page: Any, tabname: str) -> Callable[[], str]:
@@ -267,14 +262,32 @@ def _infotext_html(infotext: str) -> str:
     return f"<div class='webui-infotext'><p>{html.escape(infotext).replace(chr(10), '<br>')}</p></div>"
 
 
+ERROR_MARKERS = ("not found", "not applied", "failed", "error", "cannot", "could not", "unknown")
+
+
+def comment_severity(comment: str) -> str:
+    """"error" when a comment says that something asked for did not happen (a LoRA not found or not applied, a
+    callback that failed), else "warning" (it happened, differently than asked: a fallback, an ambiguous name)."""
+    text = comment.lower()
+    return "error" if any(marker in text for marker in ERROR_MARKERS) else "warning"
+
+
 def _comments_html(comments: Any) -> str:
+    """The generation's comments under the image, each styled by `comment_severity`, with an icon and a role so
+    screen readers announce errors."""
     if not comments:
         return ""
     if isinstance(comments, dict):
         comments = list(comments.values())
     if isinstance(comments, str):
         comments = [comments]
-    return "".join(f"<p class='webui-comment'>{html.escape(str(c))}</p>" for c in comments)
+    parts = []
+    for comment in comments:
+        severity = comment_severity(str(comment))
+        icon, role = ("\u26d4", "alert") if severity == "error" else ("\u26a0\ufe0f", "status")
+        parts.append(f"<p class='webui-comment webui-{severity}' role='{role}'><span class='webui-comment-icon' "
+                     f"aria-hidden='true'>{icon}</span> {html.escape(str(comment))}</p>")
+    return "".join(parts)
 
 
 def generate_txt2img(webui: Any, names: list[str], values: list[Any]) -> tuple[list[Any], str, str, str]:
@@ -305,86 +318,82 @@ def generate_txt2img(webui: Any, names: list[str], values: list[Any]) -> tuple[l
     return images, processed.js(), _infotext_html(first), _comments_html(getattr(processed, "comments", None))
 
 
-def _build_txt2img(webui: Any) -> Txt2ImgControls:
+@dataclass
+class GenerationTab:
+    """The components of one generation tab (see `build_generation_tab`); `controls` are the request fields."""
+
+    tabname: str
+    controls: Txt2ImgControls
+    generate: Any
+    interrupt: Any
+    gallery: Any
+    generation_info: Any
+    html_info: Any
+    html_log: Any
+
+
+def build_generation_tab(webui: Any, tabname: str, parameters: Callable[[dict[str, Any]], None],
+                         prompt_placeholder: str = "Prompt (<lora:name:0.8> tags apply LoRAs)") -> GenerationTab:
+    """A1111's generation-tab layout, for txt2img and any tab like it (img2img):
+
+        [ prompt / negative prompt                         ] [Generate ]
+                                                             [Interrupt]
+        [ Generation | Lora | ...  (tabs)  ] [ progress bar, live preview ]
+        [   parameters(fields) or cards    ] [ gallery, infotext, warnings ]
+
+    `parameters(fields)` builds the tab's own inputs inside the "Generation" tab and adds them to `fields`
+    (request field name -> component; `prompt` and `negative_prompt` are already there). The extra-network pages
+    (the Lora cards) are tabs beside "Generation", so the gallery stays beside the parameters and within one
+    screen of Generate; below 800 px wide the two columns stack (style.css). Element ids follow A1111:
+    `{tabname}_prompt`, `{tabname}_generate`, `{tabname}_gallery`, `html_info_{tabname}`, ...
+    Wire the Generate button with `wire_generation`."""
     controls = Txt2ImgControls()
     f = controls.fields
-    samplers, schedules, upscalers = _sampler_names()
-    with gr.Row(elem_id="txt2img_toprow"):
-        with gr.Column(scale=6):
-            f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
-                                     placeholder="Prompt (<lora:name:0.8> tags apply LoRAs)")
-            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt",
+    with gr.Row(elem_id=f"{tabname}_toprow", elem_classes=["webui-toprow"]):
+        with gr.Column(scale=6, elem_id=f"{tabname}_prompt_container"):
+            f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tabname}_prompt",
+                                     placeholder=prompt_placeholder)
+            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tabname}_neg_prompt",
                                               placeholder="Negative prompt")
-        with gr.Column(scale=1, min_width=160, elem_id="txt2img_actions_column"):
-            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-            interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
-    _build_extra_networks(webui, "txt2img")
-    with gr.Row(elem_id="txt2img_settings_and_results"):
-        with gr.Column(scale=1, elem_id="txt2img_settings"):
-            with gr.Row():
-                f["sampler_name"] = gr.Dropdown(samplers, value="Euler" if "Euler" in samplers else samplers[0],
-                                                label="Sampling method", elem_id="txt2img_sampling")
-                f["scheduler"] = gr.Dropdown(schedules, value=schedules[0], label="Schedule type",
-                                             elem_id="txt2img_scheduler")
-            f["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-            with gr.Row():
-                f["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                f["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-            with gr.Row():
-                f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
-                f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
-            f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-            with gr.Row():
-                f["seed"] = gr.Number(value=-1, precision=0, label="Seed", elem_id="txt2img_seed", scale=4)
-                random_seed = gr.Button("\u2684", elem_id="txt2img_random_seed", scale=0, min_width=40)
-                f["clip_skip"] = gr.Slider(1, 12, value=int(webui.options.get("CLIP_stop_at_last_layers")), step=1,
-                                           label="Clip skip", elem_id="txt2img_clip_skip", scale=3)
-            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
-                f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
-                with gr.Row():
-                    f["hr_upscaler"] = gr.Dropdown(upscalers, value=upscalers[0], label="Upscaler",
-                                                   elem_id="txt2img_hr_upscaler")
-                    f["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
-                                                          elem_id="txt2img_hires_steps")
-                    f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
-                                                        elem_id="txt2img_denoising_strength")
-                with gr.Row():
-                    f["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
-                                              elem_id="txt2img_hr_scale")
-                    f["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
-                                                 elem_id="txt2img_hr_resize_x")
-                    f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
-                                                 elem_id="txt2img_hr_resize_y")
-                f["hr_sampler_name"] = gr.Dropdown(["Use same sampler", *samplers], value="Use same sampler",
-                                                   label="Hires sampling method", elem_id="hr_sampler")
-                f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
-                                            placeholder="empty: the same prompt")
-                f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
-                                                     placeholder="empty: the same negative prompt")
-        with gr.Column(scale=1, elem_id="txt2img_results"):
-            gr.HTML("<div class='webui-progress' data-tab='txt2img'></div>", elem_id="txt2img_progress")
-            gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery", format="png", columns=2,
+        with gr.Column(scale=1, min_width=160, elem_id=f"{tabname}_actions_column",
+                       elem_classes=["webui-actions-column"]):
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{tabname}_generate",
+                                 elem_classes=["webui-generate"])
+            interrupt = gr.Button("Interrupt", elem_id=f"{tabname}_interrupt")
+    with gr.Row(elem_id=f"{tabname}_settings_and_results", elem_classes=["webui-settings-and-results"]):
+        with gr.Column(scale=1, elem_id=f"{tabname}_settings", elem_classes=["webui-settings"]):
+            with gr.Tabs(elem_id=f"{tabname}_extra_tabs"):
+                with gr.Tab("Generation", id=f"{tabname}_generation", elem_id=f"{tabname}_generation_tab"):
+                    parameters(f)
+                _build_extra_network_tabs(webui, tabname)
+        with gr.Column(scale=1, elem_id=f"{tabname}_results", elem_classes=["webui-results"]):
+            gr.HTML(f"<div class='webui-progress' data-tab='{html.escape(tabname, quote=True)}'></div>",
+                    elem_id=f"{tabname}_progress")
+            gallery = gr.Gallery(label="Output", elem_id=f"{tabname}_gallery", format="png", columns=2,
                                  height="auto", show_label=False)
-            generation_info = gr.Textbox(visible=False, elem_id="generation_info_txt2img")
-            html_info = gr.HTML(elem_id="html_info_txt2img")
-            html_log = gr.HTML(elem_id="html_log_txt2img")
+            generation_info = gr.Textbox(visible=False, elem_id=f"generation_info_{tabname}")
+            html_info = gr.HTML(elem_id=f"html_info_{tabname}")
+            html_log = gr.HTML(elem_id=f"html_log_{tabname}")
+    return GenerationTab(tabname, controls, generate, interrupt, gallery, generation_info, html_info, html_log)
 
-    names = controls.names()
 
-    def run(*values: Any) -> tuple[list[Any], str, str, str]:
-        return generate_txt2img(webui, names, list(values))
-
-    event_args = {"fn": run, "inputs": controls.components(),
-                  "outputs": [gallery, generation_info, html_info, html_log],
-                  "js": "(...args) => { webuiStartProgress('txt2img'); return args; }",
-                  "show_progress": "minimal", "concurrency_id": "txt2img"}
-    for trigger, api_name, visibility in ((generate.click, "txt2img", "public"),
-                                          (f["prompt"].submit, "txt2img_submit", "undocumented")):
-        trigger(api_name=api_name, api_visibility=visibility, **event_args).then(
-            fn=None, js="() => { webuiStopProgress('txt2img'); }", api_visibility="undocumented")
-    interrupt.click(lambda: webui.state.interrupt(), queue=False, show_progress="hidden", api_name="interrupt")
-    random_seed.click(lambda: -1, outputs=[f["seed"]], show_progress="hidden", queue=False,
-                      api_visibility="undocumented")
+def wire_generation(webui: Any, tab: GenerationTab, run: Callable[..., tuple[list[Any], str, str, str]],
+                    api_name: str) -> None:
+    """Generate (and Enter in the prompt) call `run(*field values)` -> (images, info JSON, infotext HTML, comments
+    HTML) with the progress bar shown while it runs; Interrupt stops the job; selecting a gallery image shows its
+    infotext. `api_name` is the Gradio API name of the Generate event."""
+    name = tab.tabname
+    event_args = {"fn": run, "inputs": tab.controls.components(),
+                  "outputs": [tab.gallery, tab.generation_info, tab.html_info, tab.html_log],
+                  "js": f"(...args) => {{ webuiStartProgress('{name}'); return args; }}",
+                  "show_progress": "minimal", "concurrency_id": "generation"}
+    for trigger, event_name, visibility in ((tab.generate.click, api_name, "public"),
+                                            (tab.controls.fields["prompt"].submit, f"{api_name}_submit",
+                                             "undocumented")):
+        trigger(api_name=event_name, api_visibility=visibility, **event_args).then(
+            fn=None, js=f"() => {{ webuiStopProgress('{name}'); }}", api_visibility="undocumented")
+    tab.interrupt.click(lambda: webui.state.interrupt(), queue=False, show_progress="hidden",
+                        api_name="interrupt" if name == "txt2img" else f"{name}_interrupt")
 
     def select_image(info: str, evt: gr.SelectData) -> str:
         try:
@@ -394,9 +403,66 @@ def _build_txt2img(webui: Any) -> Txt2ImgControls:
         index = evt.index if isinstance(evt.index, int) else 0
         return _infotext_html(infotexts[index]) if 0 <= index < len(infotexts) else gr.update()
 
-    gallery.select(select_image, inputs=[generation_info], outputs=[html_info], show_progress="hidden",
-                   api_visibility="undocumented")
-    return controls
+    tab.gallery.select(select_image, inputs=[tab.generation_info], outputs=[tab.html_info], show_progress="hidden",
+                       api_visibility="undocumented")
+
+
+def _txt2img_parameters(webui: Any, f: dict[str, Any]) -> None:
+    """The txt2img inputs of the "Generation" tab (A1111's order and element ids)."""
+    samplers, schedules, upscalers = _sampler_names()
+    with gr.Row():
+        f["sampler_name"] = gr.Dropdown(samplers, value="Euler" if "Euler" in samplers else samplers[0],
+                                        label="Sampling method", elem_id="txt2img_sampling")
+        f["scheduler"] = gr.Dropdown(schedules, value=schedules[0], label="Schedule type",
+                                     elem_id="txt2img_scheduler")
+    f["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+    with gr.Row():
+        f["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+        f["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+    with gr.Row():
+        f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+        f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
+    f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+    with gr.Row():
+        f["seed"] = gr.Number(value=-1, precision=0, label="Seed", elem_id="txt2img_seed", scale=4)
+        random_seed = gr.Button("\u2684", elem_id="txt2img_random_seed", scale=0, min_width=40)
+        f["clip_skip"] = gr.Slider(1, 12, value=int(webui.options.get("CLIP_stop_at_last_layers")), step=1,
+                                   label="Clip skip", elem_id="txt2img_clip_skip", scale=3)
+    random_seed.click(lambda: -1, outputs=[f["seed"]], show_progress="hidden", queue=False,
+                      api_visibility="undocumented")
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+        f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
+        with gr.Row():
+            f["hr_upscaler"] = gr.Dropdown(upscalers, value=upscalers[0], label="Upscaler",
+                                           elem_id="txt2img_hr_upscaler")
+            f["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                  elem_id="txt2img_hires_steps")
+            f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+                                                elem_id="txt2img_denoising_strength")
+        with gr.Row():
+            f["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
+                                      elem_id="txt2img_hr_scale")
+            f["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                         elem_id="txt2img_hr_resize_x")
+            f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                         elem_id="txt2img_hr_resize_y")
+        f["hr_sampler_name"] = gr.Dropdown(["Use same sampler", *samplers], value="Use same sampler",
+                                           label="Hires sampling method", elem_id="hr_sampler")
+        f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+                                    placeholder="empty: the same prompt")
+        f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
+                                             placeholder="empty: the same negative prompt")
+
+
+def _build_txt2img(webui: Any) -> Txt2ImgControls:
+    tab = build_generation_tab(webui, "txt2img", lambda fields: _txt2img_parameters(webui, fields))
+    names = tab.controls.names()
+
+    def run(*values: Any) -> tuple[list[Any], str, str, str]:
+        return generate_txt2img(webui, names, list(values))
+
+    wire_generation(webui, tab, run, "txt2img")
+    return tab.controls
 
 
 # --------------------------------------------------------------------------------------------- png info
@@ -415,6 +481,25 @@ def _to_component_value(name: str, value: Any) -> Any:
     return str(value)
 
 
+def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> None:
+    """A1111 <= 1.8 wrote the schedule into the sampler's name ("DPM++ 2M Karras"): give the boxes the sampler
+    ("DPM++ 2M") and, unless the infotext names one, the schedule type ("Karras"), as the API does
+    (`sd_samplers.resolve_sampler`). An unknown sampler keeps the box's value, with a warning."""
+    from modules import sd_samplers  # noqa: PLC0415
+
+    for field_name, key in (("sampler_name", "Schedule type"), ("hr_sampler_name", "Hires schedule type")):
+        if field_name not in values:
+            continue
+        info, schedule = sd_samplers.resolve_sampler(values[field_name], params.get(key))
+        if info is None:
+            gr.Warning(f"Sampler {values[field_name]!r} from the infotext is not available; the current one is kept.")
+            del values[field_name]
+            continue
+        values[field_name] = info.name
+        if field_name == "sampler_name" and key not in params and schedule and schedule != "Automatic":
+            values["scheduler"] = schedule
+
+
 def params_to_updates(params: dict[str, Any], controls: Txt2ImgControls) -> list[Any]:
     """One `gr.update` per txt2img component from parsed infotext parameters (fields not mentioned keep theirs)."""
     values: dict[str, Any] = {}
@@ -424,6 +509,7 @@ def params_to_updates(params: dict[str, Any], controls: Txt2ImgControls) -> list
                 values[name] = _to_component_value(name, params[key])
             except (TypeError, ValueError):
                 log.info("infotext %s=%r ignored: not a valid %s", key, params[key], name)
+    _split_legacy_samplers(params, values)
     if "enable_hr" in controls.fields:
         values["enable_hr"] = infotext_has_hires(params)
     return [gr.update(value=values[name]) if name in values else gr.update() for name in controls.names()]

@@ -2,7 +2,8 @@
 
 A1111-compatible (existing clients work unchanged):
 
-* `GET /sdapi/v1/loras` -> `[{name, alias, path, metadata}]` (name = file stem, alias = `ss_output_name` or stem,
+* `GET /sdapi/v1/loras` -> `[{name, alias, path, metadata}]` (name = file stem, or `sub/stem` when several files
+  share the stem, so every name is unique and reaches its own file; alias = `ss_output_name` or stem,
   path = full file path, metadata = the decoded safetensors metadata), one entry per file in scan order.
 * `POST /sdapi/v1/refresh-loras` -> `null`; rescans the Lora folders (safe while a generation runs).
 
@@ -27,7 +28,6 @@ All state (thumbnail and layer-report caches, write lock) lives on the `LoraApi`
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 from modules.api.api import ApiError
@@ -56,6 +55,7 @@ from ..library.companion import (
     open_companion,
 )
 from ..library.registry import NetworkOnDisk
+from .thumbnails import ThumbnailCache, make_thumbnail  # noqa: F401 - make_thumbnail: the API module's old name
 
 if TYPE_CHECKING:
     from modules.host import WebUI
@@ -89,7 +89,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 class LoraItem(BaseModel):
     """One entry of `GET /sdapi/v1/loras` (A1111's shape)."""
 
-    name: str = Field(description="file stem")
+    name: str = Field(description="file stem (`sub/stem` when several files share the stem): unique")
     alias: str = Field(description="ss_output_name from the metadata, else the stem")
     path: str = Field(description="full path of the file")
     metadata: dict[str, Any] = Field(description="safetensors metadata (JSON-object values decoded)")
@@ -217,22 +217,6 @@ def _number(text: Any, kind: type) -> Any:
     return value if math.isfinite(float(value)) else None
 
 
-def make_thumbnail(data: bytes, size: int) -> bytes:
-    """A PNG at most `size` pixels on its longer side from image bytes; ValueError when they are not an image."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (size, size))
-            image.seek(0)
-            frame = ImageOps.exif_transpose(image)
-            frame = frame.convert("RGBA" if "A" in frame.getbands() or "transparency" in frame.info else "RGB")
-            frame.thumbnail((size, size))
-            out = io.BytesIO()
-            frame.save(out, format="PNG")
-            return out.getvalue()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, EOFError) as exc:
-        raise ValueError(f"the preview is not a readable image: {exc}") from exc
-
-
 # ------------------------------------------------------------------------------------------------- the API
 
 
@@ -244,9 +228,7 @@ class LoraApi:
         self.engine = engine
         self.registry = engine.registry
         self.write_lock = threading.Lock()
-        self.thumb_lock = threading.Lock()
-        self.thumbs: OrderedDict[tuple, bytes] = OrderedDict()
-        self.thumb_bytes = 0
+        self.thumbs = ThumbnailCache(THUMB_CACHE_BYTES)
         self.report_lock = threading.Lock()
         self.reports: OrderedDict[tuple, tuple] = OrderedDict()
 
@@ -291,15 +273,13 @@ class LoraApi:
     # ---------------------------------------------------------------- routes
     def list_loras(self) -> list[LoraItem]:
         """A1111's `GET /sdapi/v1/loras`."""
-        return [LoraItem(name=e.name, alias=e.alias, path=e.filename, metadata=json_safe(e.metadata))
-                for e in self.registry.entries()]
+        return [LoraItem(name=self.registry.prompt_name(e, "Filename"), alias=e.alias, path=e.filename,
+                         metadata=json_safe(e.metadata)) for e in self.registry.entries()]
 
     def refresh(self) -> None:
         """A1111's `POST /sdapi/v1/refresh-loras`: rescan (does not wait for a running generation)."""
         self.registry.refresh()
-        with self.thumb_lock:
-            self.thumbs.clear()
-            self.thumb_bytes = 0
+        self.thumbs.clear()
         with self.report_lock:
             self.reports.clear()
 
@@ -448,26 +428,11 @@ class LoraApi:
         if if_none_match == headers["ETag"]:
             os.close(fd)
             return Response(status_code=304, headers=headers)
-        with self.thumb_lock:
-            png = self.thumbs.get(key)
-            if png is not None:
-                self.thumbs.move_to_end(key)
-        if png is not None:
-            os.close(fd)
-            return Response(png, media_type="image/png", headers=headers)
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read()
-        try:
-            png = make_thumbnail(data, size)
-        except ValueError as exc:
-            raise ApiError(422, "InvalidPreview", str(exc)) from exc
-        with self.thumb_lock:
-            if key not in self.thumbs:
-                self.thumbs[key] = png
-                self.thumb_bytes += len(png)
-            while self.thumb_bytes > THUMB_CACHE_BYTES and self.thumbs:
-                _, dropped = self.thumbs.popitem(last=False)
-                self.thumb_bytes -= len(dropped)
+        with os.fdopen(fd, "rb") as handle:  # closed here whether or not the cache needed to read it
+            try:
+                png = self.thumbs.get_or_make(key, handle.read, size)
+            except ValueError as exc:
+                raise ApiError(422, "InvalidPreview", str(exc)) from exc
         return Response(png, media_type="image/png", headers=headers)
 
     # ---------------------------------------------------------------- wiring
