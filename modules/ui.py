@@ -370,7 +370,7 @@ def build_generation_tab(webui: Any, tabname: str, parameters: Callable[[dict[st
             gr.HTML(f"<div class='webui-progress' data-tab='{html.escape(tabname, quote=True)}'></div>",
                     elem_id=f"{tabname}_progress")
             gallery = gr.Gallery(label="Output", elem_id=f"{tabname}_gallery", format="png", columns=2,
-                                 height="auto", show_label=False)
+                                 height="45vh", object_fit="contain", show_label=False)
             generation_info = gr.Textbox(visible=False, elem_id=f"generation_info_{tabname}")
             html_info = gr.HTML(elem_id=f"html_info_{tabname}")
             html_log = gr.HTML(elem_id=f"html_log_{tabname}")
@@ -483,7 +483,7 @@ def _to_component_value(name: str, value: Any) -> Any:
 
 def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> None:
     """A1111 <= 1.8 wrote the schedule into the sampler's name ("DPM++ 2M Karras"): give the boxes the sampler
-    ("DPM++ 2M") and, unless the infotext names one, the schedule type ("Karras"), as the API does
+    ("DPM++ 2M") and the schedule type ("Karras"; the infotext's own `Schedule type` otherwise), as the API does
     (`sd_samplers.resolve_sampler`). An unknown sampler keeps the box's value, with a warning."""
     from modules import sd_samplers  # noqa: PLC0415
 
@@ -496,7 +496,7 @@ def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> No
             del values[field_name]
             continue
         values[field_name] = info.name
-        if field_name == "sampler_name" and key not in params and schedule and schedule != "Automatic":
+        if field_name == "sampler_name" and schedule:  # "Automatic" unless the name carried a schedule
             values["scheduler"] = schedule
 
 

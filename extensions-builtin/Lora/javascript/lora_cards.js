@@ -18,7 +18,7 @@
     const ROUTE = "/lora-ui";
     const POLL_MS = 3000;
     const GAP = 8;
-    const TEXT_HEIGHT = 84;  // px below the portrait (3:4) preview: name, trigger words, description
+    const TEXT_HEIGHT = 92;  // px below the portrait (3:4) preview: name, trigger words, description
     const THUMB_STEPS = [128, 192, 256, 384, 512, 768];
     const SD_VERSIONS = ["SD1", "SD2", "SDXL", "Unknown"];
     const collator = new Intl.Collator(undefined, {numeric: true, sensitivity: "base"});
@@ -922,6 +922,9 @@
                 return input;
             };
             const description = row("Description", area("description", fields.description, 3));
+            if (!fields.description && card.description) {
+                description.placeholder = `Empty: the card shows "${card.description.slice(0, 80)}"`;
+            }
             const version = el("select");
             version.name = "sd version";
             for (const name of SD_VERSIONS) {

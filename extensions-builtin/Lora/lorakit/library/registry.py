@@ -390,12 +390,13 @@ class NetworkRegistry:
             return self.available.get(name) or self.aliases.get(name)
 
     def prompt_name(self, entry: NetworkOnDisk, preferred: str = "Alias from file") -> str:
-        """The name to write into a prompt for `entry`, one that `find` resolves to this very file: its alias
-        (unless `preferred` is "Filename"), else its stem, else its `sub/stem` path."""
+        """The name to write into a prompt for `entry`: its alias (unless `preferred` is "Filename"), else its stem,
+        else its `sub/stem` path; the first that `find` resolves to this very file and that no other file shares
+        (a stem in two folders gives both files their `sub/stem`, so a prompt always says which one it means)."""
         with self._lock:
             names = [entry.alias] if preferred != "Filename" else []
             for name in (*names, entry.name):
-                if self.find(name) is entry:
+                if name not in self.ambiguous and self.find(name) is entry:
                     return name
             return entry.relative_name
 

@@ -20,6 +20,7 @@ import html
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,18 @@ MAX_PREVIEW_BYTES = 50 * 1024 * 1024
 def sanitize_html(text: str) -> str:
     """Model-page HTML made safe to show: allowed formatting tags kept, everything else escaped (scripts, styles,
     event handlers, images), links only to http(s) and opened in a new tab with rel=noopener."""
-    cleaned = bleach.clean(text, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, protocols=["http", "https"],
+    cleaned = bleach.clean(_drop_code(text), tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, protocols=["http", "https"],
                            strip=True, strip_comments=True)
     return bleach.linkify(cleaned, callbacks=[_external_link], parse_email=False)
+
+
+CODE_BLOCKS = re.compile(r"<(script|style|template|iframe|object)\b.*?(</\1\s*>|$)", re.IGNORECASE | re.DOTALL)
+
+
+def _drop_code(text: str) -> str:
+    """`text` without script/style/template/iframe/object elements and their content (bleach keeps the content of a
+    stripped tag as text, which would show a script's source)."""
+    return CODE_BLOCKS.sub("", text)
 
 
 def _external_link(attrs: dict, new: bool = False) -> dict:
@@ -58,7 +68,7 @@ def html_to_text(text: str) -> str:
     if "<" not in text and "&" not in text:
         return text.strip()
     spaced = text.replace("<br", "\n<br").replace("</p>", "</p>\n").replace("</li>", "</li>\n")
-    plain = html.unescape(bleach.clean(spaced, tags=set(), strip=True, strip_comments=True))
+    plain = html.unescape(bleach.clean(_drop_code(spaced), tags=set(), strip=True, strip_comments=True))
     lines = [" ".join(line.split()) for line in plain.splitlines()]
     return "\n".join(line for line in lines if line)
 
@@ -270,7 +280,7 @@ def editable_fields(entry: NetworkOnDisk, description: str) -> dict[str, Any]:
     user = entry.user_metadata
     fields: dict[str, Any] = {key: user.get(key, "") for key in EDITABLE_KEYS}
     fields["description"] = description
-    fields["sd version"] = user.get("sd version") or entry.sd_version
+    fields["sd version"] = user.get("sd version") or entry.effective_sd_version
     try:
         fields["preferred weight"] = float(user.get("preferred weight") or 0)
     except (TypeError, ValueError):

@@ -351,7 +351,7 @@ class LoraPage:
             "preview": preview_url,
             "tags": facts["tags"][:CARD_TAGS],
             "search_tags": facts["tags"],
-            "has_metadata": facts["has_metadata"],
+            "has_metadata": facts["has_metadata"] or info is not None,
         }
 
     def _card_entry(self, entry: NetworkOnDisk, listing: DirListing, prefer_filename: bool) -> tuple[dict, str]:
