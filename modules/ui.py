@@ -1,5 +1,9 @@
 """The Gradio 6 UI shell: checkpoint picker, txt2img, PNG Info and Settings tabs, extension tabs and assets.
 
+A generation tab (txt2img; img2img calls the same functions with its own inputs) is built by
+`build_generation_tab(webui, tabname, parameters)` in A1111's layout and wired by `wire_generation`; comments under
+the image are styled as warnings or errors (`comment_severity`).
+
 `mount_ui(app, webui)` builds the Blocks and mounts them at `/` of the FastAPI app, with the host's
 `javascript/*.js` and `style.css` and every extension's `javascript/*.js` and `style.css` served under
 `/webui-assets/` and linked from the page head. The progress bar and live preview (javascript/ui.js) poll
@@ -15,8 +19,9 @@ A page has
     name: str                           short id used in elem_ids ("lora")
     create_html(tabname: str) -> str    the page's HTML for the tab `tabname` ("txt2img"); escaped by the page
     refresh() -> None                   rescan its files (the Refresh button calls it, then create_html again)
-Each page becomes a tab of `gr.HTML` (elem_id `{tabname}_{name}_cards_html`, rendered again on every page
-load) with a refresh button (`{tabname}_{name}_extra_refresh`) below the prompt boxes. Page JavaScript inserts
+Each page becomes a tab beside the "Generation" tab of every generation tab (`build_generation_tab`), holding a
+`gr.HTML` (elem_id `{tabname}_{name}_cards_html`, rendered again on every page load) and a refresh button
+(`{tabname}_{name}_extra_refresh`); the gallery stays beside them. Page JavaScript inserts
 text into the prompt with `webuiInsertPrompt(tabname, text)` (javascript/ui.js).
 
 Other extension hooks used here: `ui_tabs(webui)` returns `(gradio_blocks, title, elem_id)` tuples rendered as

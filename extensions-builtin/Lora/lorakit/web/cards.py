@@ -1,4 +1,4 @@
-"""The Lora card page of the extra-networks area (under the txt2img prompt), and the routes its browser code uses.
+"""The Lora card page (the "Lora" tab beside "Generation" in a generation tab), and the routes its browser code uses.
 
 Layout of the work:
 * `create_html(tabname)` returns a small, escaped shell (toolbar: search, sort, folder view, card size, "hide other SD
@@ -9,9 +9,13 @@ Layout of the work:
   listing per folder for previews and `.txt` descriptions, and is cached until the registry is rescanned, a sidecar
   changes (ours or the API's `save_user_metadata`, noticed by the identity of `entry.user_metadata`) or a hash is
   computed.
+* Each card carries the name that reaches its own file (`NetworkRegistry.prompt_name`: `sub/stem` when two files
+  share the stem), its model-page data (Civitai / modelspec: trigger words, model, version, base model, link) and
+  its file size (sort by size).
 * Routes (outside `/sdapi/`, like A1111's `/sd_extra_networks/*`): `cards`, `state` (scan version and loaded model
   family, polled by the page so the "other SD versions" filter follows checkpoint changes), `card` (one card),
-  `thumb` (preview file or embedded cover image of a registered entry only), `metadata` (popup HTML), `blocks`
+  `thumb` (preview file or embedded cover image of a registered entry only; with `size`, a cached PNG thumbnail at
+  that size, `web.thumbnails`), `metadata` (popup HTML), `blocks`
   (per-block strength chart), `editor` (dialog data), `save` (sidecar via `save_user_metadata`), `replace-preview`
   (the gallery image the user selected, sent by the page, becomes `<stem>.png`).
   Entries are addressed by their full filename, looked up in the registry's own list: no path from a request is
