@@ -230,7 +230,9 @@ def _sampler_names() -> tuple[list[str], list[str], list[str]]:
 def _build_extra_network_tabs(webui: Any, tabname: str) -> None:
     """One tab per extra-network page, beside the "Generation" tab (inside the caller's `gr.Tabs`)."""
     for page in _all_extra_network_pages(webui):
-        with gr.Tab(page.title, id=f"{tabname}_{page.name}", elem_id=f"{tabname}_{page.name}_tab"):
+        # render_children: the page is in the DOM (and its script fetches the cards) before the tab is first opened
+        with gr.Tab(page.title, id=f"{tabname}_{page.name}", elem_id=f"{tabname}_{page.name}_tab",
+                    render_children=True):
             render = _page_renderer(page, tabname)
             cards = gr.HTML(render, elem_id=f"{tabname}_{page.name}_cards_html")
             button = gr.Button("Refresh", elem_id=f"{tabname}_{page.name}_extra_refresh", size="sm")
