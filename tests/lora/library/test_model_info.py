@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from lorakit.library.model_info import ModelInfo, base_model_family, is_civitai_format, read_companion_json
 from lorakit.library.registry import CIVITAI_CACHE, NetworkRegistry
 from lorakit.library.sidecars import UserMetadataError, save_user_metadata
+from lorakit.prompt.trigger_words import words_for
 from modules.cache import DiskCache
 
 
@@ -53,6 +54,7 @@ def test_civitai_info_is_read_cached_and_never_written(tmp_path):
     assert info.url == "https://civitai.com/models/1?modelVersionId=2" and info.author == "maker"
     assert entry.effective_sd_version == "SDXL"  # detection said Unknown: the base model fills it in
     assert entry.activation_text == "ink, wash, sumi"
+    assert words_for(entry, "Activation text", 3) == ["ink, wash, sumi"]  # the auto-trigger option uses them too
     save_user_metadata(entry, {"activation text": "my words"})  # the A1111 sidecar is written, the info file not
     assert entry.activation_text == "my words" and info_path.read_bytes() == before
     st = info_path.stat()
