@@ -369,9 +369,12 @@ class NetworkRegistry:
         for entry in entries:
             by_stem.setdefault(entry.name, []).append(entry)
         ambiguous = {stem: found for stem, found in by_stem.items() if len(found) > 1}
+        by_alias: dict[str, list[NetworkOnDisk]] = {}
+        for entry in entries:
+            by_alias.setdefault(entry.alias.lower(), []).append(entry)
         for entry in entries:  # an alias shared by several files names none of them: list them all
             if entry.alias.lower() in forbidden and entry.alias != entry.name:
-                ambiguous.setdefault(entry.alias, [e for e in entries if e.alias.lower() == entry.alias.lower()])
+                ambiguous.setdefault(entry.alias, by_alias[entry.alias.lower()])
         self.available, self.aliases, self.forbidden_aliases = available, aliases, forbidden
         self.ambiguous = ambiguous
         self.hash_lookup = {entry.shorthash: entry for entry in entries if entry.hash}
