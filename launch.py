@@ -1,5 +1,7 @@
 """Entry point: `python launch.py [flags]` serves the WebUI; `python launch.py TOOL ...` runs a command-line tool.
 
+The server also takes its flags from the `COMMANDLINE_ARGS` environment variable (A1111's), before the command line's.
+
 Tools: `merge` (bake LoRAs into a checkpoint copy; `lorakit.tools.merge`), `extract` (a LoRA from two checkpoints)
 and `combine` (several LoRAs into one file; `lorakit.tools.cli`), from the Lora extension's package. The repository
 root is on `sys.path` because this script lives there; the extension's folder offers its imports through
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -32,13 +36,20 @@ def run_tool(name: str, argv: list[str]) -> int:
     return int(getattr(module, function)(argv) or 0)
 
 
+def server_argv(argv: list[str], environ: dict[str, str] | None = None) -> list[str]:
+    """The server's flags: A1111's `COMMANDLINE_ARGS` (split like a shell does; `webui-user.sh` usually sets it)
+    first, then the command line's, so a flag typed on the command line wins over the same flag in the variable."""
+    env = os.environ if environ is None else environ
+    return shlex.split(env.get("COMMANDLINE_ARGS", "")) + list(argv)
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
     from modules.webui_server import serve  # noqa: PLC0415 - imported where it is needed
 
-    return serve(argv)
+    return serve(server_argv(argv))
 
 
 if __name__ == "__main__":

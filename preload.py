@@ -23,8 +23,9 @@ def preload(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated Host names the server answers besides its bind address (reverse proxies; * = any)")
     parser.add_argument("--nowebui", action="store_true", help="serve the API only")
     parser.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
-    parser.add_argument("--precision", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                        help="model dtype: auto = float32 on CPU, float16 on CUDA")
+    parser.add_argument("--precision", choices=["auto", "float32", "float16", "bfloat16", "full", "half", "autocast"],
+                        default="auto", help="model dtype: auto = float32 on CPU, float16 on CUDA (A1111's full = "
+                        "float32, half = float16, autocast = auto)")
     parser.add_argument("--no-hashing", action="store_true", help="do not compute file hashes")
     parser.add_argument("--no-embedded-default", action="store_true",
                         help="do not write the tiny demo checkpoint and LoRAs into an empty models folder")

@@ -5,9 +5,16 @@
 #   ./webui.sh --install-only                                            set up the venv and exit
 #   ./webui.sh --skip-install ...                                        never run pip
 # Environment: PYTHON (interpreter used to create the venv), VENV_DIR (default venv/),
-#              TORCH_COMMAND (default "pip install torch==2.13.0"), as in A1111.
+#              TORCH_COMMAND (default "pip install torch==2.13.0"), COMMANDLINE_ARGS (flags for the server, before
+#              the command line's), as in A1111. webui-user.sh beside this script is sourced first: set them there.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+if [ -f webui-user.sh ]; then
+  # shellcheck disable=SC1091
+  . ./webui-user.sh
+fi
+export COMMANDLINE_ARGS="${COMMANDLINE_ARGS:-}"
 
 skip_install=0
 install_only=0

@@ -6,7 +6,8 @@ Generates N tiny safetensors LoRAs (real kohya key names, training metadata with
 sidecar JSON, every 5th with a preview PNG) in 100 folders, then measures:
 * cold scan: the registry's first scan (every header read) plus building the card JSON;
 * warm rescan: the Refresh button's work with cache.json warm (registry rescan + card JSON);
-* first paint: Chromium loads the whole UI page until the first Lora cards are on screen;
+* first paint: Chromium loads the whole UI page, opens the Lora tab as soon as it is there, until the first Lora cards
+  are on screen;
 * search: typing a query until the filtered grid is painted (median / max over several queries);
 * hashing: SHA-256 of every file's payload through the registry (cache cold), against a raw read of the same bytes,
   and the same for one large (144 MB) LoRA-sized file, with hashlib's in-memory rate as the CPU bound;
@@ -147,6 +148,7 @@ def measure_browser(url: str, queries: list[str]) -> dict[str, float]:
             }
         }).observe(document, {childList: true, subtree: true});""")
         page.goto(url)
+        page.click("#txt2img_lora_tab-button", timeout=60_000)  # the Lora tab beside "Generation", opened at once
         page.wait_for_selector("#txt2img_lora_page[data-loaded=true] .lora-card", timeout=60_000)
         ui_ready, shell = page.evaluate("() => [window.benchUiReady, window.benchShell]")
         first_paint = page.evaluate("() => window.benchFirstCard")

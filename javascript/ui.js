@@ -5,7 +5,9 @@
 // onAfterUiUpdate(fn)               run fn once DOM changes have settled (debounced, 200 ms)
 // updateInput(el)                   tell Gradio a textbox/input changed after a script set its value
 // webuiInsertPrompt(tab, text)      append text to `${tab}_prompt` (used by extra-network cards)
-// webuiStartProgress(tab) / webuiStopProgress(tab)  poll /internal/progress while a generation runs
+// webuiStartProgress(tab) / webuiStopProgress(tab)  poll /internal/progress while a generation runs: the bar
+//                                  (percent, step x/y, ETA) and the live preview stay visible until it ends
+// webuiSelectedGalleryImage(tab)   the <img> of the image the user selected in `${tab}_gallery` (or its only image)
 
 "use strict";
 
@@ -112,7 +114,8 @@ function webuiRenderProgress(tab, data) {
         preview.src = `data:image/png;base64,${data.current_image}`;
         preview.style.display = "";
     }
-    box.style.display = "";
+    box.style.display = "block";  // "" would fall back to the stylesheet's display: none
+    box.classList.add("webui-progress-active");
 }
 
 function webuiStartProgress(tab) {
@@ -147,5 +150,20 @@ function webuiStopProgress(tab) {
     if (box) {
         box.innerHTML = "";
         box.style.display = "none";
+        box.classList.remove("webui-progress-active");
     }
+}
+
+function webuiSelectedGalleryImage(tab) {
+    const gallery = gradioApp().querySelector(`#${tab}_gallery`);
+    if (!gallery) {
+        return null;
+    }
+    const selected = gallery.querySelector(".thumbnail-item.selected img, .thumbnail-item[aria-selected=true] img") ||
+        gallery.querySelector(".preview img, img.preview, button.media-button img, .image-frame img");
+    if (selected) {
+        return selected;
+    }
+    const all = gallery.querySelectorAll(".thumbnail-item img, .grid-container img");
+    return all.length === 1 ? all[0] : null;
 }

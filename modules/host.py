@@ -95,7 +95,7 @@ class WebUI:
     @classmethod
     def create(cls, argv: Sequence[str] | None = None, load_extensions_now: bool = True) -> WebUI:
         """Parse flags, prepare folders, register host options, load extensions and the model manager."""
-        args = cmd_args.parse_args(argv)
+        args = cmd_args.parse_args(argv, report=argv is not None)
         paths = Paths.from_args(args)
         paths.ensure()
         webui = cls(

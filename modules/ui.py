@@ -1,6 +1,10 @@
 """The Gradio 6 UI shell: checkpoint picker, txt2img, img2img, Extras, PNG Info and Settings tabs, extension tabs
-and assets. The img2img and Extras tabs live in `modules.ui_img2img`, built from this module's txt2img builders
-(`build_prompt_row`, `build_sampling_settings`, `build_results`, `wire_generation`, `build_extra_networks`).
+and assets. The img2img and Extras tabs live in `modules.ui_img2img`, built with this module's builders
+(`build_generation_tab`, `build_sampling_settings`, `wire_generation`).
+
+A generation tab (txt2img; img2img calls the same functions with its own inputs) is built by
+`build_generation_tab(webui, tabname, parameters)` in A1111's layout and wired by `wire_generation`; comments under
+the image are styled as warnings or errors (`comment_severity`).
 
 `mount_ui(app, webui)` builds the Blocks and mounts them at `/` of the FastAPI app, with the host's
 `javascript/*.js` and `style.css` and every extension's `javascript/*.js` and `style.css` served under
@@ -17,8 +21,9 @@ A page has
     name: str                           short id used in elem_ids ("lora")
     create_html(tabname: str) -> str    the page's HTML for the tab `tabname` ("txt2img"); escaped by the page
     refresh() -> None                   rescan its files (the Refresh button calls it, then create_html again)
-Each page becomes a tab of `gr.HTML` (elem_id `{tabname}_{name}_cards_html`, rendered again on every page
-load) with a refresh button (`{tabname}_{name}_extra_refresh`) below the prompt boxes. Page JavaScript inserts
+Each page becomes a tab beside the "Generation" tab of every generation tab (`build_generation_tab`), holding a
+`gr.HTML` (elem_id `{tabname}_{name}_cards_html`, rendered again on every page load) and a refresh button
+(`{tabname}_{name}_extra_refresh`); the gallery stays beside them. Page JavaScript inserts
 text into the prompt with `webuiInsertPrompt(tabname, text)` (javascript/ui.js).
 
 Other extension hooks used here: `ui_tabs(webui)` returns `(gradio_blocks, title, elem_id)` tuples rendered as
@@ -227,20 +232,17 @@ def _sampler_names(webui: Any) -> tuple[list[str], list[str], list[str]]:
             processing.upscaler_names(webui.upscalers))
 
 
-def build_extra_networks(webui: Any, tabname: str) -> None:
-    pages = _all_extra_network_pages(webui)
-    with gr.Accordion("Extra networks", open=bool(pages), elem_id=f"{tabname}_extra_networks"):
-        if not pages:
-            gr.HTML("<p class='webui-muted'>No extra networks registered.</p>", elem_id=f"{tabname}_extra_empty")
-            return
-        with gr.Tabs(elem_id=f"{tabname}_extra_tabs"):
-            for page in pages:
-                with gr.Tab(page.title, id=f"{tabname}_{page.name}", elem_id=f"{tabname}_{page.name}_tab"):
-                    render = _page_renderer(page, tabname)
-                    cards = gr.HTML(render, elem_id=f"{tabname}_{page.name}_cards_html")
-                    button = gr.Button("Refresh", elem_id=f"{tabname}_{page.name}_extra_refresh", size="sm")
-                    button.click(_page_refresher(page, tabname), outputs=[cards], show_progress="minimal",
-                                 api_name=f"{tabname}_{page.name}_refresh")
+def _build_extra_network_tabs(webui: Any, tabname: str) -> None:
+    """One tab per extra-network page, beside the "Generation" tab (inside the caller's `gr.Tabs`)."""
+    for page in _all_extra_network_pages(webui):
+        # render_children: the page is in the DOM (and its script fetches the cards) before the tab is first opened
+        with gr.Tab(page.title, id=f"{tabname}_{page.name}", elem_id=f"{tabname}_{page.name}_tab",
+                    render_children=True):
+            render = _page_renderer(page, tabname)
+            cards = gr.HTML(render, elem_id=f"{tabname}_{page.name}_cards_html")
+            button = gr.Button("Refresh", elem_id=f"{tabname}_{page.name}_extra_refresh", size="sm")
+            button.click(_page_refresher(page, tabname), outputs=[cards], show_progress="minimal",
+                         api_name=f"{tabname}_{page.name}_refresh")
 
 
 def _page_renderer(page: Any, tabname: str) -> Callable[[], str]:
@@ -272,14 +274,32 @@ def infotext_html(infotext: str) -> str:
     return f"<div class='webui-infotext'><p>{html.escape(infotext).replace(chr(10), '<br>')}</p></div>"
 
 
+ERROR_MARKERS = ("not found", "not applied", "failed", "error", "cannot", "could not", "unknown")
+
+
+def comment_severity(comment: str) -> str:
+    """"error" when a comment says that something asked for did not happen (a LoRA not found or not applied, a
+    callback that failed), else "warning" (it happened, differently than asked: a fallback, an ambiguous name)."""
+    text = comment.lower()
+    return "error" if any(marker in text for marker in ERROR_MARKERS) else "warning"
+
+
 def _comments_html(comments: Any) -> str:
+    """The generation's comments under the image, each styled by `comment_severity`, with an icon and a role so
+    screen readers announce errors."""
     if not comments:
         return ""
     if isinstance(comments, dict):
         comments = list(comments.values())
     if isinstance(comments, str):
         comments = [comments]
-    return "".join(f"<p class='webui-comment'>{html.escape(str(c))}</p>" for c in comments)
+    parts = []
+    for comment in comments:
+        severity = comment_severity(str(comment))
+        icon, role = ("\u26d4", "alert") if severity == "error" else ("\u26a0\ufe0f", "status")
+        parts.append(f"<p class='webui-comment webui-{severity}' role='{role}'><span class='webui-comment-icon' "
+                     f"aria-hidden='true'>{icon}</span> {html.escape(str(comment))}</p>")
+    return "".join(parts)
 
 
 def ui_request(webui: Any, model: type[models.Txt2ImgRequest], names: list[str], values: list[Any],
@@ -325,39 +345,9 @@ def gallery_outputs(processed: Any) -> tuple[list[Any], str, str, str]:
     return images, processed.js(), infotext_html(first), _comments_html(getattr(processed, "comments", None))
 
 
-@dataclass
-class ResultArea:
-    """The output column of a generation tab: progress bar, gallery, info JSON, infotext and comments."""
-
-    gallery: Any
-    generation_info: Any
-    html_info: Any
-    html_log: Any
-
-    def outputs(self) -> list[Any]:
-        """The components a generation handler fills, in `gallery_outputs` order."""
-        return [self.gallery, self.generation_info, self.html_info, self.html_log]
-
-
-def build_prompt_row(tabname: str, f: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """Prompt and negative prompt boxes (`{tabname}_prompt`, `{tabname}_neg_prompt`: the ids the Lora cards and
-    `webuiInsertPrompt` use) with the Generate, Interrupt and Skip buttons; returns (generate, interrupt, skip)."""
-    with gr.Row(elem_id=f"{tabname}_toprow"):
-        with gr.Column(scale=6):
-            f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tabname}_prompt",
-                                     placeholder="Prompt (<lora:name:0.8> tags apply LoRAs)")
-            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tabname}_neg_prompt",
-                                              placeholder="Negative prompt")
-        with gr.Column(scale=1, min_width=160, elem_id=f"{tabname}_actions_column"):
-            generate = gr.Button("Generate", variant="primary", elem_id=f"{tabname}_generate")
-            interrupt = gr.Button("Interrupt", elem_id=f"{tabname}_interrupt")
-            skip = gr.Button("Skip", elem_id=f"{tabname}_skip")
-    return generate, interrupt, skip
-
-
-def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any]) -> Any:
-    """Sampler, schedule type, steps, size, batch, CFG, seed and clip skip controls; returns the random-seed
-    button."""
+def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any]) -> None:
+    """Sampler, schedule type, steps, size, batch, CFG, seed (with its random-seed button) and clip skip controls,
+    with A1111's element ids for `tabname`."""
     samplers, schedules, _ = _sampler_names(webui)
     with gr.Row():
         f["sampler_name"] = gr.Dropdown(samplers, value="Euler" if "Euler" in samplers else samplers[0],
@@ -377,38 +367,104 @@ def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any]) -> Any:
         random_seed = gr.Button("\u2684", elem_id=f"{tabname}_random_seed", scale=0, min_width=40)
         f["clip_skip"] = gr.Slider(1, 12, value=int(webui.options.get("CLIP_stop_at_last_layers")), step=1,
                                    label="Clip skip", elem_id=f"{tabname}_clip_skip", scale=3)
-    return random_seed
-
-
-def build_results(tabname: str) -> ResultArea:
-    """Progress bar (javascript/ui.js fills it), gallery and infotext of a generation tab."""
-    gr.HTML(f"<div class='webui-progress' data-tab='{tabname}'></div>", elem_id=f"{tabname}_progress")
-    gallery = gr.Gallery(label="Output", elem_id=f"{tabname}_gallery", format="png", columns=2, height="auto",
-                         show_label=False)
-    generation_info = gr.Textbox(visible=False, elem_id=f"generation_info_{tabname}")
-    html_info = gr.HTML(elem_id=f"html_info_{tabname}")
-    html_log = gr.HTML(elem_id=f"html_log_{tabname}")
-    return ResultArea(gallery, generation_info, html_info, html_log)
-
-
-def wire_generation(webui: Any, tabname: str, run: Callable[..., Any], inputs: list[Any], prompt: Any,
-                    generate: Any, interrupt: Any, skip: Any, random_seed: Any, seed: Any,
-                    results: ResultArea) -> None:
-    """Generate (button and Enter in the prompt, with the progress bar), Interrupt, Skip (ends the current image
-    of a batch), random seed and gallery selection showing the selected image's infotext."""
-    event_args = {"fn": run, "inputs": inputs, "outputs": results.outputs(),
-                  "js": f"(...args) => {{ webuiStartProgress('{tabname}'); return args; }}",
-                  "show_progress": "minimal", "concurrency_id": tabname}
-    for trigger, api_name, visibility in ((generate.click, tabname, "public"),
-                                          (prompt.submit, f"{tabname}_submit", "undocumented")):
-        trigger(api_name=api_name, api_visibility=visibility, **event_args).then(
-            fn=None, js=f"() => {{ webuiStopProgress('{tabname}'); }}", api_visibility="undocumented")
-    interrupt.click(lambda: webui.state.interrupt(), queue=False, show_progress="hidden",
-                    api_name="interrupt" if tabname == "txt2img" else f"{tabname}_interrupt")
-    skip.click(lambda: webui.state.skip(), queue=False, show_progress="hidden",
-               api_name="skip" if tabname == "txt2img" else f"{tabname}_skip")
-    random_seed.click(lambda: -1, outputs=[seed], show_progress="hidden", queue=False,
+    random_seed.click(lambda: -1, outputs=[f["seed"]], show_progress="hidden", queue=False,
                       api_visibility="undocumented")
+
+
+@dataclass
+class GenerationTab:
+    """The components of one generation tab (see `build_generation_tab`); `controls` are the request fields
+    (`styles` last), `script_controls` the Script dropdown and the scripts' inputs (None: the tab has none)."""
+
+    tabname: str
+    controls: Txt2ImgControls
+    generate: Any
+    interrupt: Any
+    skip: Any
+    gallery: Any
+    generation_info: Any
+    html_info: Any
+    html_log: Any
+    script_controls: Any = None
+
+    def outputs(self) -> list[Any]:
+        return [self.gallery, self.generation_info, self.html_info, self.html_log]
+
+
+def build_generation_tab(webui: Any, tabname: str, parameters: Callable[[dict[str, Any]], None],
+                         prompt_placeholder: str = "Prompt (<lora:name:0.8> tags apply LoRAs)",
+                         scripts: bool = True) -> GenerationTab:
+    """A1111's generation-tab layout, for txt2img and any tab like it (img2img):
+
+        [ prompt / negative prompt                         ] [Generate ]
+        [ styles                                           ] [Interrupt] [Skip]
+        [ Generation | Lora | ...  (tabs)  ] [ progress bar, live preview ]
+        [   parameters(fields), Script     ] [ gallery, infotext, warnings ]
+
+    `parameters(fields)` builds the tab's own inputs inside the "Generation" tab and adds them to `fields`
+    (request field name -> component; `prompt` and `negative_prompt` are already there); with `scripts` the Script
+    dropdown (`modules.ui_scripts`) follows them. The extra-network pages (the Lora cards) are tabs beside
+    "Generation", so the gallery stays beside the parameters and within one screen of Generate; below 800 px wide
+    the two columns stack (style.css). Element ids follow A1111: `{tabname}_prompt`, `{tabname}_generate`,
+    `{tabname}_gallery`, `html_info_{tabname}`, ... Wire the Generate button with `wire_generation`."""
+    controls = Txt2ImgControls()
+    f = controls.fields
+    with gr.Row(elem_id=f"{tabname}_toprow", elem_classes=["webui-toprow"]):
+        with gr.Column(scale=6, elem_id=f"{tabname}_prompt_container"):
+            f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tabname}_prompt",
+                                     placeholder=prompt_placeholder)
+            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tabname}_neg_prompt",
+                                              placeholder="Negative prompt")
+        with gr.Column(scale=1, min_width=160, elem_id=f"{tabname}_actions_column",
+                       elem_classes=["webui-actions-column"]):
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{tabname}_generate",
+                                 elem_classes=["webui-generate"])
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id=f"{tabname}_interrupt")
+                skip = gr.Button("Skip", elem_id=f"{tabname}_skip")
+    styles = styles_box(webui, tabname, f["prompt"], f["negative_prompt"])
+    script_controls = None
+    with gr.Row(elem_id=f"{tabname}_settings_and_results", elem_classes=["webui-settings-and-results"]):
+        with gr.Column(scale=1, elem_id=f"{tabname}_settings", elem_classes=["webui-settings"]):
+            with gr.Tabs(elem_id=f"{tabname}_extra_tabs"):
+                with gr.Tab("Generation", id=f"{tabname}_generation", elem_id=f"{tabname}_generation_tab"):
+                    parameters(f)
+                    if scripts:
+                        script_controls = build_script_ui(webui, tabname, is_img2img=tabname == "img2img")
+                _build_extra_network_tabs(webui, tabname)
+        with gr.Column(scale=1, elem_id=f"{tabname}_results", elem_classes=["webui-results"]):
+            gr.HTML(f"<div class='webui-progress' data-tab='{html.escape(tabname, quote=True)}'></div>",
+                    elem_id=f"{tabname}_progress")
+            gallery = gr.Gallery(label="Output", elem_id=f"{tabname}_gallery", format="png", columns=2,
+                                 height="45vh", object_fit="contain", show_label=False)
+            generation_info = gr.Textbox(visible=False, elem_id=f"generation_info_{tabname}")
+            html_info = gr.HTML(elem_id=f"html_info_{tabname}")
+            html_log = gr.HTML(elem_id=f"html_log_{tabname}")
+    f["styles"] = styles  # last, so the order of the other fields stays as it was
+    return GenerationTab(tabname, controls, generate, interrupt, skip, gallery, generation_info, html_info, html_log,
+                         script_controls)
+
+
+def wire_generation(webui: Any, tab: GenerationTab, run: Callable[..., tuple[list[Any], str, str, str]],
+                    api_name: str, extra_inputs: list[Any] | None = None) -> None:
+    """Generate (and Enter in the prompt) call `run(*field values, *extra_inputs' values)` -> (images, info JSON,
+    infotext HTML, comments HTML) with the progress bar shown while it runs; Interrupt stops the job, Skip ends
+    the current image of a batch; selecting a gallery image shows its infotext. `api_name` is the Gradio API name
+    of the Generate event."""
+    name = tab.tabname
+    event_args = {"fn": run, "inputs": [*tab.controls.components(), *(extra_inputs or [])],
+                  "outputs": tab.outputs(),
+                  "js": f"(...args) => {{ webuiStartProgress('{name}'); return args; }}",
+                  "show_progress": "minimal", "concurrency_id": "generation"}
+    for trigger, event_name, visibility in ((tab.generate.click, api_name, "public"),
+                                            (tab.controls.fields["prompt"].submit, f"{api_name}_submit",
+                                             "undocumented")):
+        trigger(api_name=event_name, api_visibility=visibility, **event_args).then(
+            fn=None, js=f"() => {{ webuiStopProgress('{name}'); }}", api_visibility="undocumented")
+    tab.interrupt.click(lambda: webui.state.interrupt(), queue=False, show_progress="hidden",
+                        api_name="interrupt" if name == "txt2img" else f"{name}_interrupt")
+    tab.skip.click(lambda: webui.state.skip(), queue=False, show_progress="hidden",
+                   api_name="skip" if name == "txt2img" else f"{name}_skip")
 
     def select_image(info: str, evt: gr.SelectData) -> str:
         try:
@@ -418,56 +474,49 @@ def wire_generation(webui: Any, tabname: str, run: Callable[..., Any], inputs: l
         index = evt.index if isinstance(evt.index, int) else 0
         return infotext_html(infotexts[index]) if 0 <= index < len(infotexts) else gr.update()
 
-    results.gallery.select(select_image, inputs=[results.generation_info], outputs=[results.html_info],
-                           show_progress="hidden", api_visibility="undocumented")
+    tab.gallery.select(select_image, inputs=[tab.generation_info], outputs=[tab.html_info], show_progress="hidden",
+                       api_visibility="undocumented")
+
+
+def _txt2img_parameters(webui: Any, f: dict[str, Any]) -> None:
+    """The txt2img inputs of the "Generation" tab (A1111's order and element ids)."""
+    samplers, _, upscalers = _sampler_names(webui)
+    build_sampling_settings(webui, "txt2img", f)
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+        f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
+        with gr.Row():
+            f["hr_upscaler"] = gr.Dropdown(upscalers, value=upscalers[0], label="Upscaler",
+                                           elem_id="txt2img_hr_upscaler")
+            f["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                  elem_id="txt2img_hires_steps")
+            f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+                                                elem_id="txt2img_denoising_strength")
+        with gr.Row():
+            f["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
+                                      elem_id="txt2img_hr_scale")
+            f["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                         elem_id="txt2img_hr_resize_x")
+            f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                         elem_id="txt2img_hr_resize_y")
+        f["hr_sampler_name"] = gr.Dropdown(["Use same sampler", *samplers], value="Use same sampler",
+                                           label="Hires sampling method", elem_id="hr_sampler")
+        f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+                                    placeholder="empty: the same prompt")
+        f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
+                                             placeholder="empty: the same negative prompt")
 
 
 def _build_txt2img(webui: Any) -> Txt2ImgControls:
-    controls = Txt2ImgControls()
-    f = controls.fields
-    samplers, _, upscalers = _sampler_names(webui)
-    generate, interrupt, skip = build_prompt_row("txt2img", f)
-    styles = styles_box(webui, "txt2img", f["prompt"], f["negative_prompt"])
-    build_extra_networks(webui, "txt2img")
-    with gr.Row(elem_id="txt2img_settings_and_results"):
-        with gr.Column(scale=1, elem_id="txt2img_settings"):
-            random_seed = build_sampling_settings(webui, "txt2img", f)
-            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
-                f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
-                with gr.Row():
-                    f["hr_upscaler"] = gr.Dropdown(upscalers, value=upscalers[0], label="Upscaler",
-                                                   elem_id="txt2img_hr_upscaler")
-                    f["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
-                                                          elem_id="txt2img_hires_steps")
-                    f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
-                                                        elem_id="txt2img_denoising_strength")
-                with gr.Row():
-                    f["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
-                                              elem_id="txt2img_hr_scale")
-                    f["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
-                                                 elem_id="txt2img_hr_resize_x")
-                    f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
-                                                 elem_id="txt2img_hr_resize_y")
-                f["hr_sampler_name"] = gr.Dropdown(["Use same sampler", *samplers], value="Use same sampler",
-                                                   label="Hires sampling method", elem_id="hr_sampler")
-                f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
-                                            placeholder="empty: the same prompt")
-                f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
-                                                     placeholder="empty: the same negative prompt")
-            script_controls = build_script_ui(webui, "txt2img", is_img2img=False)
-        with gr.Column(scale=1, elem_id="txt2img_results"):
-            results = build_results("txt2img")
-
-    f["styles"] = styles  # last, so the order of the other fields stays as it was
-    names = controls.names()
+    tab = build_generation_tab(webui, "txt2img", lambda fields: _txt2img_parameters(webui, fields))
+    names = tab.controls.names()
+    script_controls = tab.script_controls
 
     def run(*values: Any) -> tuple[list[Any], str, str, str]:
         return generate_txt2img(webui, names, list(values[:len(names)]),
                                 script_controls.request_fields(list(values[len(names):])))
 
-    wire_generation(webui, "txt2img", run, [*controls.components(), *script_controls.inputs()], f["prompt"],
-                    generate, interrupt, skip, random_seed, f["seed"], results)
-    return controls
+    wire_generation(webui, tab, run, "txt2img", script_controls.inputs())
+    return tab.controls
 
 
 # --------------------------------------------------------------------------------------------- png info
@@ -488,6 +537,25 @@ def _to_component_value(name: str, value: Any) -> Any:
     return str(value)
 
 
+def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> None:
+    """A1111 <= 1.8 wrote the schedule into the sampler's name ("DPM++ 2M Karras"): give the boxes the sampler
+    ("DPM++ 2M") and the schedule type ("Karras"; the infotext's own `Schedule type` otherwise), as the API does
+    (`sd_samplers.resolve_sampler`). An unknown sampler keeps the box's value, with a warning."""
+    from modules import sd_samplers  # noqa: PLC0415
+
+    for field_name, key in (("sampler_name", "Schedule type"), ("hr_sampler_name", "Hires schedule type")):
+        if field_name not in values:
+            continue
+        info, schedule = sd_samplers.resolve_sampler(values[field_name], params.get(key))
+        if info is None:
+            gr.Warning(f"Sampler {values[field_name]!r} from the infotext is not available; the current one is kept.")
+            del values[field_name]
+            continue
+        values[field_name] = info.name
+        if field_name == "sampler_name" and schedule:  # "Automatic" unless the name carried a schedule
+            values["scheduler"] = schedule
+
+
 def params_to_updates(params: dict[str, Any], controls: Txt2ImgControls,
                       extra: dict[str, Any] | None = None) -> list[Any]:
     """One `gr.update` per component from parsed infotext parameters (fields not mentioned keep theirs); `extra`
@@ -499,6 +567,7 @@ def params_to_updates(params: dict[str, Any], controls: Txt2ImgControls,
                 values[name] = _to_component_value(name, params[key])
             except (TypeError, ValueError):
                 log.info("infotext %s=%r ignored: not a valid %s", key, params[key], name)
+    _split_legacy_samplers(params, values)
     if "enable_hr" in controls.fields:
         values["enable_hr"] = infotext_has_hires(params)
     return [gr.update(value=values[name]) if name in values else gr.update() for name in controls.names()]

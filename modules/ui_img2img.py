@@ -1,6 +1,7 @@
 """The img2img and Extras tabs of the Gradio UI, built from the txt2img tab's builders (`modules.ui`).
 
-img2img: the same prompt row, extra-network cards (Lora), sampling settings, progress bar and gallery as txt2img,
+img2img: the same layout as txt2img (`modules.ui.build_generation_tab`: prompt row, styles, the Lora cards in a tab
+beside "Generation", progress bar and gallery beside the parameters),
 plus three image sources as A1111 has them: "img2img" (an init image), "Inpaint" (paint the mask over the image:
 whatever the brush covers is repainted) and "Inpaint upload" (an image and a separate black/white mask), the resize
 mode, denoising strength, the inpainting settings and the "SD upscale" script. Generation goes through the API's
@@ -28,16 +29,13 @@ from modules.api.api import ApiError, run_extras_images, run_img2img_images, val
 from modules.resize import RESIZE_MODES, flatten
 from modules.ui import (
     Txt2ImgControls,
-    build_extra_networks,
-    build_prompt_row,
-    build_results,
+    build_generation_tab,
     build_sampling_settings,
     gallery_outputs,
     infotext_html,
     ui_request,
     wire_generation,
 )
-from modules.ui_styles import styles_box
 
 log = logging.getLogger(__name__)
 
@@ -102,73 +100,71 @@ def generate_img2img(webui: Any, names: list[str], values: list[Any], source: st
     return gallery_outputs(processed)
 
 
-def build_img2img_tab(webui: Any) -> Img2ImgTab:
-    """Build the img2img tab (see the module docstring) and wire its Generate button."""
-    tab = Img2ImgTab()
-    f = tab.controls.fields
-    generate, interrupt, skip = build_prompt_row("img2img", f)
-    styles = styles_box(webui, "img2img", f["prompt"], f["negative_prompt"])
-    build_extra_networks(webui, "img2img")
+def _img2img_parameters(webui: Any, f: dict[str, Any], images: dict[str, Any]) -> None:
+    """The img2img inputs of the "Generation" tab: the image sources (their components go to `images`), resize
+    mode, sampling settings, denoising strength, the inpainting settings and the SD upscale script."""
     # the selected image source (a hidden textbox, not a State, so that API clients of the UI can set it too)
-    source = gr.Textbox(IMAGE_SOURCES[0], visible=False, elem_id="img2img_source")
-    with gr.Row(elem_id="img2img_settings_and_results"):
-        with gr.Column(scale=1, elem_id="img2img_settings"):
-            with gr.Tabs(elem_id="mode_img2img"):
-                with gr.Tab("img2img", id="img2img_img2img_tab", elem_id="img2img_img2img_tab") as plain_tab:
-                    init = gr.Image(type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
-                                    label="Image for img2img", elem_id="img2img_image", height=360)
-                with gr.Tab("Inpaint", id="img2img_inpaint_tab", elem_id="img2img_inpaint_tab") as sketch_tab:
-                    editor = gr.ImageEditor(type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
-                                            label="Image for inpainting: paint over what to repaint",
-                                            elem_id="img2maskimg", height=360,
-                                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
-                with gr.Tab("Inpaint upload", id="img2img_inpaint_upload_tab",
-                            elem_id="img2img_inpaint_upload_tab") as upload_tab:
-                    upload = gr.Image(type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
-                                      label="Image", elem_id="img_inpaint_base", height=260)
-                    upload_mask = gr.Image(type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
-                                           label="Mask (white = repaint)", elem_id="img_inpaint_mask", height=260)
-            for tab_component, name in ((plain_tab, "img2img"), (sketch_tab, "Inpaint"),
-                                        (upload_tab, "Inpaint upload")):
-                tab_component.select(lambda n=name: n, outputs=[source], show_progress="hidden",
-                                     api_visibility="undocumented")
-            f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
-                                        elem_id="resize_mode")
-            random_seed = build_sampling_settings(webui, "img2img", f)
-            f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
-                                                elem_id="img2img_denoising_strength")
-            with gr.Accordion("Inpainting", open=False, elem_id="img2img_inpainting"):
-                f["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
-                f["inpainting_mask_invert"] = gr.Radio(list(masking.MASK_MODES), value=masking.MASK_MODES[0],
-                                                       label="Mask mode", elem_id="img2img_mask_mode")
-                f["inpainting_fill"] = gr.Radio(list(masking.MASKED_CONTENT), value=masking.MASKED_CONTENT[1],
-                                                label="Masked content", elem_id="img2img_inpainting_fill")
-                f["inpaint_full_res"] = gr.Radio(list(masking.INPAINT_AREAS), value=masking.INPAINT_AREAS[0],
-                                                 label="Inpaint area", elem_id="img2img_inpaint_full_res")
-                f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
-                                                          elem_id="img2img_inpaint_full_res_padding")
-            with gr.Accordion("Script", open=False, elem_id="img2img_script_container"):
-                script = gr.Dropdown(list(SCRIPTS), value=SCRIPTS[0], label="Script", elem_id="img2img_script")
-                with gr.Row():
-                    overlap = gr.Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id="sd_upscale_overlap")
-                    scale = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale Factor",
-                                      elem_id="sd_upscale_scale_factor")
-                upscaler = gr.Dropdown(webui.upscalers.names(), value="Lanczos", label="Upscaler",
-                                       elem_id="sd_upscale_upscaler_index")
-        with gr.Column(scale=1, elem_id="img2img_results"):
-            results = build_results("img2img")
+    images["source"] = gr.Textbox(IMAGE_SOURCES[0], visible=False, elem_id="img2img_source")
+    with gr.Tabs(elem_id="mode_img2img"):
+        with gr.Tab("img2img", id="img2img_img2img_tab", elem_id="img2img_img2img_tab") as plain_tab:
+            images["init"] = gr.Image(type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
+                                      label="Image for img2img", elem_id="img2img_image", height=360)
+        with gr.Tab("Inpaint", id="img2img_inpaint_tab", elem_id="img2img_inpaint_tab") as sketch_tab:
+            images["editor"] = gr.ImageEditor(type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
+                                              label="Image for inpainting: paint over what to repaint",
+                                              elem_id="img2maskimg", height=360,
+                                              brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+        with gr.Tab("Inpaint upload", id="img2img_inpaint_upload_tab",
+                    elem_id="img2img_inpaint_upload_tab") as upload_tab:
+            images["upload"] = gr.Image(type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
+                                        label="Image", elem_id="img_inpaint_base", height=260)
+            images["upload_mask"] = gr.Image(type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
+                                             label="Mask (white = repaint)", elem_id="img_inpaint_mask", height=260)
+    for tab_component, name in ((plain_tab, "img2img"), (sketch_tab, "Inpaint"), (upload_tab, "Inpaint upload")):
+        tab_component.select(lambda n=name: n, outputs=[images["source"]], show_progress="hidden",
+                             api_visibility="undocumented")
+    f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", elem_id="resize_mode")
+    build_sampling_settings(webui, "img2img", f)
+    f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
+                                        elem_id="img2img_denoising_strength")
+    with gr.Accordion("Inpainting", open=False, elem_id="img2img_inpainting"):
+        f["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
+        f["inpainting_mask_invert"] = gr.Radio(list(masking.MASK_MODES), value=masking.MASK_MODES[0],
+                                               label="Mask mode", elem_id="img2img_mask_mode")
+        f["inpainting_fill"] = gr.Radio(list(masking.MASKED_CONTENT), value=masking.MASKED_CONTENT[1],
+                                        label="Masked content", elem_id="img2img_inpainting_fill")
+        f["inpaint_full_res"] = gr.Radio(list(masking.INPAINT_AREAS), value=masking.INPAINT_AREAS[0],
+                                         label="Inpaint area", elem_id="img2img_inpaint_full_res")
+        f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
+                                                  elem_id="img2img_inpaint_full_res_padding")
+    with gr.Accordion("Script", open=False, elem_id="img2img_script_container"):
+        images["script"] = gr.Dropdown(list(SCRIPTS), value=SCRIPTS[0], label="Script", elem_id="img2img_script")
+        with gr.Row():
+            images["overlap"] = gr.Slider(0, 256, value=64, step=16, label="Tile overlap",
+                                          elem_id="sd_upscale_overlap")
+            images["scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale Factor",
+                                        elem_id="sd_upscale_scale_factor")
+        images["upscaler"] = gr.Dropdown(webui.upscalers.names(), value="Lanczos", label="Upscaler",
+                                         elem_id="sd_upscale_upscaler_index")
 
-    f["styles"] = styles  # last, so the order of the other fields stays as in txt2img
+
+def build_img2img_tab(webui: Any) -> Img2ImgTab:
+    """Build the img2img tab (see the module docstring; the layout of `modules.ui.build_generation_tab`) and wire
+    its Generate button. Decision: its Script accordion offers SD upscale (the Script plug-in `scripts/sd_upscale.py`
+    through the API's path); the API's img2img takes every img2img script."""
+    images: dict[str, Any] = {}
+    generation = build_generation_tab(webui, "img2img", lambda fields: _img2img_parameters(webui, fields, images),
+                                      scripts=False)
+    tab = Img2ImgTab(controls=generation.controls, init_image=images["init"])
     names = tab.controls.names()
-    image_inputs = [source, init, editor, upload, upload_mask, script, overlap, upscaler, scale]
+    image_inputs = [images[key] for key in ("source", "init", "editor", "upload", "upload_mask", "script", "overlap",
+                                            "upscaler", "scale")]
 
     def run(*values: Any) -> tuple[list[Any], str, str, str]:
         count = len(names)
         return generate_img2img(webui, names, list(values[:count]), *values[count:])
 
-    wire_generation(webui, "img2img", run, [*tab.controls.components(), *image_inputs], f["prompt"], generate,
-                    interrupt, skip, random_seed, f["seed"], results)
-    tab.init_image = init
+    wire_generation(webui, generation, run, "img2img", image_inputs)
     return tab
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -387,14 +389,39 @@ class ServerThread:
 
 
 def bind_host(args: Any) -> str:
-    """127.0.0.1, or 0.0.0.0 (every interface) with `--listen`."""
+    """127.0.0.1, or 0.0.0.0 (every interface) with `--listen`, or A1111's `--server-name ADDRESS`."""
+    if getattr(args, "server_name", None):
+        return str(args.server_name)
     return "0.0.0.0" if getattr(args, "listen", False) else "127.0.0.1"
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on `host:port` (in use, not allowed), or None when it can. Binds and closes a
+    socket with the options uvicorn uses (SO_REUSEADDR), so a port in TIME_WAIT counts as free, as it is."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is already in use (is another WebUI running?): stop it, or start "
+                        f"with --port {port + 1} (any free port)")
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def serve(argv: Sequence[str] | None) -> int:
-    """Build the WebUI from `argv`, load the model, serve UI and API on 127.0.0.1 (0.0.0.0 with `--listen`)."""
+    """Build the WebUI from `argv`, load the model, serve UI and API on 127.0.0.1 (0.0.0.0 with `--listen`).
+    A port that is in use is found before the model loads: the message says so and the exit status is 1."""
+    from modules import cmd_args  # noqa: PLC0415
     from modules.host import WebUI  # noqa: PLC0415
 
+    args = cmd_args.parse_args(list(argv or []))
+    problem = port_problem(bind_host(args), args.port)  # before anything slow: the model is not loaded for nothing
+    if problem is not None:
+        log.error("%s", problem)
+        return 1
     webui = WebUI.create(list(argv or []))
     try:
         parse_api_auth(webui.args.api_auth)

@@ -96,6 +96,7 @@ def test_script_dropdown_and_a_2x2_grid_from_the_ui(page):
 
 def test_lora_card_compare_sets_up_the_weight_plot(page):
     page.fill("#txt2img_prompt textarea", "a lighthouse")
+    page.click("#txt2img_lora_tab-button")  # the cards are a tab beside "Generation"
     page.wait_for_selector("#txt2img_lora_page[data-loaded=true] .lora-card", timeout=30_000)
     compare = page.locator(".lora-card[data-name=demo_lora] .lora-card-compare")
     compare.scroll_into_view_if_needed()

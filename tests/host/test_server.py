@@ -248,6 +248,7 @@ def test_browser_generates_with_progress_bar_and_extension_cards(ui_server):
             assert page.evaluate("typeof webuiStartProgress") == "function"  # host js loaded from the head
             page.get_by_role("tab", name="Cards").click()  # other pages (the Lora cards) may come first
             assert "card-count" in page.inner_text("#txt2img_cards_cards_html")
+            page.click("#txt2img_generation_tab-button")  # the parameters sit in the tab beside the pages
             page.evaluate("webuiInsertPrompt('txt2img', 'a tower <lora:x:0.5>')")
             assert page.input_value("#txt2img_prompt textarea") == "a tower <lora:x:0.5>"
             for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "24")):
@@ -261,6 +262,10 @@ def test_browser_generates_with_progress_bar_and_extension_cards(ui_server):
                     if (text) window.progressTexts.push(text.textContent);
                     const preview = document.querySelector('#txt2img_progress .webui-live-preview');
                     if (preview && preview.src.startsWith('data:image/png;base64,')) window.previewShown = true;
+                    const bar = document.querySelector('#txt2img_progress .webui-progress');
+                    if (bar && bar.offsetHeight > 0 && text && text.textContent.includes('step')) {
+                        window.progressShown = true;
+                    }
                 }).observe(document.querySelector('#txt2img_progress'),
                            {subtree: true, childList: true, characterData: true, attributes: true});
             }""")
@@ -273,6 +278,7 @@ def test_browser_generates_with_progress_bar_and_extension_cards(ui_server):
             assert page.inner_text("#html_info_txt2img").startswith("a tower <lora:x:0.5>")
             hidden = "getComputedStyle(document.querySelector('#txt2img_progress .webui-progress')).display"
             page.wait_for_function(f"{hidden} === 'none'")  # the bar goes away when the job is done
+            assert page.evaluate("window.progressShown")  # and was on screen while it ran
             assert not page_errors, page_errors
         finally:
             browser.close()

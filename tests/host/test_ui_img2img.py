@@ -194,10 +194,12 @@ def test_browser_img2img_tab_with_lora_cards_progress_and_gallery(ui_server, tmp
             page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
             page.get_by_role("tab", name="img2img").first.click()
             page.wait_for_selector("#img2img_prompt textarea", state="visible")
-            cards = page.locator("#img2img_lora_cards_html .lora-card, #img2img_extra_networks [data-name]")
+            page.click("#img2img_lora_tab-button")  # the cards are a tab beside "Generation", as in txt2img
+            cards = page.locator("#img2img_lora_cards_html .lora-card")
             cards.first.wait_for(timeout=30_000)
             cards.first.click()  # a Lora card inserts its tag into this tab's prompt
             assert re.search(r"<lora:[^>]+>", page.input_value("#img2img_prompt textarea"))
+            page.click("#img2img_generation_tab-button")
             page.set_input_files("#img2img_image input[type=file]", str(init))
             page.wait_for_selector("#img2img_image img", timeout=30_000)
             for elem_id, value in (("img2img_width", "64"), ("img2img_height", "64"), ("img2img_steps", "100")):

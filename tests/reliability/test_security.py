@@ -234,6 +234,7 @@ def test_payloads_in_files_metadata_and_sidecars_show_as_text_in_the_browser(sit
             page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
             page.on("pageerror", lambda error: page.errors.append(str(error)))
             page.goto(site.base + "/")
+            page.click("#txt2img_lora_tab-button", timeout=60_000)  # the Lora tab beside "Generation"
             page.wait_for_selector("#txt2img_lora_page[data-loaded=true] .lora-card", timeout=60_000)
             assert_nothing_ran(page, "page load")
 
@@ -316,6 +317,7 @@ def test_payloads_in_files_metadata_and_sidecars_show_as_text_in_the_browser(sit
             prompt = page.input_value("#txt2img_prompt textarea")
             assert prompt == f"<lora:{ATTR_STEM}:1>", prompt  # the alias holds `>` (tag syntax): the stem instead
             page.fill("#txt2img_prompt textarea", f"{prompt} {IMG} {SCRIPT}")
+            page.click("#txt2img_generation_tab-button")  # back to the parameters beside the Lora tab
             for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "2")):
                 page.fill(f"#{elem_id} input[type=number]", value)
                 page.press(f"#{elem_id} input[type=number]", "Enter")

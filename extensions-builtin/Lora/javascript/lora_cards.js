@@ -1,13 +1,16 @@
-// Lora card browser (the "Lora" extra-networks page under the txt2img prompt).
+// Lora card browser (the "Lora" extra-networks page, in the tab beside "Generation").
 //
 // The server sends a small shell (.lora-page, see lorakit/web/cards.py); this file fetches every card once as
 // JSON (GET /lora-ui/cards) and renders only the rows that are scrolled into view (a virtual grid), so 10,000 LoRAs
 // stay fast. Card text reaches the DOM through textContent / dataset only; every listener is delegated (no inline
 // handlers). Features: search (name, alias, path, description, trigger words, tags, hash; all words must match),
-// sort (path, name, date created, date modified; both directions), folder tree / dirs view, card size, hiding
+// sort (path, name, date created, date modified, size; both directions), folder tree (any depth, resizable panel)
+// / dirs view, card size (thumbnails fetched at that size), hiding
 // cards for other SD versions than the loaded checkpoint (polled from /lora-ui/state), click to toggle
-// `<lora:ALIAS:WEIGHT> activation` in the prompt and the negative text in the negative prompt, drag onto a prompt,
-// copy path, metadata popup (with the per-block strength chart) and the edit dialog (sidecar JSON).
+// `<lora:ALIAS:WEIGHT> activation` in the prompt and the negative text in the negative prompt (added once, removed
+// when no card in the prompt still needs it), drag onto a prompt, copy path, metadata popup (with the per-block
+// strength chart) and the edit dialog (sidecar JSON; "Replace preview" takes the gallery image the user selected).
+// ALIAS is the server's name for the file that never names another file (`sub/stem` for a stem in two folders).
 
 "use strict";
 
@@ -15,6 +18,8 @@
     const ROUTE = "/lora-ui";
     const POLL_MS = 3000;
     const GAP = 8;
+    const TEXT_HEIGHT = 92;  // px below the portrait (3:4) preview: name, trigger words, description
+    const THUMB_STEPS = [128, 192, 256, 384, 512, 768];
     const SD_VERSIONS = ["SD1", "SD2", "SDXL", "Unknown"];
     const collator = new Intl.Collator(undefined, {numeric: true, sensitivity: "base"});
 
@@ -128,6 +133,18 @@
         return text;
     }
 
+    // A comma-separated list with `word` added at the end, or removed when it is there.
+    function toggleWord(text, word) {
+        const words = text.split(",").map((w) => w.trim()).filter(Boolean);
+        const at = words.indexOf(word);
+        if (at >= 0) {
+            words.splice(at, 1);
+        } else {
+            words.push(word);
+        }
+        return words.join(", ");
+    }
+
     function appendText(text, addition, separator) {
         if (!text) {
             return addition;
@@ -179,6 +196,7 @@
             this.visible = [];
             this.nodes = new Map();
             this.folder = "";
+            this.expanded = null;  // folders open in the tree (null: the top level, on first render)
             this.version = null;
             this.server = {model_family: null, show_all: false, hide_unknown_for: [], default_multiplier: 1};
             this.hideTouched = false;
@@ -188,6 +206,7 @@
             this.restoreSettings();
             if (previous) {
                 this.folder = previous.folder;
+                this.expanded = previous.expanded;
                 this.hideTouched = previous.hideTouched;
                 this.server = previous.server;
                 if (this.hideTouched) {
@@ -342,7 +361,8 @@
 
         searchTextOf(card) {
             return [card.name, card.alias, card.path, card.description, card.activation, card.negative,
-                (card.search_tags || []).join(" "), card.hash, card.sd, card.algorithm].join("\n").toLowerCase();
+                (card.search_tags || []).join(" "), (card.triggers || []).join(" "), card.model, card.version_name,
+                card.base_model, card.author, card.hash, card.sd, card.algorithm].join("\n").toLowerCase();
         }
 
         replaceCard(card) {
@@ -438,7 +458,7 @@
                 const indices = this.cards.map((_, i) => i);
                 if (key === "name") {
                     indices.sort((a, b) => collator.compare(this.cards[a].name, this.cards[b].name) || a - b);
-                } else if (key === "created" || key === "modified") {
+                } else if (key === "created" || key === "modified" || key === "size") {
                     indices.sort((a, b) => (this.cards[a][key] - this.cards[b][key]) || a - b);
                 }
                 this.sorted[key] = indices;
@@ -480,8 +500,8 @@
 
         // ---------------------------------------------------------------- virtual grid
         metrics() {
-            const width = Number(this.sizeInput.value) || 180;
-            const height = Math.round(width * 1.5);
+            const width = Number(this.sizeInput.value) || 160;
+            const height = Math.round(width * 4 / 3) + TEXT_HEIGHT;
             const available = this.scroller.clientWidth || 800;
             const columns = Math.max(1, Math.floor((available + GAP) / (width + GAP)));
             return {width, height, columns};
@@ -493,6 +513,7 @@
             this.grid.style.height = `${Math.max(rows * (height + GAP) - GAP, 0)}px`;
             this.root.style.setProperty("--lora-card-width", `${this.metrics().width}px`);
             this.root.style.setProperty("--lora-card-height", `${height}px`);
+            this.root.style.setProperty("--lora-preview-height", `${height - TEXT_HEIGHT}px`);
             this.render();
         }
 
@@ -583,7 +604,10 @@
                 img.decoding = "async";
                 img.alt = "";
                 img.draggable = false;
-                img.src = card.preview;
+                img.src = `${card.preview}&size=${this.thumbSize()}`;
+                img.addEventListener("load", () => {  // landscape previews are shown whole, not cropped
+                    img.classList.toggle("lora-card-wide", img.naturalWidth > img.naturalHeight * 1.05);
+                }, {once: true});
                 preview.append(img);
             } else {
                 preview.append(el("span", "lora-card-nopreview", "No preview"));
@@ -591,6 +615,8 @@
             const badges = el("div", "lora-card-badges");
             badges.append(el("span", `lora-badge lora-badge-sd lora-sd-${card.sd.toLowerCase()}`, card.sd));
             badges.append(el("span", "lora-badge lora-badge-algo", card.algorithm));
+            const inPrompt = el("span", "lora-card-in-prompt", "\u2713 in prompt");
+            inPrompt.setAttribute("aria-hidden", "true");
             const buttons = el("div", "lora-card-buttons");
             const actions = [["copy", "Copy path"], ["meta", "Show metadata"], ["edit", "Edit metadata"]];
             for (const [action, label] of actions) {
@@ -607,17 +633,31 @@
             }
             const text = el("div", "lora-card-text");
             text.append(el("div", "lora-card-name", card.name));
+            if (card.ambiguous) {  // two files share this name: say which folder this card is
+                const where = el("div", "lora-card-path", card.alias);
+                where.title = `Several files are called ${card.name}; this card inserts ${card.alias}`;
+                text.append(where);
+            }
             const triggers = card.activation || (card.tags || []).join(", ");
             if (triggers) {
                 const line = el("div", "lora-card-triggers", triggers);
-                line.title = card.activation ? "Activation text" : "Top training tags";
+                line.title = card.activation ? "Activation text (added with the LoRA)" : "Top training tags";
                 text.append(line);
             }
             if (card.description) {
                 text.append(el("div", "lora-card-desc", card.description));
             }
-            node.append(preview, badges, buttons, text);
+            if (card.model) {
+                node.title += `\n${card.model}${card.version_name ? " / " + card.version_name : ""}` +
+                    (card.base_model ? ` (${card.base_model})` : "");
+            }
+            node.append(preview, badges, inPrompt, buttons, text);
             return node;
+        }
+
+        thumbSize() {
+            const wanted = Math.ceil((Number(this.sizeInput.value) || 160) * 4 / 3 * (window.devicePixelRatio || 1));
+            return THUMB_STEPS.find((step) => step >= wanted) || THUMB_STEPS[THUMB_STEPS.length - 1];
         }
 
         // ---------------------------------------------------------------- folders
@@ -643,31 +683,47 @@
                     this.dirsBox.append(this.folderButton(folder, `${folder}/ (${counts.get(folder)})`));
                 }
             } else if (view === "tree") {
+                // One row per folder at any depth: [toggle][name (count)], indented by depth; children hidden until
+                // the toggle opens them (top-level folders and the selected folder's ancestors start open).
                 const top = el("ul", "lora-tree-list");
-                const allItem = el("li");
-                allItem.append(this.folderButton("", `All (${this.cards.length})`));
+                top.setAttribute("role", "tree");
+                const allItem = el("li", "lora-tree-node");
+                const allRow = el("div", "lora-tree-row");
+                allRow.append(el("span", "lora-tree-spacer"), this.folderButton("", `All (${this.cards.length})`));
+                allItem.append(allRow);
                 top.append(allItem);
                 const lists = new Map([["", top]]);
+                const hasChildren = new Set(folders.map((f) => f.slice(0, Math.max(0, f.lastIndexOf("/")))));
+                if (!this.expanded) {
+                    this.expanded = new Set(folders.filter((f) => !f.includes("/")));
+                }
                 for (const folder of folders) {
                     const cut = folder.lastIndexOf("/");
                     const parent = cut < 0 ? "" : folder.slice(0, cut);
                     const name = cut < 0 ? folder : folder.slice(cut + 1);
-                    const item = el("li");
-                    const details = el("details");
-                    details.open = !parent;
-                    const summary = el("summary");
-                    summary.append(this.folderButton(folder, `${name} (${counts.get(folder)})`));
+                    const item = el("li", "lora-tree-node");
+                    item.dataset.folder = folder;
+                    const row = el("div", "lora-tree-row");
+                    row.style.paddingLeft = `${(folder.split("/").length - 1) * 14}px`;
+                    if (hasChildren.has(folder)) {
+                        const open = this.expanded.has(folder) || (this.folder && this.folder.startsWith(folder + "/"));
+                        const toggle = el("button", "lora-tree-toggle", open ? "\u25be" : "\u25b8");
+                        toggle.type = "button";
+                        toggle.dataset.toggle = folder;
+                        toggle.setAttribute("aria-expanded", String(Boolean(open)));
+                        toggle.setAttribute("aria-label", `${open ? "Collapse" : "Expand"} ${name}`);
+                        row.append(toggle);
+                        item.classList.toggle("lora-tree-open", Boolean(open));
+                    } else {
+                        row.append(el("span", "lora-tree-spacer"));
+                    }
+                    const button = this.folderButton(folder, `${name} (${counts.get(folder)})`);
+                    button.title = folder;
+                    row.append(button);
                     const children = el("ul", "lora-tree-list");
-                    details.append(summary, children);
-                    item.append(details);
+                    item.append(row, children);
                     (lists.get(parent) || top).append(item);
                     lists.set(folder, children);
-                }
-                for (const list of lists.values()) {
-                    if (list !== top && !list.children.length) {
-                        const details = list.parentNode;
-                        details.classList.add("lora-tree-leaf");
-                    }
                 }
                 this.tree.append(top);
             }
@@ -688,12 +744,24 @@
         }
 
         onFolderClick(event) {
+            const toggle = event.target.closest(".lora-tree-toggle");
+            if (toggle) {
+                const folder = toggle.dataset.toggle;
+                const item = toggle.closest(".lora-tree-node");
+                const open = !item.classList.contains("lora-tree-open");
+                item.classList.toggle("lora-tree-open", open);
+                toggle.textContent = open ? "\u25be" : "\u25b8";
+                toggle.setAttribute("aria-expanded", String(open));
+                if (open) {
+                    this.expanded.add(folder);
+                } else {
+                    this.expanded.delete(folder);
+                }
+                return;
+            }
             const button = event.target.closest(".lora-folder");
             if (!button) {
                 return;
-            }
-            if (button.closest("summary")) {
-                event.preventDefault();  // the chevron (summary marker) expands; the name selects
             }
             this.folder = button.dataset.folder === this.folder ? "" : button.dataset.folder;
             this.markFolder();
@@ -718,12 +786,14 @@
             const negativeBox = this.promptBox(true);
             if (loraTagPattern(card.alias).test(box.value)) {
                 setTextarea(box, removeLoraTags(box.value, card.alias, card.activation));
-                if (card.negative && negativeBox) {
+                const stillNeeded = this.cards.some((other) => other !== card && other.negative === card.negative &&
+                    this.isActive(other, box.value));
+                if (card.negative && negativeBox && !stillNeeded) {
                     setTextarea(negativeBox, removeNegative(negativeBox.value, card.negative));
                 }
             } else {
                 setTextarea(box, appendText(box.value, this.promptText(card), " "));
-                if (card.negative && negativeBox) {
+                if (card.negative && negativeBox && !negativeBox.value.includes(card.negative)) {
                     setTextarea(negativeBox, appendText(negativeBox.value, card.negative, ", "));
                 }
             }
@@ -852,6 +922,9 @@
                 return input;
             };
             const description = row("Description", area("description", fields.description, 3));
+            if (!fields.description && card.description) {
+                description.placeholder = `Empty: the card shows "${card.description.slice(0, 80)}"`;
+            }
             const version = el("select");
             version.name = "sd version";
             for (const name of SD_VERSIONS) {
@@ -878,14 +951,7 @@
                     if (!chip) {
                         return;
                     }
-                    const words = activation.value.split(",").map((w) => w.trim()).filter(Boolean);
-                    const at = words.indexOf(chip.dataset.tag);
-                    if (at >= 0) {
-                        words.splice(at, 1);
-                    } else {
-                        words.push(chip.dataset.tag);
-                    }
-                    activation.value = words.join(", ");
+                    activation.value = toggleWord(activation.value, chip.dataset.tag);
                 });
                 const wrap = el("div", "lora-edit-row");
                 wrap.append(el("span", "lora-edit-label", "Training tags"), tags);
@@ -917,7 +983,48 @@
                 area("negative text", fields["negative text"], 2));
             const notes = row("Notes", area("notes", fields.notes, 3));
             const info = el("div", "lora-edit-info");
-            info.innerHTML = data.info_html;  // escaped server-side (ui_edit_user_metadata.table_html)
+            const previewBox = el("div", "lora-edit-preview");
+            const showPreview = (url) => {
+                previewBox.replaceChildren();
+                if (url) {
+                    const img = el("img");
+                    img.alt = `Preview of ${card.name}`;
+                    img.src = `${url}&size=384`;
+                    previewBox.append(img);
+                } else {
+                    previewBox.append(el("span", "lora-muted", "No preview"));
+                }
+            };
+            showPreview(data.preview);
+            const table = el("div", "lora-edit-table");
+            table.innerHTML = data.info_html;  // escaped server-side (card_metadata.table_html)
+            info.append(previewBox, table);
+            if (data.read_only) {
+                form.prepend(el("p", "lora-warning", "This LoRA's .json file holds Civitai's data and is kept " +
+                    "read-only: rename it to .civitai.info to save your own fields."));
+            }
+            if (data.trigger_words && data.trigger_words.length) {
+                const words = el("div", "lora-tags lora-edit-triggers");
+                words.title = "Trigger words from the model page: click to add to (or remove from) the activation text";
+                for (const word of data.trigger_words) {
+                    const chip = el("button", "lora-tag lora-trigger", word);
+                    chip.type = "button";
+                    chip.dataset.tag = word;
+                    words.append(chip);
+                }
+                words.addEventListener("click", (event) => {
+                    const chip = event.target.closest(".lora-tag");
+                    if (chip) {
+                        activation.value = toggleWord(activation.value, chip.dataset.tag);
+                    }
+                });
+                const wrap = el("div", "lora-edit-row");
+                wrap.append(el("span", "lora-edit-label", "Trigger words (model page)"), words);
+                activation.closest(".lora-edit-row").after(wrap);
+                if (!fields["activation text"]) {
+                    activation.placeholder = `Empty: the trigger words are used (${data.trigger_words.join(", ")})`;
+                }
+            }
             const status = el("div", "lora-edit-status");
             status.setAttribute("aria-live", "polite");
             const buttons = el("div", "lora-edit-buttons");
@@ -925,9 +1032,10 @@
             cancel.type = "button";
             const replace = el("button", "lora-edit-replace-preview", "Replace preview");
             replace.type = "button";
-            replace.disabled = !data.last_output;
-            replace.title = data.last_output ? `Use the last generated image (${data.last_output})` :
-                "Generate an image first";
+            const selected = webuiSelectedGalleryImage(this.tab);
+            replace.disabled = !selected;
+            replace.title = selected ? "Use the image selected in the gallery as this LoRA's preview" :
+                "Generate an image (and select it in the gallery) first";
             const save = el("button", "lora-edit-save", "Save");
             save.type = "submit";
             buttons.append(cancel, replace, save);
@@ -937,11 +1045,23 @@
             replace.addEventListener("click", async () => {
                 status.textContent = "Replacing preview...";
                 try {
+                    const image = webuiSelectedGalleryImage(this.tab);
+                    if (!image) {
+                        throw new Error("no image is selected in the gallery");
+                    }
+                    const blob = await (await fetch(image.src)).blob();
+                    const dataUrl = await new Promise((resolve, reject) => {
+                        const reader = new FileReader();
+                        reader.onload = () => resolve(reader.result);
+                        reader.onerror = () => reject(reader.error);
+                        reader.readAsDataURL(blob);
+                    });
                     const result = await fetchJson(`${ROUTE}/replace-preview`, {
                         method: "POST", headers: {"Content-Type": "application/json"},
-                        body: JSON.stringify({key: card.key}),
+                        body: JSON.stringify({key: card.key, image: dataUrl}),
                     });
                     this.replaceCard(result.card);
+                    showPreview(result.card.preview);
                     status.textContent = "Preview replaced.";
                 } catch (e) {
                     status.textContent = `Preview not replaced: ${e.message}`;

@@ -42,6 +42,11 @@
         box.value = JSON.stringify({script: "x/y/z plot", kind: "lora_compare", value: card.dataset.name,
             at: Date.now()});
         updateInput(box);
+        // the cards are a tab beside "Generation": go back to it, where the plot's settings are
+        const generation = gradioApp().querySelector(`#${tab}_generation_tab-button`);
+        if (generation) {
+            generation.click();
+        }
         const list = gradioApp().querySelector(`#${tab}_script_list`);
         if (list) {
             list.scrollIntoView({block: "center"});

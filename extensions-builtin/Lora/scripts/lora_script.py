@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from lorakit import a1111
 from lorakit.engine import peft_method
 from lorakit.engine.engine import LoraEngine
-from lorakit.library.registry import NetworkRegistry, prompt_name
+from lorakit.library.registry import NetworkRegistry
 from lorakit.prompt import extra_network, trigger_words
 from lorakit.prompt.infotext import rewrite_names_by_hash
 from lorakit.web import api, cards, tools_tab
@@ -94,7 +94,7 @@ def setup(webui: WebUI) -> None:
             if key in params:
                 params[key] = rewrite_names_by_hash(
                     params[key], hashes, registry.find_by_short_hash,
-                    lambda entry: prompt_name(entry, webui.options.get("lora_preferred_name"), registry.forbidden_aliases),
+                    lambda entry: registry.prompt_name(entry, webui.options.get("lora_preferred_name")),
                 )
 
     webui.callbacks.add("infotext_pasted", infotext_pasted)

@@ -11,8 +11,6 @@ import gzip
 import io
 import json
 import math
-import os
-import time
 from pathlib import Path
 
 import pytest
@@ -209,22 +207,29 @@ def test_edits_through_the_api_helper_reach_the_cards(env):
     assert cards_by_name(client)["texty"]["description"] == "from the txt file"
 
 
-def test_replace_preview_uses_the_newest_output(env):
+def test_replace_preview_writes_the_image_the_page_sends(env):
     webui, _, client, _, _ = env
-    outputs = webui.paths.outputs_dir / "txt2img-images" / "2026-11-22"
-    outputs.mkdir(parents=True, exist_ok=True)
-    (outputs / "00001.png").write_bytes(png_bytes((10, 0, 0)))
-    newest = outputs / "00002.png"
-    newest.write_bytes(png_bytes((0, 200, 0)))
-    old = time.time() - 100
-    os.utime(outputs / "00001.png", (old, old))
     key = str(webui.paths.lora_dir / "strong.safetensors")
-    assert client.get("/lora-ui/editor", params={"key": key}).json()["last_output"] == "00002.png"
-    response = client.post("/lora-ui/replace-preview", json={"key": key})
+    chosen = png_bytes((0, 200, 0))
+    data_url = "data:image/png;base64," + base64.b64encode(chosen).decode()
+    response = client.post("/lora-ui/replace-preview", json={"key": key, "image": data_url})
     assert response.status_code == 200
-    assert (webui.paths.lora_dir / "strong.png").read_bytes() == newest.read_bytes()
+    assert (webui.paths.lora_dir / "strong.png").read_bytes() == chosen  # a PNG is kept byte for byte
     card = response.json()["card"]
-    assert client.get(card["preview"]).content == newest.read_bytes()
+    assert client.get(card["preview"]).content == chosen
+    assert client.get("/lora-ui/editor", params={"key": key}).json()["preview"] == card["preview"]
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 12), (0, 0, 250)).save(jpeg, format="JPEG")
+    converted = client.post("/lora-ui/replace-preview", json={"key": key, "image": base64.b64encode(
+        jpeg.getvalue()).decode()})
+    assert converted.status_code == 200
+    with Image.open(webui.paths.lora_dir / "strong.png") as written:
+        assert written.format == "PNG" and written.size == (8, 12)
+    for bad, detail in (({"key": key}, "select an image"), ({"key": key, "image": "%%%"}, "not base64"),
+                        ({"key": key, "image": base64.b64encode(b"not an image").decode()}, "not an image")):
+        answer = client.post("/lora-ui/replace-preview", json=bad)
+        assert answer.status_code == 422 and detail in answer.json()["detail"], answer.json()
+    assert (webui.paths.lora_dir / "strong.png").stat().st_size > 0  # a refused image leaves the preview alone
 
 
 def test_rescan_notices_new_files_and_state_reports_the_model(env):

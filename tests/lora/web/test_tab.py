@@ -82,6 +82,7 @@ def browser_page(server):
         page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
         page.on("pageerror", lambda error: page.errors.append(str(error)))
         page.goto(server.url)
+        page.click("#txt2img_lora_tab-button", timeout=60_000)  # the Lora tab beside "Generation"
         page.wait_for_selector("#txt2img_lora_page[data-loaded=true] .lora-card", timeout=30_000)
         yield page
         browser.close()
@@ -102,6 +103,7 @@ def ui(browser_page):
     if selected.count() and selected.first.get_attribute("data-folder"):
         selected.first.click()
     page.fill("#txt2img_lora_extra_search", "")
+    page.locator(".lora-card-size").fill("110")  # every card in view of the half-width Lora tab (a virtual grid)
     yield page
     assert page.dialogs == [], f"a script ran: {page.dialogs}"
     assert page.errors == [], page.errors
@@ -124,7 +126,8 @@ def test_tab_lists_the_demo_loras(ui):
     assert card.locator(".lora-badge-algo").inner_text() == "LoRA"
     assert card.locator(".lora-card-triggers").inner_text() == "sunset style"
     assert "warm sunset palette" in card.locator(".lora-card-desc").inner_text()
-    assert card.locator("img").evaluate("(img) => img.complete && img.naturalWidth") == 256
+    assert card.locator("img").evaluate("(img) => img.complete && img.naturalWidth") == 192  # 256 px file, thumbnail
+    assert "size=192" in card.locator("img").get_attribute("src")  # 110 px card x 4/3 -> the 192 px thumbnail
     assert ui.locator(".lora-card[data-name=demo_dora] .lora-badge-algo").inner_text() == "LoRA+DoRA"
     # copy, meta, edit, and the "compare" action (lora_compare.js)
     assert ui.locator(".lora-card[data-name=demo_dora] .lora-card-buttons button").count() == 4
@@ -159,12 +162,13 @@ def test_sort_orders_change(ui, server):
 
 
 def test_card_size_and_copy_path(ui, server):
+    ui.fill("#txt2img_lora_extra_search", "demo_lora")  # the one card stays in view at any size
     card = ui.locator(".lora-card[data-name=demo_lora]")
     width = card.bounding_box()["width"]
     ui.locator(".lora-card-size").fill("300")
     card = ui.locator(".lora-card[data-name=demo_lora]")
     assert card.bounding_box()["width"] == pytest.approx(300, abs=2) and width < 250
-    ui.locator(".lora-card-size").fill("180")
+    ui.locator(".lora-card-size").fill("110")
     ui.context.grant_permissions(["clipboard-read", "clipboard-write"])
     card.hover()
     card.locator("[data-action=copy]").click()
@@ -311,5 +315,5 @@ def test_screenshot_of_the_tab(ui):
     ui.locator(".lora-card[data-name=demo_lora]").click()
     out = ROOT / "test-artifacts"
     out.mkdir(exist_ok=True)
-    ui.locator("#txt2img_extra_networks").screenshot(path=str(out / "lora-tab.png"))
+    ui.locator("#txt2img_lora_tab").screenshot(path=str(out / "lora-tab.png"))
     assert (out / "lora-tab.png").stat().st_size > 10_000

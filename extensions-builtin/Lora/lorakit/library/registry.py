@@ -5,7 +5,10 @@
   (a FIFO named `x.safetensors` is skipped with its reason, never opened blocking),
   natural sort (digit runs compared as numbers, text case-insensitively), `.safetensors`, `.pt`, `.ckpt`.
 * Name = file stem. A stem that occurs in two folders keeps the first (in scan order) under the bare stem; every file is
-  also reachable by its path relative to its root without extension (`sub/name`), so nothing is hidden.
+  also reachable by its path relative to its root without extension (`sub/name`), so nothing is hidden. Such a stem
+  is *ambiguous*: `candidates(stem)` lists its files (the first is the one the bare stem applies; A1111 silently took
+  the last scanned), and `prompt_name(entry)` gives each file a name that reaches that very file (alias, else stem,
+  else `sub/stem`): the cards insert it, `GET /sdapi/v1/loras` lists it, a pasted infotext is rewritten to it.
 * Alias = `ss_output_name` from the metadata, else the stem. An alias shared by two files is ambiguous: it is not
   registered, and those files are found by their stems (A1111's fix for issue #14655).
 * Metadata and derived facts (SD version, algorithm) are cached in cache.json, validated by mtime and size, so a warm
@@ -16,6 +19,8 @@
   JSON; their key shows the undecodable bytes as U+FFFD). `skipped_reason(name)` finds the reason by prompt name.
   A sidecar `<name>.json` that is malformed or refused by `companion_allowed` is ignored (the LoRA itself is kept)
   and its reason is kept in `errors` under the sidecar's path too (and in the entry's `sidecar_problem`).
+* Model-page data (`library.model_info`): `<stem>.civitai.info`, or a Civitai-format `<stem>.json` (then the entry has
+  no A1111 user metadata and `sidecar_is_civitai`), read-only and cached in cache.json like the metadata.
 * Companion files (preview image, `.txt` description, sidecar JSON) are read, served and written only where
   `library.companion.companion_allowed` says so: the one rule for symlinks, used by the registry, the API and the
   card page.
@@ -44,10 +49,12 @@ from ..formats import files
 from ..formats.family import SdVersion
 from ..formats.sd_version import detect_sd_version
 from .companion import companion_allowed
+from .model_info import CIVITAI_INFO_SUFFIX, ModelInfo, is_civitai_format, read_companion_json
 
 log = logging.getLogger(__name__)
 
 METADATA_CACHE = "lora-metadata"
+CIVITAI_CACHE = "lora-civitai"
 CACHE_VERSION = 4  # 3: badges from the strategies' own recogniser; 4: metadata read through modules.safe_json
 PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 METADATA_PRIORITY = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3, "ss_num_train_images": 10,
@@ -127,8 +134,9 @@ def usable_cache_entry(cached: Any) -> bool:
 
 
 def prompt_name(entry: NetworkOnDisk, preferred: str, forbidden_aliases: set[str]) -> str:
-    """The name to write into a prompt for `entry` (A1111's `get_alias`): the alias from the file, unless the
-    `preferred` setting is "Filename" or the alias is ambiguous, then the stem."""
+    """The name A1111's `get_alias` would write for `entry`: the alias from the file, unless the `preferred` setting
+    is "Filename" or the alias is ambiguous, then the stem. It may name another file when the stem is ambiguous:
+    use `NetworkRegistry.prompt_name`, which never does."""
     if preferred == "Filename" or entry.alias.lower() in forbidden_aliases:
         return entry.name
     return entry.alias
@@ -153,6 +161,8 @@ class NetworkOnDisk:
     user_metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     sidecar_problem: str | None = None
+    civitai: ModelInfo | None = None
+    sidecar_is_civitai: bool = False
     hasher: Callable[[NetworkOnDisk], str] | None = field(default=None, repr=False, compare=False)
 
     def read_hash(self) -> str:
@@ -190,8 +200,29 @@ class NetworkOnDisk:
 
     @property
     def effective_sd_version(self) -> SdVersion:
-        """The user's `sd version` from the sidecar JSON overrides the detected one."""
-        return SdVersion.parse(self.user_metadata.get("sd version")) or self.sd_version
+        """The user's `sd version` from the sidecar JSON, else the detected one, else the model page's base model."""
+        version = SdVersion.parse(self.user_metadata.get("sd version")) or self.sd_version
+        if version == SdVersion.Unknown and self.civitai is not None:
+            return self.civitai.family
+        return version
+
+    @property
+    def model_info(self) -> ModelInfo | None:
+        """Civitai's data (`.civitai.info` / Civitai-format `.json`), gaps filled from the header's modelspec."""
+        modelspec = ModelInfo.from_modelspec(self.metadata)
+        return self.civitai.merged_with(modelspec) if self.civitai is not None else modelspec
+
+    @property
+    def activation_text(self) -> str:
+        """The sidecar's `activation text`, else the model page's trigger words (comma-separated)."""
+        text = str(self.user_metadata.get("activation text") or "").strip()
+        if text:
+            return text
+        info = self.model_info
+        return ", ".join(info.trigger_words) if info is not None else ""
+
+    def civitai_info_path(self) -> Path:
+        return Path(os.path.splitext(self.filename)[0] + CIVITAI_INFO_SUFFIX)
 
     def sidecar_path(self) -> Path:
         return Path(os.path.splitext(self.filename)[0] + ".json")
@@ -222,6 +253,7 @@ class NetworkRegistry:
         self.available: dict[str, NetworkOnDisk] = {}  # stem and relative name -> entry
         self.aliases: dict[str, NetworkOnDisk] = {}  # stem, relative name and unambiguous aliases -> entry
         self.forbidden_aliases: set[str] = set()
+        self.ambiguous: dict[str, list[NetworkOnDisk]] = {}  # stem or alias of several files -> them, in scan order
         self.hash_lookup: dict[str, NetworkOnDisk] = {}  # short hash -> entry
         self.errors: dict[str, str] = {}  # file -> why it was skipped (or, for a sidecar, ignored)
         self._lock = threading.RLock()
@@ -296,13 +328,47 @@ class NetworkRegistry:
                     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                     entry.sidecar_problem = f"sidecar ignored: {reason}"
                 else:
-                    if isinstance(data, dict):
+                    if is_civitai_format(data):
+                        entry.sidecar_is_civitai = True
+                        entry.civitai = ModelInfo.from_civitai(data, "json")
+                    elif isinstance(data, dict):
                         entry.user_metadata = data
                     else:
                         entry.sidecar_problem = "sidecar ignored: expected a JSON object"
             if entry.sidecar_problem:
                 log.warning("Lora %s: %s", sidecar, entry.sidecar_problem)
+        info_path = entry.civitai_info_path()
+        if (info_path.name in listing) if listing is not None else info_path.is_file():
+            civitai = self._civitai_info(info_path, filename)
+            if civitai is not None:
+                entry.civitai = civitai
         return entry
+
+    def _civitai_info(self, path: Path, lora_filename: str) -> ModelInfo | None:
+        """`<stem>.civitai.info`, read (cached by mtime and size) when the companion rule allows; None otherwise."""
+        if not companion_allowed(path, lora_filename, self.roots):
+            log.warning("Lora %s ignored: it lies outside the Lora folders and not beside the LoRA file", path)
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        signature = (st.st_mtime, st.st_size)
+        cached = self.cache.get(CIVITAI_CACHE, str(path), signature) if self.cache is not None else None
+        if isinstance(cached, dict):
+            return ModelInfo.from_cache(cached)
+        try:
+            data = read_companion_json(path)
+        except (ValueError, OSError) as exc:
+            log.warning("Lora %s ignored: %s", path, exc)
+            return None
+        if not isinstance(data, dict):
+            log.warning("Lora %s ignored: expected a JSON object", path)
+            return None
+        info = ModelInfo.from_civitai(data, "civitai.info")
+        if self.cache is not None:
+            self.cache.set(CIVITAI_CACHE, str(path), info.as_cache(), save=False)
+        return info
 
     def refresh(self) -> None:
         """Full rescan. It never fails as a whole: a file that cannot be read, whatever the exception, is skipped
@@ -356,7 +422,18 @@ class NetworkRegistry:
         for entry in entries:
             if entry.alias.lower() not in forbidden:
                 aliases.setdefault(entry.alias, entry)
+        by_stem: dict[str, list[NetworkOnDisk]] = {}
+        for entry in entries:
+            by_stem.setdefault(entry.name, []).append(entry)
+        ambiguous = {stem: found for stem, found in by_stem.items() if len(found) > 1}
+        by_alias: dict[str, list[NetworkOnDisk]] = {}
+        for entry in entries:
+            by_alias.setdefault(entry.alias.lower(), []).append(entry)
+        for entry in entries:  # an alias shared by several files names none of them: list them all
+            if entry.alias.lower() in forbidden and entry.alias != entry.name:
+                ambiguous.setdefault(entry.alias, by_alias[entry.alias.lower()])
         self.available, self.aliases, self.forbidden_aliases = available, aliases, forbidden
+        self.ambiguous = ambiguous
         self.hash_lookup = {entry.shorthash: entry for entry in entries if entry.hash}
 
     def entries(self) -> list[NetworkOnDisk]:
@@ -371,6 +448,35 @@ class NetworkRegistry:
         """Entry for a prompt name: stem, `sub/stem`, or an unambiguous alias (stems win over aliases)."""
         with self._lock:
             return self.available.get(name) or self.aliases.get(name)
+
+    def prompt_name(self, entry: NetworkOnDisk, preferred: str = "Alias from file") -> str:
+        """The name to write into a prompt for `entry`: its alias (unless `preferred` is "Filename"), else its stem,
+        else its `sub/stem` path; the first that `find` resolves to this very file and that no other file shares
+        (a stem in two folders gives both files their `sub/stem`, so a prompt always says which one it means)."""
+        with self._lock:
+            names = [entry.alias] if preferred != "Filename" else []
+            for name in (*names, entry.name):
+                if name not in self.ambiguous and self.find(name) is entry:
+                    return name
+            return entry.relative_name
+
+    def candidates(self, name: str) -> list[NetworkOnDisk]:
+        """The files a stem or alias shared by several files could mean (scan order; `find(name)` is the first for a
+        stem, none for an alias); [] when `name` is not ambiguous."""
+        with self._lock:
+            return list(self.ambiguous.get(name, ()))
+
+    def ambiguity_message(self, name: str) -> str | None:
+        """A one-line notice for a prompt tag naming an ambiguous stem or alias, or None."""
+        found = self.candidates(name)
+        if not found:
+            return None
+        chosen = self.find(name)
+        listed = ", ".join(f"{e.relative_name}{' (used)' if e is chosen else ''}" for e in found)
+        if chosen is None:
+            return f"{name!r} is the alias of {len(found)} files ({listed}); none is used: write one of their paths"
+        return (f"{name!r} names {len(found)} files: {listed}; the first in path order is used, write the path "
+                "(<lora:sub/name:...>) for another")
 
     def skipped_reason(self, name: str) -> str | None:
         """Why the last scan skipped the file a prompt calls `name` (its stem or `sub/stem`), or None."""
@@ -408,5 +514,16 @@ class NetworkRegistry:
             self.cache.save()
         return entry.hash
 
-    def find_by_short_hash(self, shorthash: str) -> NetworkOnDisk | None:
-        return self.hash_lookup.get(shorthash.strip().lower()[:12])
+    def find_by_short_hash(self, shorthash: str, name: str | None = None) -> NetworkOnDisk | None:
+        """The file with this short hash. Hashes are computed on demand, so with `name` (the name the hash was
+        recorded for) the files that name could mean (its candidates, or the file it finds) are hashed first if
+        they are not yet: pasting an infotext then finds the right one of two same-named files."""
+        wanted = shorthash.strip().lower()[:12]
+        found = self.hash_lookup.get(wanted)
+        if found is not None or not name or not self.hashing:
+            return found
+        maybe = self.candidates(name) or [e for e in (self.find(name),) if e is not None]
+        for entry in maybe:
+            if not entry.hash:
+                self.read_hash(entry)
+        return self.hash_lookup.get(wanted)

@@ -1,7 +1,8 @@
 """The sidecar `<lora>.json` (A1111's user metadata): read, validate, update, write atomically.
 
 Keys A1111 reads and writes: `description`, `sd version`, `activation text`, `preferred weight`, `negative text`,
-`notes`. Every other key already in the file is kept unchanged (other tools store their own data there). Used by the
+`notes`. Every other key already in the file is kept unchanged (other tools store their own data there). A `<lora>.json`
+in Civitai's format (`model_info.is_civitai_format`) is never written: saving raises UserMetadataError. Used by the
 card editor in the UI and by `POST /sdapi/v1/lora/metadata`, so both write the same file the same way.
 
 Symlinks: the sidecar is read and written only where `library.companion.companion_allowed` allows it (inside the Lora
@@ -26,6 +27,7 @@ from modules.atomic_io import read_json, write_json_atomic
 from ..errors import LoraError
 from ..formats.family import KNOWN, SdVersion
 from .companion import companion_allowed
+from .model_info import is_civitai_format
 from .registry import NetworkOnDisk
 
 EDITABLE_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes")
@@ -107,6 +109,10 @@ def save_user_metadata(entry: NetworkOnDisk, changes: dict[str, Any],
     with _WRITE_LOCK:
         target = sidecar_target(entry, roots)
         data = read_user_metadata(entry, roots)
+        if is_civitai_format(data):
+            raise UserMetadataError(
+                f"{entry.sidecar_path().name} holds Civitai's model data (SD.Next's format), which is kept read-only; "
+                f"rename it to {entry.civitai_info_path().name} (still read) to edit this card's fields")
         data.update(clean)
         write_json_atomic(target, data)
         entry.user_metadata = data

@@ -3,7 +3,9 @@ re-applies scheduled ones per step, reports problems, writes the `Lora hashes` i
 
 A malformed tag (`<lora:x:abc>`, `<lora:x:>`, a NaN weight) is reported in the generation's comments naming the tag,
 and the other LoRAs in the prompt still apply (A1111 drops all of them). A name whose file the registry scan skipped
-(truncated, not a safetensors file, ...) is reported with the scan's reason rather than as "not found".
+(truncated, not a safetensors file, ...) is reported with the scan's reason rather than as "not found". A tag naming
+a stem that several files share gets a notice listing them and saying which one was applied (the first in path
+order); an alias shared by several files applies none and lists them.
 
 The `lora_method` setting picks how LoRAs are applied ("native merge" or "diffusers" adapters, see `engine.peft_method`,
 which also documents the `Lora method` infotext written here).
@@ -135,11 +137,15 @@ class ExtraNetworkLora(ExtraNetwork):
     def _report(self, p: GenerationRequest, report: ActivationReport, is_hr: bool) -> None:
         missing = []
         for name in report.not_found:  # a file that exists but was skipped by the scan: say why, not "not found"
-            reason = self.engine.registry.skipped_reason(name)
+            reason = self.engine.registry.skipped_reason(name) or self.engine.registry.ambiguity_message(name)
             if reason is None:
                 missing.append(name)
             else:
                 add_comment(p, f"Lora {name} not applied: {reason}")
+        for name in dict.fromkeys(a.request.name for a in report.active):  # which of several same-named files
+            notice = self.engine.registry.ambiguity_message(name)
+            if notice is not None:
+                add_comment(p, f"Lora {notice}")
         if missing:
             add_comment(p, "Lora not found: " + ", ".join(missing))
         for name, message in report.errors.items():

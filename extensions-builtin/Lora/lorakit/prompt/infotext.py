@@ -28,15 +28,18 @@ def parse_hashes(text: str) -> dict[str, str]:
     return found
 
 
-def rewrite_names_by_hash(prompt: str, hashes_text: str, find_by_short_hash: Callable[[str], NetworkOnDisk | None],
+def rewrite_names_by_hash(prompt: str, hashes_text: str,
+                          find_by_short_hash: Callable[[str, str], NetworkOnDisk | None],
                           alias_of: Callable[[NetworkOnDisk], str]) -> str:
-    """Replace `<lora:NAME:` whose NAME is in `Lora hashes` with the local file that has that short hash (A1111)."""
+    """Replace `<lora:NAME:` whose NAME is in `Lora hashes` with the local file that has that short hash (A1111).
+    `find_by_short_hash(shorthash, name)` gets the pasted name too (see `NetworkRegistry.find_by_short_hash`), and
+    `alias_of` must give a name that reaches that file (`NetworkRegistry.prompt_name`)."""
     hashes = parse_hashes(hashes_text)
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         shorthash = hashes.get(infotext_name(name))
-        entry = find_by_short_hash(shorthash) if shorthash else None
+        entry = find_by_short_hash(shorthash, name) if shorthash else None
         return f"<lora:{alias_of(entry)}:" if entry is not None else match.group(0)
 
     return re.sub(r"<lora:([^:>]+):", replace, prompt)

@@ -1,6 +1,6 @@
 """Trigger words added automatically (SD.Next's auto-apply): for every LoRA in a prompt, its activation text (from the
-sidecar) or its top N training tags are put into the prompt, at `_tags_` when the prompt has that placeholder, else
-at the end. Words already in the prompt are not added twice, so a pasted infotext (which records the final prompt)
+sidecar, else the trigger words of its Civitai / modelspec data) or its top N training tags are put into the prompt,
+at `_tags_` when the prompt has that placeholder, else at the end. Words already in the prompt are not added twice, so a pasted infotext (which records the final prompt)
 reproduces the same prompt.
 
 Modes (option `lora_auto_trigger`): "Off"; "Activation text" (falls back to the top tags when a LoRA has none);
@@ -23,7 +23,7 @@ MODES = ("Off", "Activation text", "Top training tags")
 def words_for(entry: NetworkOnDisk, mode: str, top_n: int) -> list[str]:
     """The words one LoRA contributes in `mode`."""
     if mode == "Activation text":
-        text = str(entry.user_metadata.get("activation text") or "").strip()
+        text = entry.activation_text  # the sidecar's, else the model page's trigger words (Civitai, modelspec)
         if text:
             return [text]
     if mode in ("Activation text", "Top training tags"):

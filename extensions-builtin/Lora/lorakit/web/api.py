@@ -2,7 +2,8 @@
 
 A1111-compatible (existing clients work unchanged):
 
-* `GET /sdapi/v1/loras` -> `[{name, alias, path, metadata}]` (name = file stem, alias = `ss_output_name` or stem,
+* `GET /sdapi/v1/loras` -> `[{name, alias, path, metadata}]` (name = file stem, or `sub/stem` when several files
+  share the stem, so every name is unique and reaches its own file; alias = `ss_output_name` or stem,
   path = full file path, metadata = the decoded safetensors metadata), one entry per file in scan order.
 * `POST /sdapi/v1/refresh-loras` -> `null`; rescans the Lora folders (safe while a generation runs).
 * `GET /sdapi/v1/lora/unreadable` -> `[{file, reason}]`: files the last scan skipped and sidecars it ignored (one bad
@@ -57,7 +58,7 @@ from ..library.companion import (
     open_companion,
 )
 from ..library.registry import NetworkOnDisk
-from .thumbnails import make_thumbnail
+from .thumbnails import ThumbnailCache, make_thumbnail  # noqa: F401 - make_thumbnail: the API module's old name
 
 if TYPE_CHECKING:
     from modules.host import WebUI
@@ -91,7 +92,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 class LoraItem(BaseModel):
     """One entry of `GET /sdapi/v1/loras` (A1111's shape)."""
 
-    name: str = Field(description="file stem")
+    name: str = Field(description="file stem (`sub/stem` when several files share the stem): unique")
     alias: str = Field(description="ss_output_name from the metadata, else the stem")
     path: str = Field(description="full path of the file")
     metadata: dict[str, Any] = Field(description="safetensors metadata (JSON-object values decoded)")
@@ -232,9 +233,7 @@ class LoraApi:
         self.engine = engine
         self.registry = engine.registry
         self.write_lock = threading.Lock()
-        self.thumb_lock = threading.Lock()
-        self.thumbs: OrderedDict[tuple, bytes] = OrderedDict()
-        self.thumb_bytes = 0
+        self.thumbs = ThumbnailCache(THUMB_CACHE_BYTES)
         self.report_lock = threading.Lock()
         self.reports: OrderedDict[tuple, tuple] = OrderedDict()
 
@@ -279,8 +278,8 @@ class LoraApi:
     # ---------------------------------------------------------------- routes
     def list_loras(self) -> list[LoraItem]:
         """A1111's `GET /sdapi/v1/loras`."""
-        return [LoraItem(name=e.name, alias=e.alias, path=e.filename, metadata=json_safe(e.metadata))
-                for e in self.registry.entries()]
+        return [LoraItem(name=self.registry.prompt_name(e, "Filename"), alias=e.alias, path=e.filename,
+                         metadata=json_safe(e.metadata)) for e in self.registry.entries()]
 
     def unreadable(self) -> list[UnreadableFile]:
         """`GET /sdapi/v1/lora/unreadable`: every file the last scan skipped, and every sidecar it ignored, with why
@@ -291,9 +290,7 @@ class LoraApi:
     def refresh(self) -> None:
         """A1111's `POST /sdapi/v1/refresh-loras`: rescan (does not wait for a running generation)."""
         self.registry.refresh()
-        with self.thumb_lock:
-            self.thumbs.clear()
-            self.thumb_bytes = 0
+        self.thumbs.clear()
         with self.report_lock:
             self.reports.clear()
 
@@ -442,26 +439,11 @@ class LoraApi:
         if if_none_match == headers["ETag"]:
             os.close(fd)
             return Response(status_code=304, headers=headers)
-        with self.thumb_lock:
-            png = self.thumbs.get(key)
-            if png is not None:
-                self.thumbs.move_to_end(key)
-        if png is not None:
-            os.close(fd)
-            return Response(png, media_type="image/png", headers=headers)
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read()
-        try:
-            png = make_thumbnail(data, size)
-        except ValueError as exc:
-            raise ApiError(422, "InvalidPreview", str(exc)) from exc
-        with self.thumb_lock:
-            if key not in self.thumbs:
-                self.thumbs[key] = png
-                self.thumb_bytes += len(png)
-            while self.thumb_bytes > THUMB_CACHE_BYTES and self.thumbs:
-                _, dropped = self.thumbs.popitem(last=False)
-                self.thumb_bytes -= len(dropped)
+        with os.fdopen(fd, "rb") as handle:  # closed here whether or not the cache needed to read it
+            try:
+                png = self.thumbs.get_or_make(key, handle.read, size)
+            except ValueError as exc:
+                raise ApiError(422, "InvalidPreview", str(exc)) from exc
         return Response(png, media_type="image/png", headers=headers)
 
     # ---------------------------------------------------------------- wiring

@@ -6,7 +6,10 @@
 * `metadata_popup_html(entry)`: the popup body: summary table, top tags with counts, the full metadata (flattened),
   and a placeholder the browser fills with the per-block strength chart. Every value is escaped.
 * `editor_payload(entry, ...)`: the edit dialog's data (the six sidecar fields, tags, file table).
-* `replace_preview(entry, outputs_dir)`: copy the newest PNG under the outputs folder to `<name>.png`.
+* `model_page_rows(entry)` / `model_page_html(entry)`: Civitai and modelspec data (`library.model_info`): trigger
+  words, model and version, base model, author, license, the model page link and the description, HTML sanitised by
+  bleach (a short allow-list of formatting tags; links only to http(s), opened with rel=noopener).
+* `replace_preview(entry, image)`: write the image the user selected in the gallery as `<name>.png`.
 Saving goes through `user_metadata.save_user_metadata` (validation, unknown keys kept, atomic UTF-8 write).
 """
 
@@ -14,10 +17,15 @@ from __future__ import annotations
 
 import datetime
 import html
+import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
+
+import bleach
+from PIL import Image, UnidentifiedImageError
 
 from modules import safe_json
 from modules.atomic_io import write_bytes_atomic
@@ -27,6 +35,43 @@ from ..library.sidecars import EDITABLE_KEYS
 
 TOP_TAGS = 24
 HIDDEN_METADATA = ("ssmd_cover_images",)
+ALLOWED_TAGS = frozenset({"p", "br", "b", "strong", "i", "em", "u", "s", "ul", "ol", "li", "a", "h1", "h2", "h3",
+                          "h4", "code", "pre", "blockquote", "hr", "span"})
+ALLOWED_ATTRIBUTES = {"a": ["href", "title", "rel", "target"]}
+MAX_PREVIEW_BYTES = 50 * 1024 * 1024
+
+
+def sanitize_html(text: str) -> str:
+    """Model-page HTML made safe to show: allowed formatting tags kept, everything else escaped (scripts, styles,
+    event handlers, images), links only to http(s) and opened in a new tab with rel=noopener."""
+    cleaned = bleach.clean(_drop_code(text), tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, protocols=["http", "https"],
+                           strip=True, strip_comments=True)
+    return bleach.linkify(cleaned, callbacks=[_external_link], parse_email=False)
+
+
+CODE_BLOCKS = re.compile(r"<(script|style|template|iframe|object)\b.*?(</\1\s*>|$)", re.IGNORECASE | re.DOTALL)
+
+
+def _drop_code(text: str) -> str:
+    """`text` without script/style/template/iframe/object elements and their content (bleach keeps the content of a
+    stripped tag as text, which would show a script's source)."""
+    return CODE_BLOCKS.sub("", text)
+
+
+def _external_link(attrs: dict, new: bool = False) -> dict:
+    attrs[(None, "target")] = "_blank"
+    attrs[(None, "rel")] = "noopener noreferrer nofollow"
+    return attrs
+
+
+def html_to_text(text: str) -> str:
+    """Plain text of model-page HTML (for cards and search): tags dropped, entities decoded, blank runs folded."""
+    if "<" not in text and "&" not in text:
+        return text.strip()
+    spaced = text.replace("<br", "\n<br").replace("</p>", "</p>\n").replace("</li>", "</li>\n")
+    plain = html.unescape(bleach.clean(_drop_code(spaced), tags=set(), strip=True, strip_comments=True))
+    lines = [" ".join(line.split()) for line in plain.splitlines()]
+    return "\n".join(line for line in lines if line)
 
 
 def _json_field(metadata: dict[str, Any], key: str) -> Any:
@@ -184,10 +229,39 @@ def tags_html(tags: list[tuple[str, int]], limit: int = TOP_TAGS) -> str:
     return f"<div class='lora-tags'>{chips}</div>{more}"
 
 
+def model_page_rows(entry: NetworkOnDisk) -> list[tuple[str, str]]:
+    """The model page's facts as rows (only those it has)."""
+    info = entry.model_info
+    if info is None:
+        return []
+    source = {"civitai.info": f"{entry.civitai_info_path().name} (Civitai)",
+              "json": f"{entry.sidecar_path().name} (Civitai format, read-only)",
+              "modelspec": "modelspec keys in the file"}.get(info.source, info.source)
+    rows = [("Trigger words", ", ".join(info.trigger_words)), ("Model", info.model_name),
+            ("Version", info.version_name), ("Base model", info.base_model), ("Author", info.author),
+            ("License", info.license), ("Usage hint", info.usage_hint), ("From", source)]
+    return [(label, value) for label, value in rows if value]
+
+
+def model_page_html(entry: NetworkOnDisk) -> str:
+    """The popup's "Model page" section: rows, link, sanitised description ('' when there is no model page data)."""
+    info = entry.model_info
+    if info is None:
+        return ""
+    parts = ["<h3>Model page</h3>", table_html(model_page_rows(entry), "lora-meta-table lora-model-page")]
+    if info.url:
+        parts.append(f"<p><a class='lora-model-link' href='{html.escape(info.url, quote=True)}' target='_blank' "
+                     f"rel='noopener noreferrer nofollow'>{html.escape(info.url)}</a></p>")
+    if info.description_html:
+        parts.append(f"<div class='lora-model-description'>{sanitize_html(info.description_html)}</div>")
+    return "".join(parts)
+
+
 def metadata_popup_html(entry: NetworkOnDisk) -> str:
     """The metadata popup body for one card; the block chart goes into `.lora-blocks-slot` (filled by the page)."""
     parts = [f"<h2 class='lora-popup-title'>{html.escape(entry.name)}</h2>"]
     summary = training_summary(entry)
+    parts.append(model_page_html(entry))
     parts.append("<h3>File</h3>" + table_html(file_rows(entry), "lora-meta-table"))
     if summary:
         parts.append("<h3>Training</h3>" + table_html(summary, "lora-meta-table"))
@@ -207,7 +281,7 @@ def editable_fields(entry: NetworkOnDisk, description: str) -> dict[str, Any]:
     user = entry.user_metadata
     fields: dict[str, Any] = {key: user.get(key, "") for key in EDITABLE_KEYS}
     fields["description"] = description
-    fields["sd version"] = user.get("sd version") or entry.sd_version
+    fields["sd version"] = user.get("sd version") or entry.effective_sd_version
     try:
         fields["preferred weight"] = float(user.get("preferred weight") or 0)
     except (TypeError, ValueError):
@@ -217,42 +291,37 @@ def editable_fields(entry: NetworkOnDisk, description: str) -> dict[str, Any]:
     return fields
 
 
-def newest_output_image(outputs_dir: Path) -> Path | None:
-    """The most recently written PNG under the outputs folder (None when there is none)."""
-    newest: tuple[float, str] | None = None
-    if not Path(outputs_dir).is_dir():
-        return None
-    for dirpath, _dirnames, filenames in os.walk(outputs_dir):
-        for fname in filenames:
-            if not fname.lower().endswith(".png"):
-                continue
-            path = os.path.join(dirpath, fname)
-            try:
-                mtime = os.path.getmtime(path)
-            except OSError:
-                continue
-            if newest is None or mtime > newest[0]:
-                newest = (mtime, path)
-    return Path(newest[1]) if newest else None
-
-
-def replace_preview(entry: NetworkOnDisk, outputs_dir: Path) -> Path:
-    """Copy the newest generated PNG to `<name>.png` next to the LoRA (atomic); raises FileNotFoundError if none."""
-    source = newest_output_image(outputs_dir)
-    if source is None:
-        raise FileNotFoundError(f"no generated image under {outputs_dir}: generate one first")
+def replace_preview(entry: NetworkOnDisk, image: bytes) -> Path:
+    """Write `image` (the gallery image the user selected: PNG, JPEG or WebP bytes) as `<name>.png` beside the LoRA,
+    atomically; a PNG is kept byte for byte (with its infotext), other formats are converted. ValueError when the
+    bytes are not an image."""
+    if len(image) > MAX_PREVIEW_BYTES:
+        raise ValueError(f"the image is larger than {MAX_PREVIEW_BYTES // (1024 * 1024)} MB")
+    try:
+        with Image.open(io.BytesIO(image)) as opened:
+            opened.verify()
+        if not image.startswith(b"\x89PNG"):
+            with Image.open(io.BytesIO(image)) as opened:
+                out = io.BytesIO()
+                opened.convert("RGBA" if "A" in opened.getbands() else "RGB").save(out, format="PNG")
+                image = out.getvalue()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"not an image: {exc}") from exc
     target = Path(os.path.splitext(entry.filename)[0] + ".png")
-    write_bytes_atomic(target, source.read_bytes())
+    write_bytes_atomic(target, image)
     return target
 
 
-def editor_payload(entry: NetworkOnDisk, description: str, outputs_dir: Path) -> dict[str, Any]:
-    """The edit dialog's data: fields, training tags (top 24), file table HTML, the image "Replace preview" uses."""
-    last = newest_output_image(outputs_dir)
+def editor_payload(entry: NetworkOnDisk, description: str, preview_url: str) -> dict[str, Any]:
+    """The edit dialog's data: fields, training tags (top 24), the model page's trigger words, file table HTML, the
+    card's preview URL ('' without one), and whether the sidecar is read-only (Civitai's format)."""
+    info = entry.model_info
     return {
         "name": entry.name,
         "fields": editable_fields(entry, description),
         "tags": training_tags(entry.metadata)[:TOP_TAGS],
+        "trigger_words": list(info.trigger_words) if info is not None else [],
         "info_html": table_html(file_rows(entry) + training_summary(entry)[:6], "lora-meta-table"),
-        "last_output": last.name if last else None,
+        "preview": preview_url,
+        "read_only": entry.sidecar_is_civitai,
     }

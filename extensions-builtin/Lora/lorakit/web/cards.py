@@ -1,4 +1,4 @@
-"""The Lora card page of the extra-networks area (under the txt2img prompt), and the routes its browser code uses.
+"""The Lora card page (the "Lora" tab beside "Generation" in a generation tab), and the routes its browser code uses.
 
 Layout of the work:
 * `create_html(tabname)` returns a small, escaped shell (toolbar: search, sort, folder view, card size, "hide other SD
@@ -9,10 +9,15 @@ Layout of the work:
   listing per folder for previews and `.txt` descriptions, and is cached until the registry is rescanned, a sidecar
   changes (ours or the API's `save_user_metadata`, noticed by the identity of `entry.user_metadata`) or a hash is
   computed.
+* Each card carries the name that reaches its own file (`NetworkRegistry.prompt_name`: `sub/stem` when two files
+  share the stem), its model-page data (Civitai / modelspec: trigger words, model, version, base model, link) and
+  its file size (sort by size).
 * Routes (outside `/sdapi/`, like A1111's `/sd_extra_networks/*`): `cards`, `state` (scan version and loaded model
   family, polled by the page so the "other SD versions" filter follows checkpoint changes), `card` (one card),
-  `thumb` (preview file or embedded cover image of a registered entry only), `metadata` (popup HTML), `blocks`
-  (per-block strength chart), `editor` (dialog data), `save` (sidecar via `save_user_metadata`), `replace-preview`.
+  `thumb` (preview file or embedded cover image of a registered entry only; with `size`, a cached PNG thumbnail at
+  that size, `web.thumbnails`), `metadata` (popup HTML), `blocks`
+  (per-block strength chart), `editor` (dialog data), `save` (sidecar via `save_user_metadata`), `replace-preview`
+  (the gallery image the user selected, sent by the page, becomes `<stem>.png`).
   Entries are addressed by their full filename, looked up in the registry's own list: no path from a request is
   ever opened. As in the API (`web.api`) and the registry, a preview is served, a sidecar written and a `.txt`
   description read only when `library.companion.companion_allowed` allows it: its real path (symlinks resolved) lies
@@ -43,10 +48,10 @@ from modules import safe_json
 from modules.regular_files import open_regular
 
 from ..library.companion import CompanionRefused, CompanionUnreadable, companion_allowed, open_companion
-from ..library.registry import PREVIEW_EXTENSIONS, NetworkOnDisk, NetworkRegistry, prompt_name
+from ..library.registry import PREVIEW_EXTENSIONS, NetworkOnDisk, NetworkRegistry
 from ..library.sidecars import SidecarNotAllowed, UserMetadataError, save_user_metadata
 from . import block_chart, card_metadata
-from .thumbnails import CARD_THUMB_SIZE, ThumbnailCache, make_thumbnail
+from .thumbnails import CARD_THUMB_SIZE, ThumbnailCache
 
 if TYPE_CHECKING:
     from modules.host import WebUI
@@ -60,7 +65,9 @@ ROUTE_PREFIX = "/lora-ui"
 DESCRIPTION_LIMIT = 2000
 CARD_TAGS = 5
 SEARCH_TAGS = 24
-SORT_FIELDS = (("default", "Path"), ("name", "Name"), ("created", "Date created"), ("modified", "Date modified"))
+SORT_FIELDS = (("default", "Path"), ("name", "Name"), ("created", "Date created"), ("modified", "Date modified"),
+               ("size", "Size"))
+THUMB_SIZES = (128, 192, 256, 384, 512, 768)  # card thumbnails are made at the first of these >= the asked size
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                ".gif": "image/gif"}
 
@@ -305,7 +312,7 @@ class LoraPage:
         """Everything a card shows; equal signatures give equal cards (so a rescan reuses unchanged cards)."""
         return (entry.mtime, entry.size, entry.hash, alias, entry.sd_version, entry.algorithm,
                 dict(entry.user_metadata), preview, _mtime(preview), text, _mtime(text),
-                "ssmd_cover_images" in entry.metadata)
+                "ssmd_cover_images" in entry.metadata, entry.civitai, bool(self.registry.candidates(entry.name)))
 
     @staticmethod
     def plain_card(entry: NetworkOnDisk, alias: str) -> dict[str, Any]:
@@ -323,7 +330,7 @@ class LoraPage:
         facts = self._file_facts(entry)
         preview, text = sources or self._sources(entry, listing)
         if alias is None:
-            alias = prompt_name(entry, self.webui.options.get("lora_preferred_name"), self.registry.forbidden_aliases)
+            alias = self.registry.prompt_name(entry, self.webui.options.get("lora_preferred_name"))
         user = entry.user_metadata
         try:
             weight = float(user.get("preferred weight") or 0)
@@ -339,6 +346,9 @@ class LoraPage:
             description = str(user.get("description") or "")
         else:
             description = read_description(text)
+        info = entry.model_info
+        if not description and info is not None:
+            description = card_metadata.html_to_text(info.description_html)
         if len(description) > DESCRIPTION_LIMIT:
             description = description[:DESCRIPTION_LIMIT] + "..."
         return {
@@ -348,7 +358,15 @@ class LoraPage:
             "path": facts["path"],
             "dir": facts["dir"],
             "description": description,
-            "activation": str(user.get("activation text") or ""),
+            "activation": entry.activation_text,
+            "triggers": list(info.trigger_words) if info is not None else [],
+            "model": info.model_name if info is not None else "",
+            "version_name": info.version_name if info is not None else "",
+            "base_model": info.base_model if info is not None else "",
+            "author": info.author if info is not None else "",
+            "url": info.url if info is not None else "",
+            "size": entry.size,
+            "ambiguous": bool(self.registry.candidates(entry.name)),
             "negative": str(user.get("negative text") or ""),
             "weight": weight,
             "sd": entry.effective_sd_version,
@@ -359,13 +377,12 @@ class LoraPage:
             "preview": preview_url,
             "tags": facts["tags"][:CARD_TAGS],
             "search_tags": facts["tags"],
-            "has_metadata": facts["has_metadata"],
+            "has_metadata": facts["has_metadata"] or info is not None,
         }
 
     def _card_entry(self, entry: NetworkOnDisk, listing: DirListing, prefer_filename: bool) -> tuple[dict, str]:
         """(card, its JSON text), reused while the card's signature is unchanged (also across rescans)."""
-        forbidden = self.registry.forbidden_aliases
-        alias = entry.name if prefer_filename or entry.alias.lower() in forbidden else entry.alias
+        alias = self.registry.prompt_name(entry, "Filename" if prefer_filename else "Alias from file")
         sources = self._sources(entry, listing)
         signature = self._signature(entry, alias, *sources)
         cached = self._cards.get(entry.filename)
@@ -433,7 +450,7 @@ class LoraPage:
             "<option value='tree'>Tree</option><option value='dirs'>Dirs</option><option value='none'>Off</option>"
             "</select></label>"
             "<label class='lora-field'>Card size <input type='range' class='lora-card-size' min='110' max='340' "
-            "step='10' value='180'></label>"
+            "step='10' value='160'></label>"
             f"<label class='lora-field'><input type='checkbox' id='{tab}_lora_hide_incompatible' "
             "class='lora-hide-incompatible'> Hide other SD versions</label>"
             f"<span class='lora-count' aria-live='polite'>{count} LoRAs</span>"
@@ -477,7 +494,9 @@ class LoraPage:
     def editor(self, entry: NetworkOnDisk) -> dict[str, Any]:
         """The edit dialog's data."""
         description = DirListing(self.registry.roots).description(entry)
-        return card_metadata.editor_payload(entry, description, self.webui.paths.outputs_dir)
+        with self._lock:
+            preview = self.card(entry)["preview"]
+        return card_metadata.editor_payload(entry, description, preview)
 
     def save(self, entry: NetworkOnDisk, fields: dict[str, Any]) -> dict[str, Any]:
         """Write the sidecar (validated, unknown keys kept, atomic; SidecarNotAllowed when the companion rule refuses
@@ -487,9 +506,10 @@ class LoraPage:
         with self._lock:
             return self.card(entry)
 
-    def replace_preview(self, entry: NetworkOnDisk) -> dict[str, Any]:
-        """Use the newest generated image as the preview; returns the refreshed card."""
-        card_metadata.replace_preview(entry, self.webui.paths.outputs_dir)
+    def replace_preview(self, entry: NetworkOnDisk, image: bytes) -> dict[str, Any]:
+        """Use `image` (the gallery image the user selected) as the preview; returns the refreshed card."""
+        _guard(self, entry.sidecar_path().with_suffix(".png"), entry, "preview")
+        card_metadata.replace_preview(entry, image)
         self.forget_card(entry)
         with self._lock:
             return self.card(entry)
@@ -544,27 +564,35 @@ def mount_routes(app: FastAPI, page: LoraPage) -> None:
         with page._lock:
             return {"card": page.card(entry)}
 
-    def thumb(key: str = Query(...)) -> Response:
+    def thumb(key: str = Query(...), size: int | None = Query(None, ge=16, le=4096)) -> Response:
+        """The preview (or embedded cover image) as a PNG thumbnail at the first of THUMB_SIZES that is at least
+        `size` (default CARD_THUMB_SIZE; cached), so a card gets an image at its own size, never the full-size file."""
         entry = _key_entry(page, key)
         preview = entry.preview_path()
         headers = {"Cache-Control": "public, max-age=604800"}  # the URL carries the file's mtime
         if preview is not None:  # opened by the API's companion-file service: checked, then no link followed
             try:
-                data = open_companion(preview, entry.filename, page.registry.roots, "preview").read()
+                opened = open_companion(preview, entry.filename, page.registry.roots, "preview")
             except CompanionRefused as exc:
                 log.warning("Lora page refused preview %s: outside the Lora folders and not beside the LoRA file",
                             preview)
                 raise HTTPException(status_code=403, detail=str(exc)) from exc
             except CompanionUnreadable as exc:
                 raise HTTPException(status_code=404, detail=str(exc)) from exc
-            version: tuple = ("file", str(preview), _mtime_ns(preview), len(data))
+            cache_key: tuple = (opened.real_path, opened.stat.st_mtime_ns, opened.stat.st_size)
+            data = opened.read()  # closes the descriptor
+            read = lambda: data  # noqa: E731
         else:
             cover = _cover_image(entry)
             if cover is None:
                 raise HTTPException(status_code=404, detail=f"{entry.name} has no preview")
-            data, version = cover[0], ("cover", entry.filename, entry.mtime, entry.size)
-        try:  # always downscaled here, with a pixel cap: the browser never gets a full-size preview as a thumbnail
-            png = page.thumbnails.get_or_make(version, lambda: make_thumbnail(data, CARD_THUMB_SIZE))
+            cache_key = (entry.filename, entry.mtime, entry.size, "cover")
+            read = lambda: cover[0]  # noqa: E731
+        # always downscaled here, with a pixel cap: the browser never gets a full-size preview as a thumbnail
+        wanted = size if size is not None else CARD_THUMB_SIZE
+        bucket = next((s for s in THUMB_SIZES if s >= wanted), THUMB_SIZES[-1])
+        try:
+            png = page.thumbnails.get_or_make((*cache_key, bucket), read, bucket)
         except ValueError as exc:
             raise HTTPException(status_code=422, detail=f"{entry.name}: {exc}") from exc
         return Response(png, media_type="image/png", headers=headers)
@@ -598,10 +626,18 @@ def mount_routes(app: FastAPI, page: LoraPage) -> None:
 
     def replace_preview(payload: dict[str, Any] = Body(...)) -> dict[str, Any]:
         entry = _key_entry(page, str(payload.get("key", "")))
+        image = payload.get("image")
+        if not isinstance(image, str) or not image:
+            raise HTTPException(status_code=422, detail="select an image in the gallery first (image: a base64 "
+                                                        "PNG/JPEG/WebP, optionally a data: URL)")
         try:
-            return {"card": page.replace_preview(entry)}
-        except FileNotFoundError as exc:
-            raise HTTPException(status_code=404, detail=str(exc)) from exc
+            data = base64.b64decode(image.split(",", 1)[1] if image.startswith("data:") else image, validate=True)
+        except (ValueError, binascii.Error) as exc:
+            raise HTTPException(status_code=422, detail=f"image is not base64: {exc}") from exc
+        try:
+            return {"card": page.replace_preview(entry, data)}
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
         except OSError as exc:
             raise HTTPException(status_code=500, detail=f"cannot write the preview: {exc}") from exc
 
