@@ -18,7 +18,9 @@ Unused tensors of a single file (EMA weights, schedule buffers...) are kept for 
 (`key_map_special["extra"]`); those over 1 MiB in a `.safetensors` file are not held in memory but listed in
 `key_map_special["extra_in_source"]` and re-read from `key_map_special["source"]` when written.
 Pristine weights: a model loaded from `.safetensors` (single file or diffusers folder) keeps its files memory-mapped
-(`LoadedModel.pristine`, `modules.pristine_weights`) so the LoRA patcher can restore layers from them without copies.
+(`LoadedModel.pristine`, `modules.pristine_weights`) so the LoRA patcher can restore layers from them without copies;
+the load also records that each parameter equals its file tensor (`PristineWeights.mark_loaded`), so a LoRA's first
+apply reads nothing back.
 Hash: `CheckpointInfo.sha256` is the whole-file SHA-256 (A1111's checkpoint hash, Civitai's AutoV2) cached in
 cache.json; it is computed when a checkpoint is loaded (listing only reuses cached values), and never for folders.
 """
@@ -160,8 +162,18 @@ def effective_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+def _owning(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or a copy when it is a view into a larger tensor (OpenCLIP's q/k/v are chunks of one file tensor):
+    views share torch's version counter, so a write to q would look like a write to k and v to
+    `PristineWeights.identical`, and the three would keep the whole file tensor alive."""
+    if tensor.device.type != "meta" and tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
+
+
 def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, path: Path) -> None:
-    missing, unexpected = module.load_state_dict(dict(state), strict=False, assign=True)
+    state = {key: _owning(tensor) for key, tensor in state.items()}
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ModelLoadError(f"{path}: {what} weights do not fit the model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -221,6 +233,8 @@ def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dt
         flat_shapes = {f"{part}.{k}": shape for part, part_shapes in shapes.items() for k, shape in part_shapes.items()}
         pristine = _map_pristine(lambda: pristine_weights.for_single_file(
             path, key_map, special["transforms"], flat_shapes))
+        if pristine is not None:  # every parameter is its file tensor, transformed and cast the way a view is
+            pristine.mark_loaded(parts)
     return LoadedModel(
         family=family, unet=built["unet"], vae=built["vae"], text_encoders=built["text_encoders"],
         tokenizers=tokenizers_for(config), prediction_type=prediction,
@@ -296,11 +310,14 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
     parts = {"unet": (path / "unet", unet), "vae": (path / "vae", vae)}
     parts.update({f"text_encoders.{i}": (path / folder, module)
                   for i, (folder, module) in enumerate(zip(encoder_dirs, encoders))})
+    pristine = _map_pristine(lambda: pristine_weights.for_diffusers_folder(parts))
+    if pristine is not None:  # from_pretrained chose the files: compared once here, while they are in the page cache
+        pristine.mark_loaded({prefix: module for prefix, (_, module) in parts.items()}, compare=True)
     return LoadedModel(
         family=family, unet=unet, vae=vae, text_encoders=encoders, tokenizers=tokenizers, prediction_type=prediction,
         scheduler_config=checkpoint_convert.scheduler_config(family, prediction), checkpoint=info, device=device,
         dtype=target, ldm_unet_names=checkpoint_convert.unet_ldm_module_map_for(unet),
-        pristine=_map_pristine(lambda: pristine_weights.for_diffusers_folder(parts)))
+        pristine=pristine)
 
 
 def load_checkpoint(info: CheckpointInfo, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:

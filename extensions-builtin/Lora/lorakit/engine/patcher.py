@@ -4,9 +4,12 @@ No monkey-patching: weights are merged eagerly into the modules' own parameters 
 A layer is always rebuilt from its pristine weight W0 (a bitwise copy, never by subtracting a delta), and W0 comes from
 one of two places, chosen on the layer's first use:
 * the checkpoint file itself, memory-mapped (`modules.pristine_weights`), when the model was loaded from
-  `.safetensors` and the file's tensor equals the weight bit for bit: no copy is held at all;
+  `.safetensors` and the file's tensor equals the weight bit for bit: no copy is held at all. The loader established
+  that identity (and max|W0|) while it read the file, so the first use reads nothing but a 64-value sample
+  (`PristineWeights.identical`); only a weight written since the load costs a full comparison;
 * otherwise a backup copy in the weight's dtype on the CPU, dropped when no network wants the layer any more.
-Untouched layers never have a backup. Biases (tiny) are always copied.
+Untouched layers never have a backup. Biases (tiny) are always copied. First apply therefore costs the deltas alone
+(the layer holds W0 already), a switch one copy of W0 from the file more.
 
 Deltas are computed in `tensor_math.compute_dtype` (float32; float64 weights in float64; bfloat16/float32 stay as
 they are on CUDA) on the weight's device, the same dtype the strategies compute in. float32 weights
@@ -76,11 +79,13 @@ class LayerPatchError(LoraError):
 
 @dataclass
 class PatchStats:
-    """What one `apply` did: layers rewritten (patched or restored), bytes written into weights, wall time."""
+    """What one `apply` did: layers rewritten (patched or restored), bytes written into weights, full reads of a
+    pristine weight (a copy of W0 into the layer, or a full comparison of the weight with its file tensor), wall time."""
 
     layers_touched: int = 0
     layers_restored: int = 0
     bytes_written: int = 0
+    pristine_reads: int = 0
     seconds: float = 0.0
     touched: list[str] = field(default_factory=list)
 
@@ -112,6 +117,7 @@ class Patcher:
         self.layers: dict[str, _LayerState] = {}
         self.last_stats = PatchStats()
         self.total_layers_touched = 0
+        self.pristine_reads = 0  # full reads of W0 so far (see PatchStats.pristine_reads)
 
     @property
     def backup_bytes(self) -> int:
@@ -142,6 +148,7 @@ class Patcher:
         layers rewritten before stay consistent.
         """
         start = time.perf_counter()
+        reads = self.pristine_reads
         stats = PatchStats()
         self.last_stats = stats
         names = list(dict.fromkeys(list(self.layers) + list(wanted)))
@@ -157,22 +164,34 @@ class Patcher:
             stats.bytes_written += written
             stats.touched.append(name)
         stats.seconds = time.perf_counter() - start
+        stats.pristine_reads = self.pristine_reads - reads
         self.total_layers_touched += stats.layers_touched
         return stats
 
     def _new_state(self, name: str, target: TargetLayer) -> _LayerState:
-        """First use of a layer: W0 from the checkpoint file when it is bitwise the weight, else a CPU copy."""
+        """First use of a layer: W0 from the checkpoint file when it is bitwise the weight, else a CPU copy.
+
+        The identity recorded at load answers without reading the weight; otherwise one full comparison decides."""
         module = target.module
         weight = module.weight.detach()
-        view = self.pristine.view(f"{name}.weight") if self.pristine is not None else None
-        from_file = view is not None and torch.equal(weight, view.to(weight.device, weight.dtype))
+        param = f"{name}.weight"
+        amax = self.pristine.identical(param, weight) if self.pristine is not None else None
+        from_file = amax is not None
+        if not from_file and self.pristine is not None:
+            view = self.pristine.view(param)
+            self.pristine_reads += view is not None
+            from_file = view is not None and torch.equal(weight, view.to(weight.device, weight.dtype))
+        if amax is None:
+            amax = max_abs(weight)
+        if from_file:
+            self.pristine.forget_identity(param)  # the weight is about to change
         bias = getattr(module, "bias", None)
         return _LayerState(
             target=target,
             weight_backup=None if from_file else weight.to("cpu", copy=True),
             bias_backup=None if bias is None else bias.detach().to("cpu", copy=True),
             bias_was_none=bias is None,
-            pristine_amax=max_abs(weight),
+            pristine_amax=amax,
         )
 
     def pristine_weight(self, name: str) -> torch.Tensor:
@@ -180,7 +199,8 @@ class Patcher:
         return self._pristine_weight(name, self.layers[name])
 
     def _pristine_weight(self, name: str, state: _LayerState) -> torch.Tensor:
-        """W0 of a layer: its backup copy, or a view of the checkpoint file."""
+        """W0 of a layer: its backup copy, or a view of the checkpoint file (counted as a read of W0)."""
+        self.pristine_reads += 1
         if state.weight_backup is not None:
             return state.weight_backup
         view = self.pristine.view(f"{name}.weight") if self.pristine is not None else None
@@ -285,6 +305,8 @@ class Patcher:
     def _restore(self, name: str, state: _LayerState) -> int:
         module = state.target.module
         module.weight.copy_(self._pristine_weight(name, state))
+        if state.weight_backup is None and self.pristine is not None:  # bitwise the file again, by this very copy
+            self.pristine.mark_identical(f"{name}.weight", module.weight.detach(), state.pristine_amax)
         written = module.weight.numel() * module.weight.element_size()
         if state.bias_was_none:
             if getattr(module, "bias", None) is not None:
