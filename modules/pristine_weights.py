@@ -113,7 +113,7 @@ def _sample(tensor: torch.Tensor, count: int = SAMPLE_ELEMENTS) -> torch.Tensor:
     flat = tensor.reshape(-1)
     if flat.numel() <= count:
         return flat.to("cpu", copy=True)
-    index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+    index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // (count - 1)
     return flat[index].to("cpu")
 
 

@@ -40,7 +40,7 @@ import torch
 
 from modules import checkpoint_convert, hashes, model_configs, pristine_weights
 from modules.cache import DiskCache
-from modules.safetensors_header import SafetensorsHeaderError, read_header
+from modules.safetensors_header import SafetensorsHeaderError, SafetensorsReader, read_header
 from modules.sd_model_types import CheckpointInfo, LoadedModel
 from modules.tokenizer import SDClipTokenizer, tokenizers_for
 
@@ -71,39 +71,24 @@ ALIGNMENT = 64
 LAZY_EXTRA_BYTES = 1 << 20
 
 
-def _aligned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Copy tensors whose data is not 64-byte aligned (safetensors' `load_file` places them at arbitrary offsets).
-
-    CPU kernels pick different vectorised paths for unaligned data, so an unaligned copy of the same weights gives
-    outputs that differ in the last bits from an aligned one (measured: 1e-6 on a tiny UNet). Copying one tensor
-    at a time keeps the extra memory to the largest tensor.
-    """
-    for key in list(state):
-        if state[key].data_ptr() % ALIGNMENT:
-            state[key] = state[key].clone()
-    return state
-
-
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict, safetensors metadata) of a single-file checkpoint, on CPU in the file's dtypes.
 
-    `.safetensors`: framing checked first, so a truncated download is reported as such; tensors are 64-byte
-    aligned (copied when the reader left them unaligned). `.ckpt`: `torch.load`
+    `.safetensors`: framing checked first, so a truncated download is reported as such; each tensor is read into
+    fresh 64-byte aligned memory (`SafetensorsReader`). `.ckpt`: `torch.load`
     with `weights_only=True` (no code execution); a top-level `state_dict` entry is unwrapped.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: checkpoint file not found")
     if path.suffix.lower() == ".safetensors":
-        header = _check_safetensors_header(path)
-        from safetensors.torch import load_file  # noqa: PLC0415
-
+        # Plain reads into tensors of our own (aligned), not a memory map: the load's resident memory is the weights
+        # alone, not the weights plus every page of the file the reader touched.
         try:
-            state = load_file(str(path), device="cpu")
-        except Exception as exc:  # safetensors raises its own SafetensorError
+            with SafetensorsReader(path) as reader:
+                return reader.read_all(), reader.metadata
+        except SafetensorsHeaderError as exc:
             raise ModelLoadError(f"{path}: truncated or not a safetensors file ({exc})") from exc
-        metadata = header.get("__metadata__") or {}
-        return _aligned(state), {str(k): str(v) for k, v in metadata.items()}
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -189,7 +174,9 @@ def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: st
 def _finish(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     # nn.Module.to, not diffusers' override, which warns about casting instead of from_pretrained(torch_dtype=...).
     torch.nn.Module.to(module, device=device, dtype=dtype)
-    for param in module.parameters():  # see _aligned: same weights, same bits out, whatever the file format
+    # CPU kernels pick different vectorised paths for data that is not 64-byte aligned, so an unaligned copy of the
+    # same weights gives outputs that differ in the last bits (measured: 1e-6 on a tiny UNet): copy those.
+    for param in module.parameters():
         if param.device.type == "cpu" and param.data_ptr() % ALIGNMENT:
             param.data = param.data.clone()
     module.eval()
@@ -197,10 +184,9 @@ def _finish(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -
     return module
 
 
-def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Load an A1111/LDM single-file checkpoint (see the module docstring)."""
-    path = Path(info.path)
-    state, metadata = read_state_dict(path)
+def _convert_single_file(state: Mapping[str, torch.Tensor], path: Path) -> tuple[Any, ...]:
+    """Family, config, the components built on the meta device, their parameter shapes, and `ldm_to_diffusers`'
+    (components, key_map, special) of a single file's state dict (real or meta tensors)."""
     try:
         family = checkpoint_convert.detect_family(state.keys())
         config = model_configs.infer_family_config(checkpoint_convert.canonical_view(state), family)
@@ -211,6 +197,39 @@ def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dt
         components, key_map, special = checkpoint_convert.ldm_to_diffusers(state, family, config, shapes)
     except (ValueError, KeyError) as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
+    return family, config, built, parts, shapes, components, key_map, special
+
+
+def load_layout(info: CheckpointInfo) -> LoadedModel:
+    """The model of a `.safetensors` single file or a diffusers folder with every parameter on the meta device:
+    module names, shapes, key map and family, no weights (nothing is read but headers and configs). Tools that
+    stream a checkpoint tensor by tensor (the merge tool) resolve LoRA keys against it. Raises ModelLoadError."""
+    path = Path(info.path)
+    if info.format == "diffusers":
+        return load_diffusers_folder(info, torch.device("meta"), torch.float32)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"{path}: only .safetensors checkpoints can be read without loading their weights")
+    header = _check_safetensors_header(path)
+    dtypes = pristine_weights.TORCH_DTYPES
+    state = {key: torch.empty(entry["shape"], dtype=dtypes.get(entry["dtype"], torch.uint8), device="meta")
+             for key, entry in header.items() if key != "__metadata__"}
+    family, config, built, _, _, _, key_map, special = _convert_single_file(state, path)
+    metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    special.update(source=str(path), metadata=metadata, extra={}, extra_in_source=list(special["extra"]))
+    prediction = sidecar_prediction_type(path) or metadata_prediction_type(metadata) or "epsilon"
+    return LoadedModel(
+        family=family, unet=built["unet"], vae=built["vae"], text_encoders=built["text_encoders"],
+        tokenizers=tokenizers_for(config), prediction_type=prediction,
+        scheduler_config=checkpoint_convert.scheduler_config(family, prediction), checkpoint=info,
+        device=torch.device("meta"), dtype=torch.float32, key_map=key_map, key_map_special=special,
+        ldm_unet_names=checkpoint_convert.unet_ldm_module_map_for(built["unet"]), pristine=None)
+
+
+def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load an A1111/LDM single-file checkpoint (see the module docstring)."""
+    path = Path(info.path)
+    state, metadata = read_state_dict(path)
+    family, config, built, parts, shapes, components, key_map, special = _convert_single_file(state, path)
     del state
     target = effective_dtype(device, dtype)
     for name, module in parts.items():
@@ -279,20 +298,33 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
             raise ModelLoadError(f"{path}: diffusers folder has no {needed}/config.json")
     if not encoder_dirs:
         raise ModelLoadError(f"{path}: diffusers folder has no text_encoder/config.json")
+    layout = device.type == "meta"  # load_layout: modules built from their configs, no weights read
+
+    def component(cls: Any, folder: Path) -> Any:
+        if not layout:
+            return cls.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            if hasattr(cls, "from_config"):  # diffusers models
+                return cls.from_config(cls.load_config(folder, local_files_only=True))
+            return cls(cls.config_class.from_pretrained(folder, local_files_only=True))
+
     try:
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
+        unet = component(UNet2DConditionModel, path / "unet")
+        vae = component(AutoencoderKL, path / "vae")
         encoders = []
         for folder in encoder_dirs:
             cfg = _read_json(path / folder / "config.json")
             default = "CLIPTextModelWithProjection" if folder == "text_encoder_2" else "CLIPTextModel"
             declared = index.get(folder, [None, None])[1] or (cfg.get("architectures") or [default])[0]
             cls = model_configs.text_encoder_class(declared)
-            encoders.append(cls.from_pretrained(path / folder, local_files_only=True))
+            encoders.append(component(cls, path / folder))
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{path}: cannot load diffusers folder ({type(exc).__name__}: {exc})") from exc
     for module in (unet, vae, *encoders):
-        _finish(module, device, target)
+        if layout:
+            module.eval().requires_grad_(False)
+        else:
+            _finish(module, device, target)
     if len(encoders) == 2:
         family = "SDXL"
     else:
@@ -310,7 +342,7 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
     parts = {"unet": (path / "unet", unet), "vae": (path / "vae", vae)}
     parts.update({f"text_encoders.{i}": (path / folder, module)
                   for i, (folder, module) in enumerate(zip(encoder_dirs, encoders))})
-    pristine = _map_pristine(lambda: pristine_weights.for_diffusers_folder(parts))
+    pristine = None if layout else _map_pristine(lambda: pristine_weights.for_diffusers_folder(parts))
     if pristine is not None:  # from_pretrained chose the files: compared once here, while they are in the page cache
         pristine.mark_loaded({prefix: module for prefix, (_, module) in parts.items()}, compare=True)
     return LoadedModel(

@@ -235,25 +235,13 @@ class Patcher:
             source = weight.detach() if holds_pristine else self._pristine_weight(name, state)
             new_weight = source.to(weight.device, dtype=dtype, copy=True)
         new_bias = None if state.bias_backup is None else state.bias_backup.to(weight.device, dtype=dtype, copy=True)
-        failure: LayerPatchError | None = None
-        bound = state.pristine_amax
-        for contribution in contributions:
-            try:
-                new_bias, delta_bound = self._add_contribution(new_weight, new_bias, contribution)
-            except Exception as exc:  # one network's failure must name it
-                failure = LayerPatchError(contribution.network, name, exc)
-                failure.__cause__ = exc
-                break
-            bound += delta_bound
-            if not self._finite(new_weight, new_bias, bound, weight.dtype):  # blame the one that overflowed
-                failure = LayerPatchError(contribution.network, name,
-                                          ValueError("the merged weight has NaN or Inf values"))
-                break
-        if failure is not None:
+        try:
+            new_bias = add_contributions(name, new_weight, new_bias, contributions, state.pristine_amax, weight.dtype)
+        except LayerPatchError:
             # Back to pristine without running any network's code again; the engine drops the failing network and
             # applies the others afresh.
             self._restore(name, state)
-            raise failure
+            raise
         if not in_place:
             weight.copy_(new_weight)
         written = weight.numel() * weight.element_size()
@@ -265,42 +253,6 @@ class Patcher:
             written += new_bias.numel() * weight.element_size()
         state.applied = contributions
         return written
-
-    @staticmethod
-    def _finite(weight: torch.Tensor, bias: torch.Tensor | None, bound: float, dtype: torch.dtype) -> bool:
-        """True when the merged weight (and bias) are finite and fit `dtype`: by the bound when it proves it, else by
-        one reduction over the weight. NaN anywhere makes every comparison false."""
-        largest = torch.finfo(dtype).max
-        if bias is not None and not max_abs(bias) <= largest:
-            return False
-        if bound < largest / 2:
-            return True
-        return max_abs(weight) <= largest
-
-    @staticmethod
-    def _add_contribution(weight: torch.Tensor, bias: torch.Tensor | None,
-                          c: Contribution) -> tuple[torch.Tensor | None, float]:
-        """Add one contribution onto the working copies; returns the (possibly new) bias and a bound on max|delta|
-        (inf when the delta is not low-rank: the caller then checks the merged weight itself)."""
-        factors = c.module.low_rank(c.multiplier, c.dyn_dim)
-        if factors is not None:
-            up, down = factors
-            up = up.to(weight.device, weight.dtype)
-            down = down.to(weight.device, weight.dtype)
-            flat = weight.view(weight.shape[0], -1)
-            flat.addmm_(up, down)
-            bound = max_abs(up) * max_abs(down) * up.shape[1]
-            delta_bias = None
-        else:
-            delta = c.module.calc_delta(weight, c.multiplier, c.dyn_dim, bias)
-            if delta.weight is not None:
-                weight.add_(delta.weight.to(weight.device, weight.dtype).reshape(weight.shape))
-            delta_bias = delta.bias
-            bound = math.inf
-        if delta_bias is not None:
-            delta_bias = delta_bias.to(weight.device, weight.dtype).reshape(-1)
-            bias = delta_bias.clone() if bias is None else bias + delta_bias
-        return bias, bound
 
     def _restore(self, name: str, state: _LayerState) -> int:
         module = state.target.module
@@ -316,3 +268,60 @@ class Patcher:
             written += module.bias.numel() * module.bias.element_size()
         del self.layers[name]
         return written
+
+
+@torch.no_grad()
+def add_contributions(name: str, weight: torch.Tensor, bias: torch.Tensor | None,
+                      contributions: tuple[Contribution, ...], pristine_amax: float,
+                      target_dtype: torch.dtype) -> torch.Tensor | None:
+    """Add `contributions` in order onto a working weight (in its compute dtype, modified in place) and bias; return
+    the (possibly new) bias. The result must fit `target_dtype` (the dtype it is stored in): a NaN, Inf or overflow
+    raises LayerPatchError naming the contribution that caused it, as does any error of a network's own code.
+    `pristine_amax` = max|W0| starts the overflow bound (see the module docstring). The patcher and the merge tool
+    (which streams a checkpoint through it tensor by tensor) share this one definition of a merged layer."""
+    bound = pristine_amax
+    for contribution in contributions:
+        try:
+            bias, delta_bound = _add_contribution(weight, bias, contribution)
+        except Exception as exc:  # one network's failure must name it
+            raise LayerPatchError(contribution.network, name, exc) from exc
+        bound += delta_bound
+        if not _finite(weight, bias, bound, target_dtype):  # blame the one that overflowed
+            raise LayerPatchError(contribution.network, name, ValueError("the merged weight has NaN or Inf values"))
+    return bias
+
+
+def _finite(weight: torch.Tensor, bias: torch.Tensor | None, bound: float, dtype: torch.dtype) -> bool:
+    """True when the merged weight (and bias) are finite and fit `dtype`: by the bound when it proves it, else by
+    one reduction over the weight. NaN anywhere makes every comparison false."""
+    largest = torch.finfo(dtype).max
+    if bias is not None and not max_abs(bias) <= largest:
+        return False
+    if bound < largest / 2:
+        return True
+    return max_abs(weight) <= largest
+
+
+def _add_contribution(weight: torch.Tensor, bias: torch.Tensor | None,
+                      c: Contribution) -> tuple[torch.Tensor | None, float]:
+    """Add one contribution onto the working copies; returns the (possibly new) bias and a bound on max|delta|
+    (inf when the delta is not low-rank: the caller then checks the merged weight itself)."""
+    factors = c.module.low_rank(c.multiplier, c.dyn_dim)
+    if factors is not None:
+        up, down = factors
+        up = up.to(weight.device, weight.dtype)
+        down = down.to(weight.device, weight.dtype)
+        flat = weight.view(weight.shape[0], -1)
+        flat.addmm_(up, down)
+        bound = max_abs(up) * max_abs(down) * up.shape[1]
+        delta_bias = None
+    else:
+        delta = c.module.calc_delta(weight, c.multiplier, c.dyn_dim, bias)
+        if delta.weight is not None:
+            weight.add_(delta.weight.to(weight.device, weight.dtype).reshape(weight.shape))
+        delta_bias = delta.bias
+        bound = math.inf
+    if delta_bias is not None:
+        delta_bias = delta_bias.to(weight.device, weight.dtype).reshape(-1)
+        bias = delta_bias.clone() if bias is None else bias + delta_bias
+    return bias, bound
