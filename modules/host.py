@@ -21,6 +21,7 @@ from modules.extra_networks import ExtraNetworkRegistry
 from modules.options import Options
 from modules.paths import Paths
 from modules.script_callbacks import Callbacks
+from modules.startup_timer import StartupTimer
 from modules.state import JobState
 from modules.textual_inversion import EmbeddingDatabase
 
@@ -80,10 +81,14 @@ class WebUI:
     extra_network_pages: list[Any] = field(default_factory=list)
     before_ui_ran: bool = False  # the `before_ui` callbacks ran (once per WebUI, before the first app is built)
     gradio_blocks: Any = None  # the Gradio Blocks of the UI, once built
+    startup: StartupTimer = field(default_factory=StartupTimer)  # phases of the start-up (`modules.startup_timer`)
 
     @classmethod
-    def create(cls, argv: Sequence[str] | None = None, load_extensions_now: bool = True) -> WebUI:
-        """Parse flags, prepare folders, register host options, load extensions and the model manager."""
+    def create(cls, argv: Sequence[str] | None = None, load_extensions_now: bool = True,
+               startup: StartupTimer | None = None) -> WebUI:
+        """Parse flags, prepare folders, register host options, load extensions and the model manager.
+        `startup`: the server's start-up timer (phases are booked on it), else a new one."""
+        startup = startup or StartupTimer()
         args = cmd_args.parse_args(argv)
         paths = Paths.from_args(args)
         paths.ensure()
@@ -95,6 +100,7 @@ class WebUI:
             callbacks=Callbacks(),
             extra_networks=ExtraNetworkRegistry(),
             state=JobState(),
+            startup=startup,
         )
         from modules import sd_models, shared_options  # noqa: PLC0415 - host parts that need the object
 
@@ -109,10 +115,13 @@ class WebUI:
             dtype=default_dtype(device, args.precision),
             hashing=not args.no_hashing,
         )
+        startup.record("settings")
         if not args.no_embedded_default:
             from modules import embedded_default  # noqa: PLC0415
 
-            embedded_default.ensure_embedded_default(paths)
+            with startup.phase("embedded default"):
+                embedded_default.ensure_embedded_default(paths)
         if load_extensions_now:
-            webui.extensions = load_extensions(webui, include_user=not args.disable_extensions)
+            with startup.phase("extensions", "loading extensions"):
+                webui.extensions = load_extensions(webui, include_user=not args.disable_extensions)
         return webui

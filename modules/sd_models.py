@@ -42,7 +42,6 @@ from modules import checkpoint_convert, hashes, model_configs, pristine_weights
 from modules.cache import DiskCache
 from modules.safetensors_header import SafetensorsHeaderError, SafetensorsReader, read_header
 from modules.sd_model_types import CheckpointInfo, LoadedModel
-from modules.tokenizer import SDClipTokenizer, tokenizers_for
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +212,8 @@ def load_layout(info: CheckpointInfo) -> LoadedModel:
     dtypes = pristine_weights.TORCH_DTYPES
     state = {key: torch.empty(entry["shape"], dtype=dtypes.get(entry["dtype"], torch.uint8), device="meta")
              for key, entry in header.items() if key != "__metadata__"}
+    from modules.tokenizer import tokenizers_for  # noqa: PLC0415 - transformers: imported when a model loads
+
     family, config, built, _, _, _, key_map, special = _convert_single_file(state, path)
     metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
     special.update(source=str(path), metadata=metadata, extra={}, extra_in_source=list(special["extra"]))
@@ -227,6 +228,8 @@ def load_layout(info: CheckpointInfo) -> LoadedModel:
 
 def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load an A1111/LDM single-file checkpoint (see the module docstring)."""
+    from modules.tokenizer import tokenizers_for  # noqa: PLC0415 - transformers: imported when a model loads
+
     path = Path(info.path)
     state, metadata = read_state_dict(path)
     family, config, built, parts, shapes, components, key_map, special = _convert_single_file(state, path)
@@ -288,6 +291,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load a diffusers folder offline: `unet/`, `vae/`, `text_encoder/`, `text_encoder_2/` (SDXL), tokenizers."""
     from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: PLC0415
+
+    from modules.tokenizer import SDClipTokenizer, tokenizers_for  # noqa: PLC0415
 
     path = Path(info.path)
     target = effective_dtype(device, dtype)
