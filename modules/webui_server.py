@@ -326,7 +326,10 @@ def serve(argv: Sequence[str] | None, startup: StartupTimer | None = None) -> in
                                            access_log=False, timeout_graceful_shutdown=5))
     threading.Thread(target=_announce_then_load, args=(server, webui, host, startup), name="startup-model",
                      daemon=True).start()
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its clean shutdown (uvicorn.run swallows it too)
+        pass
     return 0
 
 
