@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LoRAs: two kohya LoCon rank {args.rank}, {len(flops)} layers each, {lora_mb:.0f} MB per file")
     print(f"Tool: {summary.split(': ', 1)[-1]}")
     print(f"Kernel: peak resident memory of the merge process {usage.ru_maxrss / (1 << 20):.2f} GiB "
-          f"(ru_maxrss), wall time {wall:.1f} s")
+          f"(ru_maxrss), wall time {wall:.1f} s, CPU time {usage.ru_utime + usage.ru_stime:.1f} s (the rest is waiting "
+          f"for the disk), {usage.ru_inblock * 512 / GIB:.2f} GiB read from disk")
     return 0
 
 
