@@ -311,7 +311,7 @@ def test_launch_serves_ui_and_generates_on_localhost_only(launched):
     assert "starting the WebUI" in console[0] and ".tmp" not in console[0]
     assert any("scanning LoRA folders" in line for line in console)
     serving = next(line for line in console if "serving on http://127.0.0.1:" in line)
-    assert re.search(r"startup [\d.]+ s: imports [\d.]+ s, .*extensions [\d.]+ s \(LoRA scan, 10 files [\d.]+ s\), "
+    assert re.search(r"startup [\d.]+ s \(CPU [\d.]+ s\): imports [\d.]+ s, .*extensions [\d.]+ s \(LoRA scan, 10 files [\d.]+ s\), "
                      r"UI build [\d.]+ s", serving), serving
     assert any(re.search(r"model tiny-sd1-demo\.safetensors loaded in [\d.]+ s; ready to generate [\d.]+ s after "
                          r"launch", line) for line in console), console[-5:]
