@@ -47,9 +47,13 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
-    from modules.webui_server import serve  # noqa: PLC0415 - imported where it is needed
+    from modules.startup_timer import StartupTimer  # noqa: PLC0415 - imported where it is needed
 
-    return serve(server_argv(argv))
+    startup = StartupTimer()  # first thing, so that the imports below count
+    logging.getLogger("startup").info("starting the WebUI: importing the server (torch, diffusers, FastAPI)")
+    from modules.webui_server import serve  # noqa: PLC0415
+
+    return serve(server_argv(argv), startup)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ EXTENSION_IMPORTS.offer(ROOT / "extensions-builtin" / "Lora")
 
 from safetensors.torch import save_file  # noqa: E402
 
+from bench.checkpoints import DEFAULT_FOLDER, diffusers_folder, random_checkpoint  # noqa: E402
 from lorakit.engine.engine import LoraEngine, NetworkRequest  # noqa: E402
 from lorakit.engine.patcher import Patcher, compute_dtype  # noqa: E402
 from lorakit.library.registry import NetworkRegistry  # noqa: E402
@@ -85,6 +86,12 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def memory_split() -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes of this process: RssAnon (private memory: tensors, heap) and
+    RssFile + RssShmem (pages of mapped files, e.g. the memory-mapped checkpoint, held in the shared page cache)."""
+    return rss_bytes("RssAnon"), rss_bytes("RssFile") + rss_bytes("RssShmem")
 
 
 def rss_bytes(field_name: str = "VmRSS") -> int:
@@ -162,10 +169,17 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
                 buffer.copy_(torch.arange(buffer.shape[-1], device=buffer.device).expand_as(buffer))
 
 
-def build_model(family: str, quick: bool, device: torch.device, dtype: torch.dtype, folder: Path) -> LoadedModel:
-    """A full-size (or, with `quick`, tiny) model of `family` with random weights, written as an A1111 single-file
-    checkpoint (`folder/model.safetensors`, in `dtype`) and loaded from it on `device` the way the WebUI loads one,
-    so the engine can read pristine weights back from the memory-mapped file."""
+def build_model(family: str, quick: bool, device: torch.device, dtype: torch.dtype, folder: Path,
+                models: Path, fmt: str = "single-file") -> LoadedModel:
+    """A full-size (or, with `quick`, tiny) model of `family` with random weights, loaded on `device` the way the
+    WebUI loads one (so the engine reads pristine weights back from the memory-mapped file). Full size: the
+    checkpoint in `dtype` under `models` (`bench.checkpoints`: written tensor by tensor once, then reused), as a
+    single file or (`fmt="diffusers"`) a diffusers folder made from it. Quick: a tiny single file in `folder`."""
+    if not quick:
+        path = random_checkpoint(models, family, dtype)
+        if fmt == "diffusers":
+            path = diffusers_folder(path, "cpu", dtype)
+        return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), device, dtype)
     config = family_config(family, tiny=quick)
     built = build_components(config, empty=True)
     parts = [built["unet"], built["vae"], *built["text_encoders"]]
@@ -262,6 +276,7 @@ class Row:
     layers: int | None = None
     notes: str = ""
     kernels: float | None = None  # the same copies and products as bare torch calls on scratch tensors
+    memory: tuple[int, int, int, int] | None = None  # anonymous after, its change, file-backed after, its change
 
 
 @dataclass
@@ -367,7 +382,9 @@ def engine_rows(model: LoadedModel, machine: Machine, folder: Path, algo: str, f
     facts: dict[str, Any] = {}
 
     def step(label: str, requests: list[NetworkRequest], notes: str = "", load_row: str | None = None) -> Any:
+        anon0, file0 = memory_split()
         wall, report = timed(lambda: engine.activate(requests), device)
+        anon1, file1 = memory_split()
         if report.errors:
             raise RuntimeError(f"{label}: {report.errors}")
         stats = report.stats
@@ -378,12 +395,18 @@ def engine_rows(model: LoadedModel, machine: Machine, folder: Path, algo: str, f
         else:
             nbytes = 2 * layer_bytes(model, stats.touched)
             work = sum(flops[n] * len(engine.patcher.applied(n)) for n in stats.touched)
-            extra = f"backup {engine.patcher.backup_bytes / GIB:.2f} GiB; {notes}".rstrip("; ")
+            extra = (f"backup {engine.patcher.backup_bytes / GIB:.2f} GiB; W0 read in full for "
+                     f"{stats.pristine_reads} layers; {notes}").rstrip("; ")
             bare = None
             if kernels is not None and stats.layers_touched:
-                bare = sum(kernels[n][0] + kernels[n][1] * len(engine.patcher.applied(n)) for n in stats.touched)
+                # The bare work: one copy of W0 where the patcher read it (not on a first apply: the layer holds W0),
+                # one rank-r addmm per contribution.
+                copies = stats.pristine_reads > 0
+                bare = sum(kernels[n][0] * copies + kernels[n][1] * len(engine.patcher.applied(n))
+                           for n in stats.touched)
             rows[label] = Row(label, stats.seconds, (nbytes, work) if stats.layers_touched else None,
-                              layers=stats.layers_touched, notes=extra, kernels=bare)
+                              layers=stats.layers_touched, notes=extra, kernels=bare,
+                              memory=(anon1, anon1 - anon0, file1, file1 - file0))
         log.info("%s: %.3f s (%d layers)", label, stats.seconds, stats.layers_touched)
         return report
 
@@ -475,14 +498,20 @@ def ratio(value: float, reference: float | None) -> str:
 def print_table(title: str, rows: list[Row], machine: Machine) -> None:
     """The Markdown table of `rows`; floors from `machine`'s measured rates."""
     print(f"\n### {title}\n")
-    print("| operation | seconds | x floor | x kernels | x diffusers | layers touched | notes |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("| operation | seconds | x floor | x kernels | x diffusers | layers touched | anon MiB (change) "
+          "| file-backed MiB (change) | notes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
         floor = machine.floor(*row.work) if row.work else None
         notes = "; ".join(x for x in (f"floor {floor:.3f} s" if floor is not None else "",
                                       f"kernels {row.kernels:.3f} s" if row.kernels is not None else "", row.notes) if x)
+        anon = file = "—"
+        if row.memory is not None:
+            anon = f"{row.memory[0] / 2**20:.0f} ({row.memory[1] / 2**20:+.0f})"
+            file = f"{row.memory[2] / 2**20:.0f} ({row.memory[3] / 2**20:+.0f})"
         print(f"| {row.operation} | {fmt(row.seconds)} | {ratio(row.seconds, floor)} | {ratio(row.seconds, row.kernels)} | "
-              f"{ratio(row.seconds, row.diffusers)} | {'—' if row.layers is None else row.layers} | {notes} |")
+              f"{ratio(row.seconds, row.diffusers)} | {'—' if row.layers is None else row.layers} | {anon} | {file} "
+              f"| {notes} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -504,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(backup copies in RAM), or both (default file,copies; the last one also runs the "
                              "generation and diffusers rows)")
     parser.add_argument("--keep", type=Path, default=None, help="write the LoRA files here and keep them")
+    parser.add_argument("--models", type=Path, default=DEFAULT_FOLDER,
+                        help="where full-size random checkpoints are written once and reused (default %(default)s)")
+    parser.add_argument("--format", choices=("single-file", "diffusers"), default="single-file",
+                        help="load the checkpoint as an A1111 single file or as a diffusers folder made from it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("diffusers", "transformers", "peft", "lorakit.engine", "lorakit.library.registry"):
@@ -541,7 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     (base_folder / "checkpoint").mkdir(exist_ok=True)
     log.info("building %s%s on %s (%s)", family, " (tiny)" if args.quick else "", device, dtype)
-    build_s, model = timed(lambda: build_model(family, args.quick, device, dtype, base_folder / "checkpoint"), device)
+    mem_before_load = memory_split()
+    build_s, model = timed(lambda: build_model(family, args.quick, device, dtype, base_folder / "checkpoint",
+                                               args.models, args.format), device)
+    gc.collect()
+    mem_loaded = memory_split()
     unet_gb = param_bytes(model.unet) / 1e9
     te_gb = sum(param_bytes(e) for e in model.text_encoders) / 1e9
     modes = [m.strip() for m in args.backups.split(",") if m.strip()]
@@ -567,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary.append(f"{algo}, W0 from {MODE_TEXT[mode]}: {len(flops)} layers, file {size_mb:.0f} MB, "
                                f"touched weights {touched_gb:.2f} GB, delta {sum(flops.values()) / 1e9:.1f} GFLOP, "
                                f"backup held {facts['backup_bytes'] / GIB:.2f} GiB, RSS with it applied "
-                               f"{facts['rss_applied'] / GIB:.2f} GiB")
+                               f"{facts['rss_applied'] / GIB:.2f} GiB; delta working set: the two LoRA files in memory, "
+                               f"{2 * size_mb:.0f} MB")
                 engine = facts.pop("engine")
                 if mode != modes[-1]:
                     del engine
@@ -637,7 +675,10 @@ def main(argv: list[str] | None = None) -> int:
           f"addmm ({width} x {args.rank}) @ ({args.rank} x {width}), "
           f"{machine.matmul_square / 1e9:.0f} GFLOP/s on a {1024 if args.quick else 4096}^2 matmul")
     print(f"Model: {family}{' tiny' if args.quick else ''}, UNet {unet_gb:.2f} GB, text encoder(s) {te_gb:.2f} GB, "
-          f"built in {build_s:.1f} s; peak RSS {rss_bytes('VmHWM') / GIB:.2f} GiB")
+          f"loaded ({args.format}) in {build_s:.1f} s; peak RSS {rss_bytes('VmHWM') / GIB:.2f} GiB")
+    print(f"Memory: anonymous {mem_before_load[0] / GIB:.2f} GiB before the load, {mem_loaded[0] / GIB:.2f} GiB "
+          f"with the model loaded; file-backed {mem_before_load[1] / GIB:.2f} -> {mem_loaded[1] / GIB:.2f} GiB "
+          f"(pages of mapped files this process touched; they live in the shared page cache and are reclaimable)")
     for line in summary:
         print(f"- {line}")
     for title, rows in sections:

@@ -351,6 +351,20 @@ def ldm_tensor_to_model(tensor: torch.Tensor, transform: Mapping[str, Any] | Non
     raise CheckpointConversionError(f"unknown tensor transform {op!r}")
 
 
+def model_tensor_to_ldm(tensor: torch.Tensor, transform: Mapping[str, Any] | None) -> torch.Tensor:
+    """Inverse of `ldm_tensor_to_model` for one model tensor (a split part comes back as itself: the caller
+    concatenates the parts of one LDM tensor in index order)."""
+    if transform is None or transform["op"] == "split":
+        return tensor
+    if transform["op"] == "transpose":
+        return tensor.t().contiguous()
+    if transform["op"] == "reshape":
+        return tensor.reshape(transform["shape"])
+    if transform["op"] == "swap_halves":  # its own inverse (Flux's final-layer modulation)
+        return ldm_tensor_to_model(tensor, transform, None)
+    raise CheckpointConversionError(f"unknown tensor transform {transform['op']!r}")
+
+
 LEGACY_CLIP_PREFIXES = {  # old SD1 files saved from transformers < 4.?: CLIP names without `text_model.`
     "cond_stage_model.transformer.embeddings.": "cond_stage_model.transformer.text_model.embeddings.",
     "cond_stage_model.transformer.encoder.": "cond_stage_model.transformer.text_model.encoder.",
@@ -457,19 +471,11 @@ def diffusers_to_ldm(components: Mapping[str, Any], key_map: Mapping[str, str],
             raise CheckpointConversionError(f"model has no parameter {model_key!r} to write as {ldm_key!r}")
         tensor = states[component][param].detach()
         transform = transforms.get(model_key)
-        if transform is None:
-            out[ldm_key] = tensor
-        elif transform["op"] == "split":
+        if transform is not None and transform["op"] == "split":
             pending.setdefault(ldm_key, {})[int(transform["index"])] = tensor
             parts_needed[ldm_key] = len(transform["sizes"]) if "sizes" in transform else int(transform["parts"])
-        elif transform["op"] == "transpose":
-            out[ldm_key] = tensor.t().contiguous()
-        elif transform["op"] == "swap_halves":
-            out[ldm_key] = ldm_tensor_to_model(tensor, transform, None)
-        elif transform["op"] == "reshape":
-            out[ldm_key] = tensor.reshape(transform["shape"])
         else:
-            raise CheckpointConversionError(f"unknown tensor transform {transform['op']!r} for {model_key}")
+            out[ldm_key] = model_tensor_to_ldm(tensor, transform)
     for ldm_key, parts in pending.items():
         if sorted(parts) != list(range(parts_needed[ldm_key])):
             raise CheckpointConversionError(f"{ldm_key!r}: only parts {sorted(parts)} of {parts_needed[ldm_key]}")

@@ -27,12 +27,12 @@ def ensure_embedded_default(paths: Any) -> Path | None:
     bytes on every machine and run (so its `Model hash` is the same everywhere). Returns the path written, or None
     when a checkpoint already exists.
     """
-    from modules.tiny_models import write_single_file  # noqa: PLC0415 - pulls in torch/diffusers
-
     folder = Path(paths.ckpt_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if scan_checkpoints(folder):
         return None
+    from modules.tiny_models import write_single_file  # noqa: PLC0415 - pulls in diffusers/transformers: only to write
+
     target = write_single_file(folder / DEFAULT_NAME, "SD1", seed=DEFAULT_SEED)
     log.info("no checkpoint found: wrote the embedded tiny SD1 demo checkpoint %s", target)
     return target

@@ -24,6 +24,7 @@ from modules.paths import REPO_ROOT, Paths
 from modules.script_callbacks import Callbacks
 from modules.scripts import ScriptRegistry
 from modules.sd_vae import VaeManager
+from modules.startup_timer import StartupTimer
 from modules.state import JobState
 from modules.styles import StyleDatabase
 from modules.textual_inversion import EmbeddingDatabase
@@ -91,10 +92,14 @@ class WebUI:
     styles: StyleDatabase | None = None  # prompt styles of styles.csv (modules.styles)
     # Script plug-ins (`modules.scripts`): the top-level scripts/ folder and every extension's scripts/ files.
     scripts: ScriptRegistry = field(default_factory=ScriptRegistry)
+    startup: StartupTimer = field(default_factory=StartupTimer)  # phases of the start-up (`modules.startup_timer`)
 
     @classmethod
-    def create(cls, argv: Sequence[str] | None = None, load_extensions_now: bool = True) -> WebUI:
-        """Parse flags, prepare folders, register host options, load extensions and the model manager."""
+    def create(cls, argv: Sequence[str] | None = None, load_extensions_now: bool = True,
+               startup: StartupTimer | None = None) -> WebUI:
+        """Parse flags, prepare folders, register host options, load extensions and the model manager.
+        `startup`: the server's start-up timer (phases are booked on it), else a new one."""
+        startup = startup or StartupTimer()
         args = cmd_args.parse_args(argv, report=argv is not None)
         paths = Paths.from_args(args)
         paths.ensure()
@@ -106,6 +111,7 @@ class WebUI:
             callbacks=Callbacks(),
             extra_networks=ExtraNetworkRegistry(),
             state=JobState(),
+            startup=startup,
         )
         from modules import sd_models, shared_options, shared_options_a1111  # noqa: PLC0415 - need the object
 
@@ -128,14 +134,17 @@ class WebUI:
         from modules import a1111_compat  # noqa: PLC0415
 
         a1111_compat.connect(webui)
+        startup.record("settings")
         if not args.no_embedded_default:
             from modules import embedded_default  # noqa: PLC0415
 
-            embedded_default.ensure_embedded_default(paths)
+            with startup.phase("embedded default"):
+                embedded_default.ensure_embedded_default(paths)
         webui.scripts.webui = webui
         webui.scripts.load_folder(REPO_ROOT / "scripts")
         if load_extensions_now:
-            webui.extensions = load_extensions(webui, include_user=not args.disable_extensions)
+            with startup.phase("extensions", "loading extensions"):
+                webui.extensions = load_extensions(webui, include_user=not args.disable_extensions)
             for ext in webui.extensions:
                 for module in ext.scripts:
                     webui.scripts.add_module(module)

@@ -4,8 +4,17 @@ A model loaded from `.safetensors` files keeps, per parameter, where its pristin
 tensor's key, and the transform from the file's form to the parameter's (`checkpoint_convert.ldm_tensor_to_model`:
 OpenCLIP q/k/v split, transpose, reshape). `PristineWeights.view(param)` returns that value as a zero-copy, read-only
 CPU tensor over the memory-mapped file (the OS page cache): nothing is allocated, and pages the OS drops are read
-again from disk when needed. The LoRA patcher restores layers from these views instead of holding backup copies
-(it checks, on a layer's first use, that the view equals the weight bit for bit, and keeps a copy otherwise).
+again from disk when needed. The LoRA patcher restores layers from these views instead of holding backup copies.
+
+Identity established at load, so a first LoRA apply reads nothing: the loader, which reads every byte anyway, records
+per parameter (`mark_identical`) that the tensor in memory equals its view bit for bit (single files by construction:
+the parameter *is* the file's tensor through the same transform and cast the view goes through; diffusers folders by
+one comparison while the file is hot in the page cache) together with max|W0| (the patcher's overflow bound). On a
+layer's first use `identical(param, tensor)` answers from that record without reading the weight: the same storage
+(`data_ptr`) and no in-place write since (torch's version counter, which every write through the parameter or a
+`detach()` of it bumps), plus a strided sample of `SAMPLE_ELEMENTS` values equal to the file's (which catches the rare
+write through `.data`, which bypasses the counter). Anything else falls back to a full comparison (and a copy when it
+fails), as before. After restoring a layer from the file the patcher records the identity again (`mark_identical`).
 
 Safety: the files stay open and mapped while the model is loaded, so a checkpoint replaced by rename (every atomic
 writer, ours included) or deleted keeps its old content for us. A file rewritten *in place* would change under the
@@ -92,6 +101,35 @@ class MappedSafetensors:
         return flat.view(entry["shape"])
 
 
+SAMPLE_ELEMENTS = 64
+
+
+def max_abs(tensor: torch.Tensor) -> float:
+    """max |x| in one pass without a temporary (NaN if the tensor holds a NaN; 0 when empty)."""
+    if tensor.numel() == 0:
+        return 0.0
+    low, high = torch.aminmax(tensor)
+    return float(torch.maximum(-low, high))
+
+
+def _sample(tensor: torch.Tensor, count: int = SAMPLE_ELEMENTS) -> torch.Tensor:
+    """`count` elements spread evenly over a tensor (flattened), copied to the CPU."""
+    flat = tensor.reshape(-1)
+    if flat.numel() <= count:
+        return flat.to("cpu", copy=True)
+    index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // (count - 1)
+    return flat[index].to("cpu")
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """A parameter tensor known to equal its file view bit for bit, at one storage address and version."""
+
+    data_ptr: int
+    version: int
+    amax: float
+
+
 @dataclass(frozen=True)
 class _Source:
     file: MappedSafetensors
@@ -105,6 +143,8 @@ class PristineWeights:
 
     def __init__(self) -> None:
         self._sources: dict[str, _Source] = {}
+        self._identical: dict[str, _Identity] = {}
+        self.views_read = 0  # how many `view` calls returned a tensor (the mechanism tests count reads with it)
 
     def __len__(self) -> int:
         return len(self._sources)
@@ -131,7 +171,56 @@ class PristineWeights:
         if tensor is None:
             return None
         tensor = ldm_tensor_to_model(tensor, source.transform, source.shape)
-        return tensor if tuple(tensor.shape) == source.shape else None
+        if tuple(tensor.shape) != source.shape:
+            return None
+        self.views_read += 1
+        return tensor
+
+    def mark_identical(self, param: str, tensor: torch.Tensor, amax: float | None = None) -> None:
+        """Record that `tensor` (the parameter in memory) equals `view(param)` bit for bit now, with max|tensor|
+        (`amax`, measured here when not given). The caller vouches for the equality (see the module docstring)."""
+        if param in self._sources:
+            value = max_abs(tensor) if amax is None else float(amax)
+            self._identical[param] = _Identity(tensor.data_ptr(), tensor._version, value)
+
+    def forget_identity(self, param: str) -> None:
+        """Drop the record of `mark_identical` (the tensor is about to change)."""
+        self._identical.pop(param, None)
+
+    def identical(self, param: str, tensor: torch.Tensor) -> float | None:
+        """max|W0| when `tensor` provably still equals the file's value (recorded at load, same storage, no tracked
+        in-place write since, a strided sample equal to the file's); None when that cannot be shown without a full
+        comparison. Reads at most `SAMPLE_ELEMENTS` values of the file."""
+        record = self._identical.get(param)
+        if record is None or tensor.data_ptr() != record.data_ptr or tensor._version != record.version:
+            return None
+        view = self.view(param)
+        if view is None:
+            return None
+        want = _sample(view).to(tensor.dtype)
+        if not torch.equal(_sample(tensor), want):
+            return None
+        return record.amax
+
+    def mark_loaded(self, modules: Mapping[str, torch.nn.Module], compare: bool = False) -> int:
+        """At load: `mark_identical` every parameter of `modules` ({"unet": module, "text_encoders.0": ...}) that has a
+        source. `compare=False`: the loader built each parameter from exactly its view (identity by construction);
+        `compare=True`: each is compared with its view first (e.g. a diffusers folder, whose files
+        `from_pretrained` chose). Returns how many were recorded."""
+        recorded = 0
+        for prefix, module in modules.items():
+            for name, param in module.named_parameters():
+                key = f"{prefix}.{name}"
+                if key not in self._sources:
+                    continue
+                tensor = param.detach()
+                if compare:
+                    view = self.view(key)
+                    if view is None or not torch.equal(tensor, view.to(tensor.device, tensor.dtype)):
+                        continue
+                self.mark_identical(key, tensor)
+                recorded += 1
+        return recorded
 
 
 def for_single_file(path: str | os.PathLike[str], key_map: Mapping[str, str],

@@ -8,7 +8,8 @@ Writing (`write_safetensors`): the same input always gives the same bytes. The s
 `__metadata__` in hash-map order, which differs from process to process (three fresh starts gave three checkpoint
 hashes); here the metadata keys are sorted, and tensors are laid out as the library lays them out (by dtype,
 larger elements first, so every tensor is aligned to its element size; then by name), so a file without metadata is
-byte-identical to the library's own. Tensors are streamed to the file one at a time (no whole-file buffer).
+byte-identical to the library's own. Tensors are streamed to the file one at a time (no whole-file buffer);
+`write_safetensors_stream` also makes them one at a time (the merge tool, the benchmarks' full-size checkpoints).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,18 +147,89 @@ def encode_header(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, st
     return struct.pack("<Q", len(raw)) + raw, order
 
 
+NAMED_DTYPES = {name: dtype for dtype, name in TORCH_DTYPES.items()}
+
+
+class SafetensorsReader:
+    """One validated safetensors file, read one tensor at a time with plain reads (no memory map), for the model
+    loader and the merge tool: each tensor lands in a fresh, 64-byte aligned CPU tensor its caller owns, so the
+    process's resident memory is what it keeps (a mapped file would add every page it touched). Use as a context
+    manager or `close()`. Raises SafetensorsHeaderError for a bad header or a file cut short."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        header = read_header(self.path)
+        self.metadata: dict[str, str] = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+        self.entries: dict[str, dict[str, Any]] = {k: v for k, v in header.items() if k != "__metadata__"}
+        self._file = open(self.path, "rb")
+        (header_len,) = struct.unpack("<Q", self._file.read(8))
+        self._data_start = 8 + header_len
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def spec(self, key: str) -> torch.Tensor:
+        """A meta tensor with the dtype and shape of tensor `key` (nothing read)."""
+        entry = self.entries[key]
+        return torch.empty(entry["shape"], dtype=self._dtype(key), device="meta")
+
+    def _dtype(self, key: str) -> torch.dtype:
+        name = self.entries[key]["dtype"]
+        if name not in NAMED_DTYPES:
+            raise SafetensorsHeaderError(f"tensor {key!r} has dtype {name}, which torch cannot hold")
+        return NAMED_DTYPES[name]
+
+    def read(self, key: str) -> torch.Tensor:
+        """Tensor `key`, read now into memory of its own."""
+        entry = self.entries[key]
+        start, end = entry["data_offsets"]
+        buffer = torch.empty(end - start, dtype=torch.uint8)
+        if end > start:
+            self._file.seek(self._data_start + start)
+            got = self._file.readinto(memoryview(buffer.numpy()))
+            if got != end - start:
+                raise SafetensorsHeaderError(f"tensor {key!r}: file ends after {got} of its {end - start} bytes")
+        return buffer.view(self._dtype(key)).reshape(entry["shape"])
+
+    def read_all(self) -> dict[str, torch.Tensor]:
+        """Every tensor, in file order (one pass over the file)."""
+        order = sorted(self.entries, key=lambda k: self.entries[k]["data_offsets"][0])
+        return {key: self.read(key) for key in order}
+
+
 def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
                       metadata: Mapping[str, str] | None = None) -> Path:
     """Write `tensors` (any device, any layout) and `metadata` as a safetensors file at `path`, atomically (temporary
     file + rename, mode of the file replaced or the umask default) and deterministically (see the module docstring)."""
-    head, order = encode_header(tensors, metadata)
+    return write_safetensors_stream(path, tensors, tensors.__getitem__, metadata)
+
+
+def write_safetensors_stream(path: str | os.PathLike[str], specs: Mapping[str, torch.Tensor],
+                             produce: Callable[[str], torch.Tensor],
+                             metadata: Mapping[str, str] | None = None) -> Path:
+    """`write_safetensors` for tensors made one at a time: `specs` gives each tensor's dtype and shape (meta tensors
+    will do), `produce(name)` its values, called once per tensor in payload order and dropped once written, so the
+    memory held is one tensor at a time. ValueError when a produced tensor's dtype or shape differs from its spec."""
+    head, order = encode_header(specs, metadata)
     target = Path(path)
     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
         handle.write(head)
         for name in order:
-            data = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+            tensor = produce(name)
+            spec = specs[name]
+            if tensor.dtype != spec.dtype or tuple(tensor.shape) != tuple(spec.shape):
+                raise ValueError(f"tensor {name!r}: produced {tensor.dtype}{tuple(tensor.shape)}, "
+                                 f"header says {spec.dtype}{tuple(spec.shape)}")
+            data = tensor.detach().to("cpu").contiguous().reshape(-1)
             if data.numel():
                 handle.write(memoryview(data.view(torch.uint8).numpy()))
+            del tensor, data
         handle.flush()
         os.fsync(handle.fileno())
     return target

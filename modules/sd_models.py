@@ -18,7 +18,9 @@ Unused tensors of a single file (EMA weights, schedule buffers...) are kept for 
 (`key_map_special["extra"]`); those over 1 MiB in a `.safetensors` file are not held in memory but listed in
 `key_map_special["extra_in_source"]` and re-read from `key_map_special["source"]` when written.
 Pristine weights: a model loaded from `.safetensors` (single file or diffusers folder) keeps its files memory-mapped
-(`LoadedModel.pristine`, `modules.pristine_weights`) so the LoRA patcher can restore layers from them without copies.
+(`LoadedModel.pristine`, `modules.pristine_weights`) so the LoRA patcher can restore layers from them without copies;
+the load also records that each parameter equals its file tensor (`PristineWeights.mark_loaded`), so a LoRA's first
+apply reads nothing back.
 Hash: `CheckpointInfo.sha256` is the whole-file SHA-256 (A1111's checkpoint hash, Civitai's AutoV2) cached in
 cache.json; it is computed when a checkpoint is loaded (listing only reuses cached values), and never for folders.
 """
@@ -38,9 +40,8 @@ import torch
 
 from modules import checkpoint_convert, flux_model, hashes, model_configs, pristine_weights, regular_files
 from modules.cache import DiskCache
-from modules.safetensors_header import SafetensorsHeaderError, read_header
+from modules.safetensors_header import SafetensorsHeaderError, SafetensorsReader, read_header
 from modules.sd_model_types import CheckpointInfo, LoadedModel
-from modules.tokenizer import SDClipTokenizer, tokenizers_for
 
 log = logging.getLogger(__name__)
 
@@ -69,39 +70,24 @@ ALIGNMENT = 64
 LAZY_EXTRA_BYTES = 1 << 20
 
 
-def _aligned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Copy tensors whose data is not 64-byte aligned (safetensors' `load_file` places them at arbitrary offsets).
-
-    CPU kernels pick different vectorised paths for unaligned data, so an unaligned copy of the same weights gives
-    outputs that differ in the last bits from an aligned one (measured: 1e-6 on a tiny UNet). Copying one tensor
-    at a time keeps the extra memory to the largest tensor.
-    """
-    for key in list(state):
-        if state[key].data_ptr() % ALIGNMENT:
-            state[key] = state[key].clone()
-    return state
-
-
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict, safetensors metadata) of a single-file checkpoint, on CPU in the file's dtypes.
 
-    `.safetensors`: framing checked first, so a truncated download is reported as such; tensors are 64-byte
-    aligned (copied when the reader left them unaligned). `.ckpt`: `torch.load`
+    `.safetensors`: framing checked first, so a truncated download is reported as such; each tensor is read into
+    fresh 64-byte aligned memory (`SafetensorsReader`). `.ckpt`: `torch.load`
     with `weights_only=True` (no code execution); a top-level `state_dict` entry is unwrapped.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: checkpoint file not found")
     if path.suffix.lower() == ".safetensors":
-        header = _check_safetensors_header(path)
-        from safetensors.torch import load_file  # noqa: PLC0415
-
+        # Plain reads into tensors of our own (aligned), not a memory map: the load's resident memory is the weights
+        # alone, not the weights plus every page of the file the reader touched.
         try:
-            state = load_file(str(path), device="cpu")
-        except Exception as exc:  # safetensors raises its own SafetensorError
+            with SafetensorsReader(path) as reader:
+                return reader.read_all(), reader.metadata
+        except SafetensorsHeaderError as exc:
             raise ModelLoadError(f"{path}: truncated or not a safetensors file ({exc})") from exc
-        metadata = header.get("__metadata__") or {}
-        return _aligned(state), {str(k): str(v) for k, v in metadata.items()}
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -160,8 +146,18 @@ def effective_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+def _owning(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or a copy when it is a view into a larger tensor (OpenCLIP's q/k/v are chunks of one file tensor):
+    views share torch's version counter, so a write to q would look like a write to k and v to
+    `PristineWeights.identical`, and the three would keep the whole file tensor alive."""
+    if tensor.device.type != "meta" and tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
+
+
 def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, path: Path) -> None:
-    missing, unexpected = module.load_state_dict(dict(state), strict=False, assign=True)
+    state = {key: _owning(tensor) for key, tensor in state.items()}
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ModelLoadError(f"{path}: {what} weights do not fit the model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -177,7 +173,9 @@ def _assign(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: st
 def _finish(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     # nn.Module.to, not diffusers' override, which warns about casting instead of from_pretrained(torch_dtype=...).
     torch.nn.Module.to(module, device=device, dtype=dtype)
-    for param in module.parameters():  # see _aligned: same weights, same bits out, whatever the file format
+    # CPU kernels pick different vectorised paths for data that is not 64-byte aligned, so an unaligned copy of the
+    # same weights gives outputs that differ in the last bits (measured: 1e-6 on a tiny UNet): copy those.
+    for param in module.parameters():
         if param.device.type == "cpu" and param.data_ptr() % ALIGNMENT:
             param.data = param.data.clone()
     module.eval()
@@ -185,14 +183,9 @@ def _finish(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -
     return module
 
 
-def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype,
-                     models_dir: Path | None = None) -> LoadedModel:
-    """Load an A1111/LDM single-file checkpoint (see the module docstring); Flux files go to `modules.flux_model`."""
-    path = Path(info.path)
-    state, metadata = read_state_dict(path)
-    flux_prefix = flux_model.bfl_prefix(state.keys())
-    if flux_prefix is not None:
-        return flux_model.load_single_file(info, state, flux_prefix, device, dtype, models_dir)
+def _convert_single_file(state: Mapping[str, torch.Tensor], path: Path) -> tuple[Any, ...]:
+    """Family, config, the components built on the meta device, their parameter shapes, and `ldm_to_diffusers`'
+    (components, key_map, special) of a single file's state dict (real or meta tensors)."""
     try:
         family = checkpoint_convert.detect_family(state.keys())
         config = model_configs.infer_family_config(checkpoint_convert.canonical_view(state), family)
@@ -203,6 +196,47 @@ def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dt
         components, key_map, special = checkpoint_convert.ldm_to_diffusers(state, family, config, shapes)
     except (ValueError, KeyError) as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
+    return family, config, built, parts, shapes, components, key_map, special
+
+
+def load_layout(info: CheckpointInfo) -> LoadedModel:
+    """The model of a `.safetensors` single file or a diffusers folder with every parameter on the meta device:
+    module names, shapes, key map and family, no weights (nothing is read but headers and configs). Tools that
+    stream a checkpoint tensor by tensor (the merge tool) resolve LoRA keys against it. Raises ModelLoadError."""
+    path = Path(info.path)
+    if info.format == "diffusers":
+        return load_diffusers_folder(info, torch.device("meta"), torch.float32)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"{path}: only .safetensors checkpoints can be read without loading their weights")
+    header = _check_safetensors_header(path)
+    dtypes = pristine_weights.TORCH_DTYPES
+    state = {key: torch.empty(entry["shape"], dtype=dtypes.get(entry["dtype"], torch.uint8), device="meta")
+             for key, entry in header.items() if key != "__metadata__"}
+    from modules.tokenizer import tokenizers_for  # noqa: PLC0415 - transformers: imported when a model loads
+
+    family, config, built, _, _, _, key_map, special = _convert_single_file(state, path)
+    metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    special.update(source=str(path), metadata=metadata, extra={}, extra_in_source=list(special["extra"]))
+    prediction = sidecar_prediction_type(path) or metadata_prediction_type(metadata) or "epsilon"
+    return LoadedModel(
+        family=family, unet=built["unet"], vae=built["vae"], text_encoders=built["text_encoders"],
+        tokenizers=tokenizers_for(config), prediction_type=prediction,
+        scheduler_config=checkpoint_convert.scheduler_config(family, prediction), checkpoint=info,
+        device=torch.device("meta"), dtype=torch.float32, key_map=key_map, key_map_special=special,
+        ldm_unet_names=checkpoint_convert.unet_ldm_module_map_for(built["unet"]), pristine=None)
+
+
+def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype,
+                     models_dir: Path | None = None) -> LoadedModel:
+    """Load an A1111/LDM single-file checkpoint (see the module docstring); Flux files go to `modules.flux_model`."""
+    from modules.tokenizer import tokenizers_for  # noqa: PLC0415 - transformers: imported when a model loads
+
+    path = Path(info.path)
+    state, metadata = read_state_dict(path)
+    flux_prefix = flux_model.bfl_prefix(state.keys())
+    if flux_prefix is not None:
+        return flux_model.load_single_file(info, state, flux_prefix, device, dtype, models_dir)
+    family, config, built, parts, shapes, components, key_map, special = _convert_single_file(state, path)
     del state
     target = effective_dtype(device, dtype)
     for name, module in parts.items():
@@ -225,6 +259,8 @@ def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dt
         flat_shapes = {f"{part}.{k}": shape for part, part_shapes in shapes.items() for k, shape in part_shapes.items()}
         pristine = _map_pristine(lambda: pristine_weights.for_single_file(
             path, key_map, special["transforms"], flat_shapes))
+        if pristine is not None:  # every parameter is its file tensor, transformed and cast the way a view is
+            pristine.mark_loaded(parts)
     return LoadedModel(
         family=family, unet=built["unet"], vae=built["vae"], text_encoders=built["text_encoders"],
         tokenizers=tokenizers_for(config), prediction_type=prediction,
@@ -260,6 +296,8 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
     """Load a diffusers folder offline: `unet/`, `vae/`, `text_encoder/`, `text_encoder_2/` (SDXL), tokenizers."""
     from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: PLC0415
 
+    from modules.tokenizer import SDClipTokenizer, tokenizers_for  # noqa: PLC0415
+
     path = Path(info.path)
     target = effective_dtype(device, dtype)
     index = _read_json(path / "model_index.json")
@@ -269,20 +307,33 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
             raise ModelLoadError(f"{path}: diffusers folder has no {needed}/config.json")
     if not encoder_dirs:
         raise ModelLoadError(f"{path}: diffusers folder has no text_encoder/config.json")
+    layout = device.type == "meta"  # load_layout: modules built from their configs, no weights read
+
+    def component(cls: Any, folder: Path) -> Any:
+        if not layout:
+            return cls.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            if hasattr(cls, "from_config"):  # diffusers models
+                return cls.from_config(cls.load_config(folder, local_files_only=True))
+            return cls(cls.config_class.from_pretrained(folder, local_files_only=True))
+
     try:
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
+        unet = component(UNet2DConditionModel, path / "unet")
+        vae = component(AutoencoderKL, path / "vae")
         encoders = []
         for folder in encoder_dirs:
             cfg = _read_json(path / folder / "config.json")
             default = "CLIPTextModelWithProjection" if folder == "text_encoder_2" else "CLIPTextModel"
             declared = index.get(folder, [None, None])[1] or (cfg.get("architectures") or [default])[0]
             cls = model_configs.text_encoder_class(declared)
-            encoders.append(cls.from_pretrained(path / folder, local_files_only=True))
+            encoders.append(component(cls, path / folder))
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{path}: cannot load diffusers folder ({type(exc).__name__}: {exc})") from exc
     for module in (unet, vae, *encoders):
-        _finish(module, device, target)
+        if layout:
+            module.eval().requires_grad_(False)
+        else:
+            _finish(module, device, target)
     if len(encoders) == 2:
         family = "SDXL"
     else:
@@ -300,11 +351,14 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
     parts = {"unet": (path / "unet", unet), "vae": (path / "vae", vae)}
     parts.update({f"text_encoders.{i}": (path / folder, module)
                   for i, (folder, module) in enumerate(zip(encoder_dirs, encoders))})
+    pristine = None if layout else _map_pristine(lambda: pristine_weights.for_diffusers_folder(parts))
+    if pristine is not None:  # from_pretrained chose the files: compared once here, while they are in the page cache
+        pristine.mark_loaded({prefix: module for prefix, (_, module) in parts.items()}, compare=True)
     return LoadedModel(
         family=family, unet=unet, vae=vae, text_encoders=encoders, tokenizers=tokenizers, prediction_type=prediction,
         scheduler_config=checkpoint_convert.scheduler_config(family, prediction), checkpoint=info, device=device,
         dtype=target, ldm_unet_names=checkpoint_convert.unet_ldm_module_map_for(unet),
-        pristine=_map_pristine(lambda: pristine_weights.for_diffusers_folder(parts)))
+        pristine=pristine)
 
 
 def load_checkpoint(info: CheckpointInfo, device: torch.device | str, dtype: torch.dtype,

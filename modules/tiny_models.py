@@ -145,7 +145,7 @@ def write_single_file(path: str | Path, family: str, seed: int = 0, inpainting: 
                     "modelspec.architecture": {"SD1": "stable-diffusion-v1", "SD2": "stable-diffusion-v2",
                                                "SDXL": "stable-diffusion-xl-v1-base"}[family]}
         write_safetensors(path, state, metadata)
-    log.info("wrote tiny %s checkpoint %s", family, path)
+    log.debug("wrote tiny %s checkpoint %s", family, path)
     return path
 
 

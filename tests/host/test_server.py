@@ -342,5 +342,15 @@ def test_launch_serves_ui_and_generates_on_localhost_only(launched):
     assert "Seed: 4242" in infotext and "Sampler: Euler a" in infotext and "Steps: 3" in infotext
     assert "Model: tiny-sd1-demo" in infotext
 
+    # The console says what the start-up does, with timings, and names no temporary file first.
+    console = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    assert "starting the WebUI" in console[0] and ".tmp" not in console[0]
+    assert any("scanning LoRA folders" in line for line in console)
+    serving = next(line for line in console if "serving on http://127.0.0.1:" in line)
+    assert re.search(r"startup [\d.]+ s \(CPU [\d.]+ s\): imports [\d.]+ s, .*extensions [\d.]+ s \(LoRA scan, 10 files [\d.]+ s\), "
+                     r"UI build [\d.]+ s", serving), serving
+    assert any(re.search(r"model tiny-sd1-demo\.safetensors loaded in [\d.]+ s; ready to generate [\d.]+ s after "
+                         r"launch", line) for line in console), console[-5:]
+
     process.send_signal(signal.SIGINT)  # Ctrl+C: a clean shutdown
     assert process.wait(30) == 0, log_path.read_text()[-3000:]

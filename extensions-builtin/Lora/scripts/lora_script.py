@@ -64,7 +64,10 @@ def setup(webui: WebUI) -> None:
         from lorakit.library import demo_loras  # noqa: PLC0415
 
         demo_loras.ensure_demo_loras(webui.paths.lora_dir)
-    registry.refresh()
+    with webui.startup.phase("LoRA scan", f"scanning LoRA folders {', '.join(map(str, roots))}") as phase:
+        registry.refresh()
+        phase.label = f"LoRA scan, {len(registry.entries())} files"
+    log.info("found %d LoRAs", len(registry.entries()))
     engine = LoraEngine(registry, memory_limit=int(webui.options.get("lora_in_memory_limit")))
     webui.options.infos["lora_in_memory_limit"].onchange = lambda value: setattr(engine, "memory_limit", int(value))
     webui.services.publish("lora", engine)

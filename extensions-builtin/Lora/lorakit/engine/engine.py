@@ -269,35 +269,7 @@ class LoraEngine:
                 raise RuntimeError("no model is loaded")
             report = ActivationReport()
             self._in_use = {id(active.network) for active in self.active}
-            chosen: list[ActiveNetwork] = []
-            occurrences: dict[str, int] = {}
-            rescanned = False
-            for request in requests:
-                entry = self.registry.find(request.name)
-                if entry is None and not rescanned:  # a file added since the last scan: one rescan per activation
-                    rescanned = True
-                    try:
-                        self.registry.refresh()
-                    except Exception as exc:  # a failed rescan costs only the names it would have found
-                        log.exception("Lora folder rescan failed")
-                        report.warnings.append(f"the Lora folders could not be rescanned: {type(exc).__name__}: {exc}")
-                    entry = self.registry.find(request.name)
-                if entry is None:
-                    report.not_found.append(request.name)
-                    continue
-                occurrence = occurrences[entry.filename] = occurrences.get(entry.filename, -1) + 1
-                try:
-                    active = self._choose(entry, request, method, occurrence, report)
-                    self.registry.read_hash(entry)
-                except (LoraError, OSError) as exc:
-                    report.errors[request.name] = str(exc)
-                    log.error("Lora %s not applied: %s", request.name, exc)
-                    continue
-                except Exception as exc:  # a bug or an unforeseen file: this LoRA fails, named; the others apply
-                    report.errors[request.name] = f"{entry.name}: could not be loaded ({type(exc).__name__}: {exc})"
-                    log.exception("Lora %s not applied", request.name)
-                    continue
-                chosen.append(active)
+            chosen = self._choose_all(requests, method, report)
             chosen = self._apply_native(chosen, report)
             try:
                 report.peft = self.peft.apply([(a.adapter, a.request.te_multiplier, a.request.unet_multiplier)
@@ -340,8 +312,58 @@ class LoraEngine:
                 self.patcher.apply({}, {})
                 return [a for a in chosen if a.method != METHOD_NATIVE]
 
+    def plan(self, requests: list[NetworkRequest]) -> tuple[ActivationReport, dict[str, tuple[Contribution, ...]],
+                                                            dict[str, TargetLayer]]:
+        """What `activate(requests)` would merge natively, without touching the model: (report with what was not
+        found or failed to load, the contributions wanted per layer, the target of each such layer). For tools that
+        stream a checkpoint through `patcher.add_contributions` instead of patching the loaded model."""
+        with self._lock:
+            self.require_started()
+            if self.model is None or self.index is None:
+                raise RuntimeError("no model is loaded")
+            report = ActivationReport()
+            chosen = self._choose_all(requests, METHOD_NATIVE, report, diffusers_fallback=False)
+            report.active = chosen
+            return report, self._wanted(chosen), self._targets(chosen)
+
+    def _choose_all(self, requests: list[NetworkRequest], method: str, report: ActivationReport,
+                    diffusers_fallback: bool = True) -> list[ActiveNetwork]:
+        """The network and method for each request, in order; what is missing or fails goes to `report`.
+        `diffusers_fallback=False`: native only (a file native merge cannot fully place is merged as far as it goes,
+        with its problems as warnings)."""
+        chosen: list[ActiveNetwork] = []
+        occurrences: dict[str, int] = {}
+        rescanned = False
+        for request in requests:
+            entry = self.registry.find(request.name)
+            if entry is None and not rescanned:  # a file added since the last scan: one rescan per activation
+                rescanned = True
+                try:
+                    self.registry.refresh()
+                except Exception as exc:  # a failed rescan costs only the names it would have found
+                    log.exception("Lora folder rescan failed")
+                    report.warnings.append(f"the Lora folders could not be rescanned: {type(exc).__name__}: {exc}")
+                entry = self.registry.find(request.name)
+            if entry is None:
+                report.not_found.append(request.name)
+                continue
+            occurrence = occurrences[entry.filename] = occurrences.get(entry.filename, -1) + 1
+            try:
+                active = self._choose(entry, request, method, occurrence, report, diffusers_fallback)
+                self.registry.read_hash(entry)
+            except (LoraError, OSError) as exc:
+                report.errors[request.name] = str(exc)
+                log.error("Lora %s not applied: %s", request.name, exc)
+                continue
+            except Exception as exc:  # a bug or an unforeseen file: this LoRA fails, named; the others apply
+                report.errors[request.name] = f"{entry.name}: could not be loaded ({type(exc).__name__}: {exc})"
+                log.exception("Lora %s not applied", request.name)
+                continue
+            chosen.append(active)
+        return chosen
+
     def _choose(self, entry: NetworkOnDisk, request: NetworkRequest, method: str, occurrence: int,
-                report: ActivationReport) -> ActiveNetwork:
+                report: ActivationReport, diffusers_fallback: bool = True) -> ActiveNetwork:
         """The network for `request` and the method that applies it; warnings go to `report`. Raises what makes it
         unusable (LoraFileError, NetworkLoadError, OSError)."""
         try:
@@ -354,7 +376,7 @@ class LoraEngine:
         found = network if network is not None else native_error.network
         # Keys native merge cannot place (not mere shape errors, which diffusers would hit too): does diffusers place
         # more of the file? Not for requests with what only native merge does.
-        if request.native_only() is None and (found.unmatched_keys or found.unsupported):
+        if diffusers_fallback and request.native_only() is None and (found.unmatched_keys or found.unsupported):
             try:
                 adapter = self._adapter(entry, occurrence, at_least=len(found.modules) + 1)
             except PeftLoadError:

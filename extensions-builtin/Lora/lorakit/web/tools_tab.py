@@ -84,9 +84,9 @@ def run_merge(webui: WebUI, prompt: str, name: str) -> str:
     current = webui.models.get().checkpoint
     source = Path(current.path)
     out = output_path(webui.paths.ckpt_dir, name, "" if current.format == "diffusers" else source.suffix)
-    warnings = merge(source, [webui.paths.lora_dir, webui.paths.lyco_dir], prompt, out)
+    result = merge(source, [webui.paths.lora_dir, webui.paths.lyco_dir], prompt, out)
     webui.models.list_checkpoints()
-    return f"Wrote {out.name}" + "".join(f"\nwarning: {w}" for w in warnings)
+    return f"Wrote {out.name}" + "".join(f"\nwarning: {w}" for w in result.warnings)
 
 
 def _safe(action: Callable[..., str], *args: object) -> str:
