@@ -54,7 +54,7 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
             raise NotRegularFileError(errno.EINVAL, f"is a {kind_of(mode)}, not a regular file", os.fspath(path))
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return open(fd, "rb", closefd=True)  # noqa: SIM115 - the caller closes it
     except BaseException:
         os.close(fd)
         raise

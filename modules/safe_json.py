@@ -98,7 +98,7 @@ def loads(data: str | bytes, max_bytes: int = MAX_JSON_BYTES, max_depth: int = M
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     except UnicodeDecodeError as exc:
-        raise JsonError(f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise JsonError(f"is not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     try:
         value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)

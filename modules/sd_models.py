@@ -414,7 +414,7 @@ def scan_checkpoints(root: Path) -> list[CheckpointInfo]:
             if name.startswith(".") or not name.lower().endswith(SINGLE_FILE_SUFFIXES):
                 continue
             file = here / name
-            if not file.is_file():  # a FIFO or device named like a checkpoint: never opened
+            if file.exists() and not file.is_file():  # a FIFO or device named like a checkpoint: never opened
                 log.warning("checkpoint %s skipped: not a regular file", file)
                 continue
             found.append(CheckpointInfo(path=file, name=file.relative_to(root).as_posix(), format="single-file"))

@@ -21,7 +21,7 @@ from tests.helpers.servers import CHROMIUM, CHROMIUM_ARGS
 
 FIELDS = ["prompt", "negative_prompt", "resize_mode", "sampler_name", "scheduler", "steps", "width", "height",
           "n_iter", "batch_size", "cfg_scale", "seed", "clip_skip", "denoising_strength", "mask_blur",
-          "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding"]
+          "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding", "styles"]
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -58,7 +58,7 @@ def values(**changes):
             "scheduler": "Automatic", "steps": 4, "width": 64, "height": 64, "n_iter": 1, "batch_size": 1,
             "cfg_scale": 7.0, "seed": 21, "clip_skip": 1, "denoising_strength": 0.75, "mask_blur": 0,
             "inpainting_mask_invert": "Inpaint masked", "inpainting_fill": "original",
-            "inpaint_full_res": "Whole picture", "inpaint_full_res_padding": 32}
+            "inpaint_full_res": "Whole picture", "inpaint_full_res_padding": 32, "styles": []}
     base.update(changes)
     return [base[name] for name in FIELDS]
 

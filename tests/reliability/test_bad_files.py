@@ -153,7 +153,7 @@ def test_safe_json_refuses_each_hostile_form_with_a_specific_message(ledger: Led
         '{"x": 1e999}': "too large for a float",
         '{"x": NaN}': "NaN, which is not JSON",
         '{"x": -Infinity}': "-Infinity, which is not JSON",
-        b'{"x": "\xff"}': "not UTF-8",
+        b'{"x": "\xff"}': "not valid JSON \\(not UTF-8",
         '{"x": ': "not valid JSON",
     }
     for text, message in cases.items():

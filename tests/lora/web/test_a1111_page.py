@@ -561,7 +561,7 @@ def test_card_thumbnail_route_sends_a_small_png(server):
     full = httpx.get(server.url + "lora-ui/thumb", params={"key": key})
     small = httpx.get(server.url + "lora-ui/thumb", params={"key": key, "size": 200})
     assert full.status_code == small.status_code == 200
-    with Image.open(io.BytesIO(full.content)) as image:
-        assert image.size == (300, 600)
+    with Image.open(io.BytesIO(full.content)) as image:  # never the full-size file: at most CARD_THUMB_SIZE
+        assert image.size == (256, 512)
     with Image.open(io.BytesIO(small.content)) as image:
         assert image.size == (128, 256) and image.format == "PNG"  # the 256 px bucket, aspect kept
