@@ -177,11 +177,22 @@ def _current_checkpoint_title(webui: Any) -> str | None:
     return current.checkpoint.title if current is not None else None
 
 
-def _build_checkpoint_picker(webui: Any) -> None:
+def _shown_checkpoint_title(webui: Any, titles: list[str]) -> str | None:
+    """The loaded checkpoint's title; while the start-up load still runs (the page is served first), the one it
+    loads: the `sd_model_checkpoint` option's when it names a listed file, else the first."""
+    current = _current_checkpoint_title(webui)
+    if current is not None or not titles:
+        return current
+    wanted = str(getattr(webui.args, "ckpt", None) or webui.options.get("sd_model_checkpoint") or "")
+    return next((t for t in titles if wanted and (t == wanted or t.startswith(wanted))), titles[0])
+
+
+def _build_checkpoint_picker(webui: Any) -> Any:
+    """The checkpoint dropdown and its rescan button; returns the dropdown (the page's load event refreshes it)."""
     titles = _checkpoint_titles(webui)
     with gr.Row(elem_id="quicksettings"):
         picker = gr.Dropdown(label="Stable Diffusion checkpoint", choices=titles,
-                             value=_current_checkpoint_title(webui), elem_id="setting_sd_model_checkpoint",
+                             value=_shown_checkpoint_title(webui, titles), elem_id="setting_sd_model_checkpoint",
                              scale=4, min_width=320)
         refresh = gr.Button("\u21bb", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
 
@@ -204,6 +215,13 @@ def _build_checkpoint_picker(webui: Any) -> None:
 
     picker.input(change, inputs=[picker], outputs=[picker], show_progress="minimal", api_name="switch_checkpoint")
     refresh.click(rescan, outputs=[picker], show_progress="hidden", api_name="refresh_checkpoints")
+    return picker
+
+
+def _refresh_checkpoint_picker(webui: Any) -> Any:
+    """The dropdown as it should show now (each page load asks: the model may have loaded since the UI was built)."""
+    titles = _checkpoint_titles(webui)
+    return gr.update(choices=titles, value=_shown_checkpoint_title(webui, titles))
 
 
 # ---------------------------------------------------------------------------------------------- txt2img
@@ -396,8 +414,9 @@ def build_generation_tab(webui: Any, tabname: str, parameters: Callable[[dict[st
                          scripts: bool = True) -> GenerationTab:
     """A1111's generation-tab layout, for txt2img and any tab like it (img2img):
 
-        [ prompt / negative prompt                         ] [Generate ]
-        [ styles                                           ] [Interrupt] [Skip]
+        [ prompt / negative prompt                         ] [Generate        ]
+                                                             [Interrupt] [Skip]
+                                                             [styles          ]
         [ Generation | Lora | ...  (tabs)  ] [ progress bar, live preview ]
         [   parameters(fields), Script     ] [ gallery, infotext, warnings ]
 
@@ -422,7 +441,7 @@ def build_generation_tab(webui: Any, tabname: str, parameters: Callable[[dict[st
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{tabname}_interrupt")
                 skip = gr.Button("Skip", elem_id=f"{tabname}_skip")
-    styles = styles_box(webui, tabname, f["prompt"], f["negative_prompt"])
+            styles = styles_box(webui, tabname, f["prompt"], f["negative_prompt"])  # under the buttons, as A1111
     script_controls = None
     with gr.Row(elem_id=f"{tabname}_settings_and_results", elem_classes=["webui-settings-and-results"]):
         with gr.Column(scale=1, elem_id=f"{tabname}_settings", elem_classes=["webui-settings"]):
@@ -712,7 +731,9 @@ def create_ui(webui: Any) -> gr.Blocks:
     for result in webui.callbacks.run("ui_tabs", webui):
         extension_tabs.extend(result if isinstance(result, list) else [result])
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
-        _build_checkpoint_picker(webui)
+        picker = _build_checkpoint_picker(webui)
+        demo.load(lambda: _refresh_checkpoint_picker(webui), outputs=[picker], show_progress="hidden",
+                  api_visibility="undocumented")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 controls = _build_txt2img(webui)

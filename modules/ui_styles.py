@@ -24,9 +24,8 @@ def styles_box(webui: Any, tabname: str, prompt: Any, negative_prompt: Any) -> A
     database = webui.styles
     with gr.Row(elem_id=f"{tabname}_styles_row"):
         dropdown = gr.Dropdown(choices=database.names(), value=[], multiselect=True, label="Styles",
-                               elem_id=f"{tabname}_styles", scale=6,
-                               info="applied to the prompts when generating (styles.csv)")
-        apply = gr.Button("\U0001f58c\ufe0f", elem_id=f"{tabname}_style_apply", scale=0, min_width=40)
+                               elem_id=f"{tabname}_styles", scale=6)
+        apply = gr.Button("\u270e", elem_id=f"{tabname}_style_apply", scale=0, min_width=40)
         refresh = gr.Button("\u21bb", elem_id=f"{tabname}_styles_refresh", scale=0, min_width=40)
     notes = gr.HTML(_warnings_html(webui), elem_id=f"{tabname}_styles_warnings")
 
