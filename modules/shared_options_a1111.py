@@ -45,13 +45,19 @@ HONOURED: _T = {
     "send_seed": (True, "Send seed when sending prompt or image to other interface", "User interface", {}),
     "send_size": (True, "Send size when sending prompt or image to another interface", "User interface", {}),
     "sd_checkpoint_hash": ("", "SHA256 hash of the current checkpoint", "Hidden options", {"comment": READ_ONLY}),
+    # honoured by the grids (X/Y/Z plot), img2img, SD upscale and Extras
+    "grid_save": (True, "Always save all generated image grids", "Saving images", {}),
+    "outdir_img2img_samples": ("", "Output directory for img2img images", "Paths for saving", {}),
+    "outdir_extras_samples": ("", "Output directory for images from extras tab", "Paths for saving", {}),
+    "outdir_txt2img_grids": ("", "Output directory for txt2img grids", "Paths for saving", {}),
+    "upscaler_for_img2img": (None, "Upscaler for img2img", "Upscaling", {}),
+    "initial_noise_multiplier": (1.0, "Noise multiplier for img2img", "img2img", {"minimum": 0.0, "maximum": 1.5}),
 }
 
 STORED: _T = {
     # Saving images
     "samples_filename_pattern": ("", "Images filename pattern", "Saving images", {}),
     "save_images_add_number": (True, "Add number to filename when saving", "Saving images", {}),
-    "grid_save": (True, "Always save all generated image grids", "Saving images", {}),
     "grid_format": ("png", "File format for grids", "Saving images", {}),
     "grid_extended_filename": (False, "Add extended info (seed, prompt) to filename when saving grid",
                                "Saving images", {}),
@@ -82,10 +88,7 @@ STORED: _T = {
     "save_incomplete_images": (False, "Save incomplete images", "Saving images", {}),
     # Paths for saving
     "outdir_samples": ("", "Output directory for images", "Paths for saving", {}),
-    "outdir_img2img_samples": ("", "Output directory for img2img images", "Paths for saving", {}),
-    "outdir_extras_samples": ("", "Output directory for images from extras tab", "Paths for saving", {}),
     "outdir_grids": ("", "Output directory for grids", "Paths for saving", {}),
-    "outdir_txt2img_grids": ("", "Output directory for txt2img grids", "Paths for saving", {}),
     "outdir_img2img_grids": ("", "Output directory for img2img grids", "Paths for saving", {}),
     "outdir_save": ("", "Directory for saving images using the Save button", "Paths for saving", {}),
     "outdir_init_images": ("", "Directory for saving init images when using img2img", "Paths for saving", {}),
@@ -101,7 +104,6 @@ STORED: _T = {
     "ESRGAN_tile_overlap": (8, "Tile overlap for ESRGAN upscalers", "Upscaling", {"minimum": 0, "maximum": 48}),
     "realesrgan_enabled_models": (["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],
                                   "Select which Real-ESRGAN models to show in the web UI", "Upscaling", {}),
-    "upscaler_for_img2img": (None, "Upscaler for img2img", "Upscaling", {}),
     # Face restoration
     "face_restoration": (False, "Restore faces", "Face restoration", {"infotext": "Face restoration"}),
     "face_restoration_model": ("CodeFormer", "Face restoration model", "Face restoration", {}),
@@ -173,7 +175,6 @@ STORED: _T = {
     # img2img
     "inpainting_mask_weight": (1.0, "Inpainting conditioning mask strength", "img2img",
                                {"minimum": 0.0, "maximum": 1.0}),
-    "initial_noise_multiplier": (1.0, "Noise multiplier for img2img", "img2img", {"minimum": 0.0, "maximum": 1.5}),
     "img2img_extra_noise": (0.0, "Extra noise multiplier for img2img and hires fix", "img2img",
                             {"minimum": 0.0, "maximum": 1.0}),
     "img2img_color_correction": (False, "Apply color correction to img2img results to match original colors",

@@ -730,6 +730,10 @@ def create_ui(webui: Any) -> gr.Blocks:
     extension_tabs: list[tuple[Any, str, str]] = []
     for result in webui.callbacks.run("ui_tabs", webui):
         extension_tabs.extend(result if isinstance(result, list) else [result])
+    # The img2img tab shows no script UIs of its own (its Script accordion is SD upscale's): build their components
+    # now, outside any Blocks, so a request never builds them inside a running Gradio event (`complete_args`).
+    for script in webui.scripts.img2img.scripts:
+        webui.scripts.img2img.components(script)
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
         picker = _build_checkpoint_picker(webui)
         demo.load(lambda: _refresh_checkpoint_picker(webui), outputs=[picker], show_progress="hidden",

@@ -73,7 +73,8 @@ SECRET = "TOP-SECRET-7f3a"
 
 UI_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/webui-assets/{path:path}",
              "/internal/progress", "/lora-ui/cards", "/lora-ui/state", "/lora-ui/card", "/lora-ui/thumb",
-             "/lora-ui/metadata", "/lora-ui/blocks", "/lora-ui/editor", "/lora-ui/save", "/lora-ui/replace-preview"}
+             "/lora-ui/metadata", "/lora-ui/blocks", "/lora-ui/editor", "/lora-ui/save", "/lora-ui/replace-preview",
+             "/queue/status"}  # Gradio 3's queue probe that A1111 serves: a GET of the queue's length, open as there
 
 
 def png(color: tuple[int, int, int], text: str = "") -> bytes:

@@ -47,7 +47,8 @@ def test_scan_order_names_aliases_and_skipped_entries(tmp_path):
 
 def test_sd_version_detection():
     assert detect_sd_version({"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"}, {}) == "SDXL"
-    assert detect_sd_version({"modelspec.architecture": "flux-1-dev/lora"}, {}) == "Unknown"
+    assert detect_sd_version({"modelspec.architecture": "flux-1-dev/lora"}, {}) == "Flux"
+    assert detect_sd_version({"modelspec.architecture": "stable-cascade-v1-prior/lora"}, {}) == "Unknown"
     assert detect_sd_version({"ss_base_model_version": "sdxl_base_v1-0"}, {}) == "SDXL"
     assert detect_sd_version({"ss_v2": "True"}, {}) == "SD2"
     assert detect_sd_version({"ss_sd_model_name": "x"}, {}) == "Unknown"  # A1111 would say SD1
