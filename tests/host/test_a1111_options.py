@@ -11,7 +11,6 @@ import json
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from modules.host import WebUI
 from modules.infotext import parse_generation_parameters
@@ -52,14 +51,6 @@ A1111_DEFAULTS = {
     "disable_all_extensions": "none", "lora_preferred_name": "Alias from file", "lora_add_hashes_to_infotext": True,
     "extra_networks_default_multiplier": 1.0,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

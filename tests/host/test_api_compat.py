@@ -29,14 +29,6 @@ from tests.helpers.model_factory import write_single_file
 SIZE = {"width": 64, "height": 64, "steps": 3, "sampler_name": "Euler"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(client, webui) for an API-only server with the Lora extension and a LoRA named `tlora`."""

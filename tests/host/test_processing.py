@@ -29,15 +29,6 @@ from tests.helpers.model_factory import write_single_file
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared CPU (no oversubscription)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_webui(root, families=("SD1",)) -> WebUI:
     webui = WebUI.create(["--data-dir", str(root), "--no-embedded-default"], load_extensions_now=False)
     for family in families:

@@ -10,7 +10,6 @@ import subprocess
 
 import httpx
 import pytest
-import torch
 
 from modules.host import WebUI
 from modules.infotext import parse_generation_parameters
@@ -26,14 +25,6 @@ STYLES_CSV = (
     "Sharp,\"sharp focus, 8k\",blurry\n"
     "\"Only negative\",,\"watermark, text\"\n"
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,6 @@ from modules.webui_server import ServerThread, create_app
 from tests.helpers.model_factory import tiny_vae_states, write_single_file
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("vae")

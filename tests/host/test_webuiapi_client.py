@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from modules.host import WebUI
 from modules.infotext import parse_generation_parameters
@@ -15,14 +14,6 @@ from modules.webui_server import ServerThread, create_app
 from tests.helpers.model_factory import write_single_file, write_vae_file
 
 webuiapi = pytest.importorskip("webuiapi")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
