@@ -216,11 +216,7 @@ class Options:
             before = dict(self._values)
             self._values[key] = value
             if save:
-                try:
-                    self.save()
-                except OSError:
-                    self._values = before
-                    raise
+                self._save_or_restore(before)
         if old != value and info.onchange is not None:
             info.onchange(value)
         return old != value
@@ -234,11 +230,7 @@ class Options:
                 self.infos[key].coerce(value)
             before = dict(self._values)
             changed = [key for key, value in values.items() if self.set(key, value, save=False)]
-            try:
-                self.save()
-            except OSError:
-                self._values = before
-                raise
+            self._save_or_restore(before)
             return changed
 
     @staticmethod
@@ -268,11 +260,15 @@ class Options:
             before = dict(self._values)
             self._values.update(values)
             if save:
-                try:
-                    self.save()
-                except OSError:
-                    self._values = before
-                    raise
+                self._save_or_restore(before)
+
+    def _save_or_restore(self, before: dict[str, Any]) -> None:
+        """Write config.json; when that fails, put the values back to `before` (nothing half-applied) and raise."""
+        try:
+            self.save()
+        except OSError:
+            self._values = before
+            raise
 
     def as_dict(self) -> dict[str, Any]:
         """Every registered option's current value plus the unknown keys kept from config.json."""
