@@ -8,6 +8,7 @@ multiplier 1: delta = (alpha / rank) * up @ down (conv: reshaped to the kernel).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -97,3 +98,32 @@ def write_kohya_lora(path: Path, model: LoadedModel, rank: int = 4, alpha: float
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata or {})
     return deltas
+
+
+def load_checkpoint_file(path: Path, fmt: str = "single-file", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """The checkpoint at `path` (a single file or a diffusers folder) loaded on the CPU by the host's loader."""
+    from modules.sd_models import load_checkpoint  # noqa: PLC0415 - the host's loader, only for tests that load files
+
+    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", dtype)
+
+
+def engine_for(tmp_path: Path, model: LoadedModel) -> Any:
+    """A Lora engine over `tmp_path / "Lora"` (scanned now) with `model` set."""
+    from lorakit.engine.engine import LoraEngine  # noqa: PLC0415
+    from lorakit.library.registry import NetworkRegistry  # noqa: PLC0415
+    from modules.cache import DiskCache  # noqa: PLC0415
+
+    registry = NetworkRegistry([tmp_path / "Lora"], DiskCache(tmp_path / "cache.json"))
+    registry.refresh()
+    engine = LoraEngine(registry)
+    engine.set_model(model)
+    return engine
+
+
+def weight_of(model: LoadedModel, target: str) -> torch.Tensor:
+    """The weight of a target layer named `unet.<path>`, `vae.<path>` or `text_encoders.<i>.<path>`."""
+    part, _, path = target.partition(".")
+    if part == "text_encoders":
+        index, _, path = path.partition(".")
+        part = f"text_encoders.{index}"
+    return model.torch_modules()[part].get_submodule(path).weight

@@ -15,36 +15,21 @@ import torch
 from lorakit.engine.engine import LoraEngine, NetworkRequest
 from lorakit.library.registry import NetworkRegistry
 from modules.cache import DiskCache
-from modules.sd_model_types import CheckpointInfo
-from modules.sd_models import load_checkpoint
-from tests.helpers.lora_testing import assert_bitwise_equal, state_snapshot, write_kohya_lora
+from tests.helpers.lora_testing import (
+    assert_bitwise_equal,
+    engine_for,
+    load_checkpoint_file,
+    state_snapshot,
+    weight_of,
+    write_kohya_lora,
+)
 from tests.helpers.model_factory import write_diffusers_folder, write_single_file
-
-
-def load(path, fmt: str = "single-file", dtype: torch.dtype = torch.float32):
-    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", dtype)
-
-
-def engine_for(tmp_path, model) -> LoraEngine:
-    registry = NetworkRegistry([tmp_path / "Lora"], DiskCache(tmp_path / "cache.json"))
-    registry.refresh()
-    engine = LoraEngine(registry)
-    engine.set_model(model)
-    return engine
-
-
-def weight_of(model, target: str) -> torch.Tensor:
-    part, _, path = target.partition(".")
-    if part == "text_encoders":
-        index, _, path = path.partition(".")
-        part = f"text_encoders.{index}"
-    return model.torch_modules()[part].get_submodule(path).weight
 
 
 def test_first_apply_reads_each_pristine_tensor_at_most_once_and_never_in_full(tmp_path):
     for fmt, path in (("single-file", write_single_file(tmp_path / "model.safetensors", "SDXL", seed=3)),
                       ("diffusers", write_diffusers_folder(tmp_path / "folder", "SD1", seed=4))):
-        model = load(path, fmt)
+        model = load_checkpoint_file(path, fmt)
         pristine = state_snapshot(model)
         lora_dir = tmp_path / "Lora" / fmt
         deltas = write_kohya_lora(lora_dir / "a.safetensors", model, seed=1, conv=True)
@@ -74,7 +59,7 @@ def test_first_apply_reads_each_pristine_tensor_at_most_once_and_never_in_full(t
 
 
 def test_a_weight_written_after_the_load_is_compared_in_full_and_kept_as_a_copy(tmp_path):
-    model = load(write_single_file(tmp_path / "model.safetensors", "SD1", seed=5))
+    model = load_checkpoint_file(write_single_file(tmp_path / "model.safetensors", "SD1", seed=5))
     deltas = write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=2, only=6)
     names = list(deltas)
     with torch.no_grad():
@@ -93,7 +78,7 @@ def test_a_weight_written_after_the_load_is_compared_in_full_and_kept_as_a_copy(
 
 def test_float16_file_loaded_as_float32_is_trusted_without_reading(tmp_path):
     """The cast at load is the cast a view goes through, so the identity holds across dtypes."""
-    model = load(write_single_file(tmp_path / "model.safetensors", "SD1", seed=6, dtype=torch.float16))
+    model = load_checkpoint_file(write_single_file(tmp_path / "model.safetensors", "SD1", seed=6, dtype=torch.float16))
     pristine = state_snapshot(model)
     deltas = write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=3, only=5)
     engine = engine_for(tmp_path, model)

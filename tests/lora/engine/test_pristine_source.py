@@ -15,34 +15,18 @@ import os
 import pytest
 import torch
 
-from lorakit.engine.engine import LoraEngine, NetworkRequest
+from lorakit.engine.engine import NetworkRequest
 from lorakit.engine.patcher import PristineUnavailableError
-from lorakit.library.registry import NetworkRegistry
-from modules.cache import DiskCache
-from modules.sd_model_types import CheckpointInfo
-from modules.sd_models import load_checkpoint
-from tests.helpers.lora_testing import assert_bitwise_equal, lora_targets, state_snapshot, write_kohya_lora
+from tests.helpers.lora_testing import (
+    assert_bitwise_equal,
+    engine_for,
+    load_checkpoint_file,
+    lora_targets,
+    state_snapshot,
+    weight_of,
+    write_kohya_lora,
+)
 from tests.helpers.model_factory import write_diffusers_folder, write_single_file
-
-
-def load(path, fmt: str = "single-file", dtype: torch.dtype = torch.float32):
-    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", dtype)
-
-
-def engine_for(tmp_path, model) -> LoraEngine:
-    registry = NetworkRegistry([tmp_path / "Lora"], DiskCache(tmp_path / "cache.json"))
-    registry.refresh()
-    engine = LoraEngine(registry)
-    engine.set_model(model)
-    return engine
-
-
-def weight_of(model, target: str) -> torch.Tensor:
-    part, _, path = target.partition(".")
-    if part == "text_encoders":
-        index, _, path = path.partition(".")
-        part = f"text_encoders.{index}"
-    return model.torch_modules()[part].get_submodule(path).weight
 
 
 def assert_merged(model, pristine: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor], scale: float) -> None:
@@ -61,7 +45,7 @@ def test_no_backup_copies_exact_merge_and_bitwise_restore(tmp_path, family, fmt,
         path = write_diffusers_folder(tmp_path / "model", family, seed=3)
     else:
         path = write_single_file(tmp_path / "model.safetensors", family, seed=3, dtype=dtype)
-    model = load(path, fmt)
+    model = load_checkpoint_file(path, fmt)
     assert model.pristine is not None and len(model.pristine) > 0
     pristine = state_snapshot(model)
     deltas = write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=1, conv=True)
@@ -85,7 +69,7 @@ def test_no_backup_copies_exact_merge_and_bitwise_restore(tmp_path, family, fmt,
 def test_bfloat16_weights_are_rebuilt_in_float32_from_the_weight_then_the_file(tmp_path):
     """Weights the patcher cannot rebuild in place (bfloat16 here; fp16/bf16 on CUDA) get a float32 working copy: taken
     from the weight itself on first use, read back from the file afterwards; either way W0 + delta, rounded once."""
-    model = load(write_single_file(tmp_path / "model.safetensors", "SD1", seed=10, dtype=torch.bfloat16),
+    model = load_checkpoint_file(write_single_file(tmp_path / "model.safetensors", "SD1", seed=10, dtype=torch.bfloat16),
                  dtype=torch.bfloat16)
     pristine = state_snapshot(model)
     deltas = write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=7, only=8)
@@ -102,7 +86,7 @@ def test_bfloat16_weights_are_rebuilt_in_float32_from_the_weight_then_the_file(t
 
 
 def test_a_weight_changed_in_memory_keeps_a_copy_and_comes_back_exactly(tmp_path):
-    model = load(write_single_file(tmp_path / "model.safetensors", "SD1", seed=4))
+    model = load_checkpoint_file(write_single_file(tmp_path / "model.safetensors", "SD1", seed=4))
     deltas = write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=2, only=6)
     changed = next(iter(deltas))
     with torch.no_grad():
@@ -119,7 +103,7 @@ def test_a_weight_changed_in_memory_keeps_a_copy_and_comes_back_exactly(tmp_path
 
 def test_checkpoint_replaced_by_rename_while_loaded_still_restores_exactly(tmp_path):
     path = write_single_file(tmp_path / "model.safetensors", "SD1", seed=5)
-    model = load(path)
+    model = load_checkpoint_file(path)
     pristine = state_snapshot(model)
     write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=3)
     engine = engine_for(tmp_path, model)
@@ -132,7 +116,7 @@ def test_checkpoint_replaced_by_rename_while_loaded_still_restores_exactly(tmp_p
 
 def test_checkpoint_rewritten_in_place_is_refused_with_a_message(tmp_path):
     path = write_single_file(tmp_path / "model.safetensors", "SD1", seed=7)
-    model = load(path)
+    model = load_checkpoint_file(path)
     write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=4, only=4)
     engine = engine_for(tmp_path, model)
     engine.activate([NetworkRequest("a")])
@@ -144,7 +128,7 @@ def test_checkpoint_rewritten_in_place_is_refused_with_a_message(tmp_path):
 
 
 def test_models_without_a_safetensors_file_keep_copies(tmp_path):
-    model = load(write_single_file(tmp_path / "model.ckpt", "SD1", seed=8))
+    model = load_checkpoint_file(write_single_file(tmp_path / "model.ckpt", "SD1", seed=8))
     assert model.pristine is None
     pristine = state_snapshot(model)
     deltas = write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=5, only=5)
@@ -159,7 +143,7 @@ def test_models_without_a_safetensors_file_keep_copies(tmp_path):
 def test_the_merged_path_adds_no_hook_and_changes_no_module(tmp_path):
     """Generation with merged LoRAs runs exactly the no-LoRA forward code: same module objects and types, no hooks,
     no per-instance `forward`, parameters updated in place (the benchmark's step-time rows rest on this)."""
-    model = load(write_single_file(tmp_path / "model.safetensors", "SD1", seed=9))
+    model = load_checkpoint_file(write_single_file(tmp_path / "model.safetensors", "SD1", seed=9))
     write_kohya_lora(tmp_path / "Lora" / "a.safetensors", model, seed=6, conv=True)
     engine = engine_for(tmp_path, model)
 
