@@ -434,9 +434,9 @@ def engine_rows(model: LoadedModel, machine: Machine, folder: Path, algo: str, f
     return list(rows.values()), facts
 
 
-def diffusers_rows(model: LoadedModel, machine: Machine, folder: Path, device: torch.device,
-                   dtype: torch.dtype, steps: int) -> tuple[dict[str, Any], float | None]:
-    """diffusers' load/fuse/unfuse times on the same modules and files; also its unfused per-step time."""
+def diffusers_pipeline(model: LoadedModel) -> Any:
+    """diffusers' own StableDiffusion(XL)Pipeline over the loaded model's modules (same weights, same memory), with
+    an Euler scheduler from the model's scheduler config."""
     from diffusers import (  # noqa: PLC0415
         EulerDiscreteScheduler,
         StableDiffusionPipeline,
@@ -445,13 +445,18 @@ def diffusers_rows(model: LoadedModel, machine: Machine, folder: Path, device: t
 
     scheduler = EulerDiscreteScheduler.from_config(model.scheduler_config)
     if model.is_sdxl:
-        pipe = StableDiffusionXLPipeline(
+        return StableDiffusionXLPipeline(
             vae=model.vae, text_encoder=model.text_encoders[0], text_encoder_2=model.text_encoders[1],
             tokenizer=model.tokenizers[0], tokenizer_2=model.tokenizers[1], unet=model.unet, scheduler=scheduler)
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0], unet=model.unet,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return StableDiffusionPipeline(
+        vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0], unet=model.unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def diffusers_rows(model: LoadedModel, machine: Machine, folder: Path, device: torch.device,
+                   dtype: torch.dtype, steps: int) -> tuple[dict[str, Any], float | None]:
+    """diffusers' load/fuse/unfuse times on the same modules and files; also its unfused per-step time."""
+    pipe = diffusers_pipeline(model)
     times: dict[str, Any] = {}
     times["load_a"], _ = timed(lambda: pipe.load_lora_weights(str(folder / "locon_a.safetensors"), adapter_name="a"),
                                device)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench.bench_lora_apply import DTYPES, cpu_model, write_lora
+from bench.bench_lora_apply import DTYPES, cpu_model, diffusers_pipeline, write_lora
 from bench.checkpoints import DEFAULT_FOLDER, random_checkpoint
 from modules.sd_model_types import CheckpointInfo
 from modules.sd_models import load_layout
@@ -70,17 +70,7 @@ def _interval(stamps: list[float]) -> float:
 
 def diffusers_step_seconds(model, size: int, steps: int, seed: int) -> tuple[float, float]:
     """(seconds per step, whole call seconds) of diffusers' own pipeline on the same modules."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: PLC0415
-
-    scheduler = EulerDiscreteScheduler.from_config(model.scheduler_config)
-    if model.is_sdxl:
-        pipe = StableDiffusionXLPipeline(
-            vae=model.vae, text_encoder=model.text_encoders[0], text_encoder_2=model.text_encoders[1],
-            tokenizer=model.tokenizers[0], tokenizer_2=model.tokenizers[1], unet=model.unet, scheduler=scheduler)
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0], unet=model.unet,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = diffusers_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     stamps: list[float] = []
 
