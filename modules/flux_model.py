@@ -331,9 +331,18 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
     return read_state_dict(path)[0]
 
 
-def _component_states(path: Path, state: dict[str, torch.Tensor], prefix: str, models_dir: Path | None
-                      ) -> tuple[dict[str, Any], dict[str, tuple[Path, str, Mapping[str, torch.Tensor]]]]:
-    """The config and {"clip"|"t5"|"vae": (file, prefix, tensors)} for a transformer file and its companions."""
+def _header_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors as meta tensors (names, shapes and dtypes from the header; nothing read)."""
+    from modules.safetensors_header import read_header  # noqa: PLC0415
+
+    return {key: torch.empty(entry["shape"], dtype=pristine_weights.TORCH_DTYPES.get(entry["dtype"], torch.uint8),
+                             device="meta") for key, entry in read_header(path).items() if key != "__metadata__"}
+
+
+def _component_states(path: Path, state: dict[str, torch.Tensor], prefix: str, models_dir: Path | None,
+                      read: Any = _read) -> tuple[dict[str, Any], dict[str, tuple[Path, str, Mapping[str, torch.Tensor]]]]:
+    """The config and {"clip"|"t5"|"vae": (file, prefix, tensors)} for a transformer file and its companions
+    (companion files read with `read`: their tensors, or `_header_tensors` for a layout)."""
     sources: dict[str, tuple[Path, str, Mapping[str, torch.Tensor]]] = {}
     if prefix == COMFY_PREFIX:
         if any(k.startswith(BUNDLED_VAE_PREFIX) for k in state):
@@ -352,7 +361,7 @@ def _component_states(path: Path, state: dict[str, torch.Tensor], prefix: str, m
                 raise FluxLoadError(f"{path}: Flux transformer without a {what}; put one in models/{folder}/")
             file, file_prefix = files[kind]
             log.info("Flux %s from %s", kind, file)
-            sources[kind] = (file, file_prefix, _read(file))
+            sources[kind] = (file, file_prefix, read(file))
     config = base_config()
     config["transformer"] = infer_transformer_config(state, prefix, config["transformer"])
     clip_file, clip_prefix, clip_state = sources["clip"]
@@ -378,13 +387,12 @@ def _text_key_map(param_shapes: Mapping[str, tuple[int, ...]], component: str, p
     return key_map
 
 
-def load_single_file(info: CheckpointInfo, state: dict[str, torch.Tensor], prefix: str, device: torch.device,
-                     dtype: torch.dtype, models_dir: Path | None) -> LoadedModel:
-    """A Flux model from a BFL/ComfyUI transformer file (`state`, keys under `prefix`) plus its companions."""
-    from modules.sd_models import _assign, _finish, _map_pristine  # noqa: PLC0415
-
-    path = Path(info.path)
-    config, sources = _component_states(path, state, prefix, models_dir)
+def _single_file_plan(path: Path, state: dict[str, torch.Tensor], prefix: str, models_dir: Path | None,
+                      read: Any = _read) -> tuple[dict[str, Any], dict[str, torch.nn.Module], dict[str, Any],
+                                                  dict[str, dict[str, str]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """(config, modules on meta, parameter shapes, key maps per component, transforms, {component: (file,
+    tensors)}) of a BFL/ComfyUI transformer file and its companions: everything but the weights."""
+    config, sources = _component_states(path, state, prefix, models_dir, read)
     modules = build_modules(config, empty=True)
     shapes = {name: _param_shapes(m) for name, m in modules.items()}
     key_map, transforms = bfl_key_map(config["transformer"], shapes["unet"], prefix)
@@ -397,6 +405,28 @@ def load_single_file(info: CheckpointInfo, state: dict[str, torch.Tensor], prefi
         file, text_prefix, text_state = sources[kind]
         maps[component] = _text_key_map(shapes[component], component, text_prefix, text_state)
         files[component] = (file, text_state)
+    return config, modules, shapes, maps, transforms, files
+
+
+def load_layout(info: CheckpointInfo, state: dict[str, torch.Tensor], prefix: str,
+                models_dir: Path | None = None) -> LoadedModel:
+    """The Flux model of a BFL/ComfyUI transformer file with every parameter on the meta device (`state`: the
+    file's tensors as meta tensors): names, shapes, key map (file keys of this file and of the companions it
+    needs) and config, nothing read but headers. The merge tool resolves LoRA keys against it and streams the file."""
+    path = Path(info.path)
+    config, modules, _, maps, transforms, files = _single_file_plan(path, state, prefix, models_dir, _header_tensors)
+    special = {"transforms": transforms, "source": str(path), "flux_files": {c: str(f) for c, (f, _) in files.items()}}
+    all_maps = {k: v for component, m in maps.items() if Path(files[component][0]) == path for k, v in m.items()}
+    return _loaded(info, config, modules, [], torch.device("meta"), torch.float32, key_map=all_maps, special=special)
+
+
+def load_single_file(info: CheckpointInfo, state: dict[str, torch.Tensor], prefix: str, device: torch.device,
+                     dtype: torch.dtype, models_dir: Path | None) -> LoadedModel:
+    """A Flux model from a BFL/ComfyUI transformer file (`state`, keys under `prefix`) plus its companions."""
+    from modules.sd_models import _assign, _finish, _map_pristine  # noqa: PLC0415
+
+    path = Path(info.path)
+    config, modules, shapes, maps, transforms, files = _single_file_plan(path, state, prefix, models_dir)
     for component, module in modules.items():
         file, tensors = files[component]
         part = {}
@@ -454,18 +484,26 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
     for needed in ("transformer", "vae", "text_encoder", "text_encoder_2"):
         if not (path / needed / "config.json").is_file():
             raise FluxLoadError(f"{path}: Flux diffusers folder has no {needed}/config.json")
+    layout = device.type == "meta"  # `sd_models.load_layout`: modules built from their configs, no weights read
+
+    def component(cls: Any, folder: str) -> torch.nn.Module:
+        return model_configs.folder_component(cls, path / folder, layout)
+
     try:
-        modules = {"unet": FluxTransformer2DModel.from_pretrained(path / "transformer", local_files_only=True),
-                   "vae": AutoencoderKL.from_pretrained(path / "vae", local_files_only=True),
-                   "text_encoders.0": CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True),
-                   "text_encoders.1": T5EncoderModel.from_pretrained(path / "text_encoder_2", local_files_only=True)}
+        modules = {"unet": component(FluxTransformer2DModel, "transformer"), "vae": component(AutoencoderKL, "vae"),
+                   "text_encoders.0": component(CLIPTextModel, "text_encoder"),
+                   "text_encoders.1": component(T5EncoderModel, "text_encoder_2")}
     except (OSError, ValueError, RuntimeError) as exc:
         raise FluxLoadError(f"{path}: cannot load Flux diffusers folder ({type(exc).__name__}: {exc})") from exc
+    config = base_config()
+    config["transformer"] = dict(modules["unet"].config)
+    if layout:
+        for module in modules.values():
+            module.eval().requires_grad_(False)
+        return _loaded(info, config, modules, [], device, torch.float32)
     target = flux_dtype(device, dtype)
     for module in modules.values():
         _finish(module, device, target)
-    config = base_config()
-    config["transformer"] = dict(modules["unet"].config)
     scheduler_file = path / "scheduler" / "scheduler_config.json"
     tokenizers = load_tokenizers(config, path / "tokenizer", path / "tokenizer_2")
     folders = {"unet": "transformer", "vae": "vae", "text_encoders.0": "text_encoder", "text_encoders.1": "text_encoder_2"}

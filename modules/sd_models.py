@@ -199,12 +199,18 @@ def _convert_single_file(state: Mapping[str, torch.Tensor], path: Path) -> tuple
     return family, config, built, parts, shapes, components, key_map, special
 
 
-def load_layout(info: CheckpointInfo) -> LoadedModel:
+def load_layout(info: CheckpointInfo, models_dir: Path | None = None) -> LoadedModel:
     """The model of a `.safetensors` single file or a diffusers folder with every parameter on the meta device:
     module names, shapes, key map and family, no weights (nothing is read but headers and configs). Tools that
-    stream a checkpoint tensor by tensor (the merge tool) resolve LoRA keys against it. Raises ModelLoadError."""
+    stream a checkpoint tensor by tensor (the merge tool) resolve LoRA keys against it. `models_dir`: where a Flux
+    transformer file's companions are (their headers give the text encoders' shapes). Raises ModelLoadError."""
     path = Path(info.path)
     if info.format == "diffusers":
+        if flux_model.is_flux_folder(path):
+            try:
+                return flux_model.load_diffusers_folder(info, torch.device("meta"), torch.float32)
+            except flux_model.FluxLoadError as exc:
+                raise ModelLoadError(str(exc)) from exc
         return load_diffusers_folder(info, torch.device("meta"), torch.float32)
     if path.suffix.lower() != ".safetensors":
         raise ModelLoadError(f"{path}: only .safetensors checkpoints can be read without loading their weights")
@@ -212,6 +218,12 @@ def load_layout(info: CheckpointInfo) -> LoadedModel:
     dtypes = pristine_weights.TORCH_DTYPES
     state = {key: torch.empty(entry["shape"], dtype=dtypes.get(entry["dtype"], torch.uint8), device="meta")
              for key, entry in header.items() if key != "__metadata__"}
+    flux_prefix = flux_model.bfl_prefix(state.keys())
+    if flux_prefix is not None:
+        try:
+            return flux_model.load_layout(info, state, flux_prefix, models_dir)
+        except flux_model.FluxLoadError as exc:
+            raise ModelLoadError(str(exc)) from exc
     from modules.tokenizer import tokenizers_for  # noqa: PLC0415 - transformers: imported when a model loads
 
     family, config, built, _, _, _, key_map, special = _convert_single_file(state, path)
@@ -310,12 +322,7 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
     layout = device.type == "meta"  # load_layout: modules built from their configs, no weights read
 
     def component(cls: Any, folder: Path) -> Any:
-        if not layout:
-            return cls.from_pretrained(folder, local_files_only=True)
-        with torch.device("meta"):
-            if hasattr(cls, "from_config"):  # diffusers models
-                return cls.from_config(cls.load_config(folder, local_files_only=True))
-            return cls(cls.config_class.from_pretrained(folder, local_files_only=True))
+        return model_configs.folder_component(cls, folder, layout)
 
     try:
         unet = component(UNet2DConditionModel, path / "unet")

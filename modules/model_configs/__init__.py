@@ -221,6 +221,17 @@ def text_encoder_class(name: str) -> type:
     return getattr(transformers, name)
 
 
+def folder_component(cls: Any, folder: Path, layout: bool = False) -> Any:
+    """A diffusers/transformers model from a diffusers part folder, offline; `layout=True`: built from the folder's
+    config on the meta device (no weights read), for tools that stream the weights themselves."""
+    if not layout:
+        return cls.from_pretrained(folder, local_files_only=True)
+    with torch.device("meta"):
+        if hasattr(cls, "from_config"):  # diffusers models
+            return cls.from_config(cls.load_config(folder, local_files_only=True))
+        return cls(cls.config_class.from_pretrained(folder, local_files_only=True))
+
+
 def build_components(config: dict[str, Any], empty: bool = False) -> dict[str, Any]:
     """Instantiate {"unet", "vae", "text_encoders"} from a family config.
 

@@ -8,6 +8,10 @@ LyCORIS; PEFT files get alpha from the loader). Conv layers: ``down`` may carry 
 Tucker/CP (``lora_mid.weight`` (r, r, k...), LyCORIS ``use_tucker``): ``down`` and ``up`` are 1×1 and
 ``ΔW[o, c, k...] = Σ up[o, a] · mid[a, b, k...] · down[b, c]``.
 
+Biases of the factors (PEFT's ``lora_bias``, BFL control LoRAs: ``lora_B.bias`` -> ``lora_up.bias`` (out,),
+``lora_A.bias`` -> ``lora_down.bias`` (r,)): the layer's bias gains ``Δb = m · s · (up_bias + up₂ @ down_bias)``
+(what ``B(A x + a) + b_B`` adds to the output beyond ``B A x``).
+
 DyLoRA ``dyn`` = d (A1111): only the first d ranks, ``up₂[:, :d] @ down₂[:d]``; the scale keeps the full rank
 (alpha / r). Ignored with a Tucker mid (as in A1111). DoRA (``dora_scale``, or PEFT's ``lora_magnitude_vector``):
 see ``tensor_math.weight_decompose``.
@@ -22,7 +26,7 @@ import torch
 from ..errors import PartsError
 from ..formats.keys import DOTTED_PARTS
 from . import tensor_math
-from .base import NetworkModule
+from .base import Delta, NetworkModule
 
 PEFT_RENAMES = DOTTED_PARTS  # the one PEFT -> kohya part-name table
 
@@ -31,7 +35,8 @@ class ModuleTypeLora(NetworkModule):
     """LoRA/LoCon with optional Tucker mid, DyLoRA rank cut, DoRA and the legacy weight offset."""
 
     algorithm: ClassVar[str] = "LoRA"
-    parts: ClassVar[tuple[str, ...]] = ("lora_up.weight", "lora_down.weight", "lora_mid.weight")
+    parts: ClassVar[tuple[str, ...]] = ("lora_up.weight", "lora_down.weight", "lora_mid.weight", "lora_up.bias",
+                                        "lora_down.bias")
     supports_dora: ClassVar[bool] = True
 
     @classmethod
@@ -68,6 +73,17 @@ class ModuleTypeLora(NetworkModule):
                     f"{self.key}: LoRA Tucker lora_up/lora_down must be 1x1, got {tuple(up.shape)}, {tuple(down.shape)}"
                 )
         self.rank = rank
+        for part, size in (("lora_up.bias", up.shape[0]), ("lora_down.bias", rank)):
+            if part in self.weights and self.weights[part].numel() != size:
+                raise PartsError(f"{self.key}: LoRA {part} has shape {tuple(self.weights[part].shape)}, "
+                                 f"expected ({size},)")
+        if "lora_down.bias" in self.weights and mid is not None:
+            raise PartsError(f"{self.key}: a lora_down bias with a Tucker lora_mid is not a LoRA layout")
+
+    @property
+    def has_bias(self) -> bool:
+        """True when the factors carry biases (the layer's bias changes too)."""
+        return "lora_up.bias" in self.weights or "lora_down.bias" in self.weights
 
     def _has_mid(self) -> bool:
         return "lora_mid.weight" in self.weights
@@ -114,7 +130,7 @@ class ModuleTypeLora(NetworkModule):
         Tensors are on ``device`` (default: where the parts are) in ``dtype`` (default float32), never the
         stored parts themselves (callers may modify them).
         """
-        if self._has_mid() or self.is_dora or self.weight_offset is not None:
+        if self._has_mid() or self.is_dora or self.weight_offset is not None or self.has_bias:
             return None
         ref = self.weights["lora_up.weight"]
         probe = torch.empty(0, device=device or ref.device)
@@ -122,3 +138,25 @@ class ModuleTypeLora(NetworkModule):
         if down.data_ptr() == self.weights["lora_down.weight"].data_ptr():
             down = down.clone()
         return up * (multiplier * self.scale), down
+
+    def calc_delta(
+        self,
+        weight: torch.Tensor,
+        multiplier: float,
+        dyn_dim: int | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> Delta:
+        """The weight delta (see NetworkModule.calc_delta) and, when the factors carry biases, the bias delta."""
+        delta = super().calc_delta(weight, multiplier, dyn_dim, bias)
+        if not self.has_bias:
+            return delta
+        gamma = self.scale * multiplier
+        rows = self.weights["lora_up.weight"].shape[0]
+        change = torch.zeros(rows, device=weight.device, dtype=tensor_math.compute_dtype(weight))
+        if "lora_up.bias" in self.weights:
+            change += self._part("lora_up.bias", weight).reshape(-1)
+        if "lora_down.bias" in self.weights:
+            up, down_bias = self._factors(weight, dyn_dim)[0], self._part("lora_down.bias", weight).reshape(-1)
+            change += up @ down_bias[: up.shape[1]]
+        delta.bias = change * gamma
+        return delta

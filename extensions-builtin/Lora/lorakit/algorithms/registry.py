@@ -27,6 +27,7 @@ from .lokr import ModuleTypeLokr
 from .lora import ModuleTypeLora
 from .norm import ModuleTypeNorm
 from .oft import ModuleTypeOft
+from .set_weight import ModuleTypeSetWeight
 
 MODULE_TYPES: list[type[NetworkModule]] = [
     ModuleTypeLora,
@@ -38,6 +39,7 @@ MODULE_TYPES: list[type[NetworkModule]] = [
     ModuleTypeGLora,
     ModuleTypeOft,
     ModuleTypeBoft,
+    ModuleTypeSetWeight,
 ]
 
 
@@ -83,7 +85,7 @@ def group_label(parts: Mapping[str, Sequence[int]]) -> str | None:
 
 def detect_algorithm(shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, object] | None = None) -> str:
     """The badge for a card from the file's tensor names and shapes: the algorithm of most of its layer groups
-    ("LoRA", "LoCon", "LoHa", "LoKr", "IA3", "GLoRA", "OFT", "BOFT", "Full", "Norm"), "+DoRA" when a group has a
+    ("LoRA", "LoCon", "LoHa", "LoKr", "IA3", "GLoRA", "OFT", "BOFT", "Full", "Norm", "Set"), "+DoRA" when a group has a
     DoRA magnitude, "Unknown" when no group is claimed."""
     groups: dict[str, dict[str, Sequence[int]]] = {}
     for key, shape in shapes.items():

@@ -49,7 +49,8 @@ class NothingFitsError(NetworkLoadError):
         embedding tensors, no traceback (whose frames hold the file's tensors)."""
         kept = Network(name=self.network.name, on_disk=self.network.on_disk, mtime=self.network.mtime,
                        unmatched_keys=list(self.network.unmatched_keys), unsupported=list(self.network.unsupported),
-                       shape_errors=list(self.network.shape_errors))
+                       shape_errors=list(self.network.shape_errors),
+                       partly_applied=list(self.network.partly_applied))
         return NothingFitsError(str(self), kept)
 
 
@@ -60,11 +61,12 @@ class Network:
     name: str
     on_disk: NetworkOnDisk
     mtime: float
-    modules: dict[str, NetworkModule | PaddedInputModule | FusedRowsModule] = field(default_factory=dict)  # target layer name -> module
+    modules: dict[str, NetworkModule | InputChannelsModule | FusedRowsModule] = field(default_factory=dict)  # target layer name -> module
     targets: dict[str, TargetLayer] = field(default_factory=dict)
     unmatched_keys: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)  # "key: reason"
     shape_errors: list[str] = field(default_factory=list)  # "key: reason"
+    partly_applied: list[str] = field(default_factory=list)  # "key: what of it has no effect here"
     bundle_embeddings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
@@ -72,33 +74,49 @@ class Network:
         lines = []
         for label, items in (("keys matched no layer of the loaded model", self.unmatched_keys),
                              ("layers no strategy understands", self.unsupported),
-                             ("layers with shapes for another model", self.shape_errors)):
+                             ("layers with shapes for another model", self.shape_errors),
+                             ("layers applied in part", self.partly_applied)):
             if items:
                 examples = ", ".join(items[:MAX_EXAMPLES]) + (", ..." if len(items) > MAX_EXAMPLES else "")
                 lines.append(f"{self.name}: {len(items)} {label} (e.g. {examples})")
         return lines
 
 
-class PaddedInputModule:
-    """Applies a module made for a layer with fewer input channels (a 4-channel LoRA on a 9-channel inpainting
-    `conv_in`): the delta is computed on the first `in_channels` input channels and zero-padded to the layer's."""
+class InputChannelsModule:
+    """Applies a module made for a layer with another number of input channels (dimension 1 of the weight).
 
-    def __init__(self, inner: NetworkModule, in_channels: int) -> None:
+    * Fewer (a 4-channel LoRA on a 9-channel inpainting `conv_in`): the delta is computed on the first `inner_in`
+      input channels and zero-padded to the layer's.
+    * More (a Flux control LoRA's `img_in`, 128 inputs: the image latents then the control image's, on the model's 64):
+      the delta is computed for the layer widened with zero columns (diffusers' expansion of `x_embedder`) and its
+      first `layer_in` columns are kept: exact for the image channels; the control channels get no input here.
+    """
+
+    def __init__(self, inner: NetworkModule, inner_in: int, layer_in: int) -> None:
         self.inner = inner
-        self.in_channels = in_channels
+        self.inner_in, self.layer_in = inner_in, layer_in
         self.algorithm = inner.algorithm
         self.rank, self.alpha, self.key = inner.rank, inner.alpha, inner.key
+        self.is_dora = getattr(inner, "is_dora", False)
 
     def low_rank(self, multiplier: float, dyn_dim: int | None = None) -> None:
         return None
 
     def calc_delta(self, weight: torch.Tensor, multiplier: float, dyn_dim: int | None = None,
                    bias: torch.Tensor | None = None) -> Delta:
-        delta = self.inner.calc_delta(weight[:, : self.in_channels].contiguous(), multiplier, dyn_dim, bias)
+        if self.inner_in < self.layer_in:
+            delta = self.inner.calc_delta(weight[:, : self.inner_in].contiguous(), multiplier, dyn_dim, bias)
+            if delta.weight is not None:
+                padded = torch.zeros(weight.shape, dtype=delta.weight.dtype, device=delta.weight.device)
+                padded[:, : self.inner_in] = delta.weight.reshape(padded[:, : self.inner_in].shape)
+                delta.weight = padded
+            return delta
+        widened = torch.zeros((weight.shape[0], self.inner_in, *weight.shape[2:]), dtype=weight.dtype,
+                              device=weight.device)
+        widened[:, : self.layer_in] = weight
+        delta = self.inner.calc_delta(widened, multiplier, dyn_dim, bias)
         if delta.weight is not None:
-            padded = torch.zeros(weight.shape, dtype=delta.weight.dtype, device=delta.weight.device)
-            padded[:, : self.in_channels] = delta.weight.reshape(padded[:, : self.in_channels].shape)
-            delta.weight = padded
+            delta.weight = delta.weight.reshape(widened.shape)[:, : self.layer_in].contiguous()
         return delta
 
 
@@ -169,17 +187,22 @@ def _place(net: Network, layer_key: str, module: NetworkModule, placement: Place
     """Put `module` on the placement's layer (through `FusedRowsModule` for a fused projection), or record why not."""
     target = placement.target
     weight = target.module.weight
-    placed: NetworkModule | PaddedInputModule | FusedRowsModule = module
+    placed: NetworkModule | InputChannelsModule | FusedRowsModule = module
     try:
         if placement.rows is not None:
             placed = FusedRowsModule(module, placement.rows, int(placement.fused_rows or 0))
         placed.validate(weight.shape)
     except LoraError as exc:
-        padded = _pad_for_inpainting(module, weight.shape, target) if placement.rows is None else None
-        if padded is None:
+        fitted = _fit_input_channels(module, weight.shape, target) if placement.rows is None else None
+        if fitted is None:
             net.shape_errors.append(f"{layer_key}: {exc}")
             return
-        placed = padded
+        placed = fitted
+        if fitted.inner_in > fitted.layer_in:
+            net.partly_applied.append(
+                f"{layer_key}: a control LoRA's {fitted.inner_in} input channels on the model's {fitted.layer_in} (the "
+                f"{fitted.inner_in - fitted.layer_in} control-image channels get no input: this WebUI has no Flux "
+                "control-image input yet)")
     if target.name in net.modules:
         net.shape_errors.append(f"{layer_key}: a second group for layer {target.name}")
         return
@@ -187,25 +210,39 @@ def _place(net: Network, layer_key: str, module: NetworkModule, placement: Place
     net.targets[target.name] = target
 
 
-def _pad_for_inpainting(module: NetworkModule, shape: torch.Size, target: TargetLayer) -> PaddedInputModule | None:
-    """A 4-input-channel module for a 9-channel conv_in, wrapped to zero-pad; None if that is not the mismatch."""
-    if len(shape) != 4 or shape[1] <= 4 or not target.name.endswith("conv_in"):
+# Layers whose input channels a LoRA may have more or fewer of: SD inpainting's conv_in (9 = 4 latents + 5 mask and
+# masked image), Flux's img_in (a control LoRA's 128 = 64 latents + 64 control image).
+PADDED_INPUTS = ("conv_in",)
+WIDENED_INPUTS = ("unet.x_embedder",)
+
+
+def _fit_input_channels(module: NetworkModule, shape: torch.Size, target: TargetLayer) -> InputChannelsModule | None:
+    """`module` wrapped for the layer's input channels (see InputChannelsModule), or None if that is not the mismatch:
+    a 4-channel module on a wider `conv_in`, or a wider LoRA (`lora_down` columns) on Flux's `img_in`."""
+    if len(shape) == 4 and shape[1] > 4 and target.name.endswith(PADDED_INPUTS):
+        inner_in = 4
+    elif target.name in WIDENED_INPUTS and "lora_down.weight" in getattr(module, "weights", {}):
+        inner_in = int(module.weights["lora_down.weight"].shape[1])
+        if inner_in <= shape[1]:
+            return None
+    else:
         return None
     try:
-        module.validate(torch.Size([shape[0], 4, shape[2], shape[3]]))
+        module.validate(torch.Size([shape[0], inner_in, *shape[2:]]))
     except LoraError:
         return None
-    return PaddedInputModule(module, 4)
+    return InputChannelsModule(module, inner_in, int(shape[1]))
 
 
 def diffusers_cannot(network: Network) -> str | None:
     """What in a natively loaded file diffusers' loader does not apply (LyCORIS algorithms other than LoRA/LoCon,
-    Tucker `lora_mid`, DoRA, the legacy weight offset, padded inpainting inputs), or None."""
+    Tucker `lora_mid`, DoRA, the legacy weight offset, other input channels than the layer's), or None."""
     modules = list(network.modules.values())
     features = sorted({str(m.algorithm) for m in modules} - {"LoRA"})
     checks = (("Tucker (lora_mid)", lambda m: "lora_mid.weight" in getattr(m, "weights", {})),
               ("DoRA", lambda m: getattr(m, "is_dora", False)),
               ("LyCORIS weight offsets", lambda m: getattr(m, "weight_offset", None) is not None),
-              ("a 4-channel conv_in on a 9-channel model", lambda m: isinstance(m, PaddedInputModule)))
+              ("input channels other than the layer's (inpainting conv_in, Flux control img_in)",
+               lambda m: isinstance(m, InputChannelsModule)))
     features += [label for label, check in checks if any(check(m) for m in modules)]
     return ", ".join(features) or None

@@ -10,7 +10,9 @@ Families understood (each normalised to one underscore form, then looked up in a
 * Flux.1 (the transformer in `LoadedModel.unet`): kohya BFL names `lora_unet_double_blocks_0_img_attn_qkv`,
   `lora_unet_single_blocks_0_linear1` (`lora_te1_` CLIP-L, `lora_te2_`/`lora_te3_` T5); diffusers/PEFT and ai-toolkit
   `transformer.transformer_blocks.0.attn.to_q.lora_A.weight`; XLabs `double_blocks.0.processor.qkv_lora1.down.weight`;
-  OneTrainer `lora_transformer_...`; SimpleTuner/LyCORIS `lycoris_transformer_blocks_0_attn_to_q`. BFL's fused
+  OneTrainer `lora_transformer_...`; SimpleTuner/LyCORIS `lycoris_transformer_blocks_0_attn_to_q`; BFL's own
+  dotted layout of its control LoRAs `double_blocks.0.img_attn.qkv.lora_A.weight` (+ `lora_B.bias`, and RMSNorm
+  `...query_norm.scale` stored whole, read as `set_weight`). BFL's fused
   projections (`img_attn.qkv`, `txt_attn.qkv`, a single block's `linear1` = q, k, v, mlp, and its `qkv` part) resolve
   to several split diffusers layers, each with the rows of the fused output it is (`Placement.rows`); the BFL names
   come from `modules.flux_model.bfl_module_map` of the loaded transformer's config.
@@ -43,6 +45,8 @@ DOTTED_PARTS = {
     "lora.up.weight": "lora_up.weight",
     "lora_magnitude_vector.weight": "dora_scale",
     "lora_magnitude_vector": "dora_scale",
+    "lora_B.bias": "lora_up.bias",  # PEFT's lora_bias, BFL control LoRAs
+    "lora_A.bias": "lora_down.bias",
 }
 DOTTED_PREFIXES = ("unet.", "transformer.", "text_encoder.", "text_encoder_2.", "base_model.model.")
 # Layer-key prefixes -> the part of the model they name ("unet", "te0" = first text encoder, "te1" = second), in the
@@ -60,6 +64,11 @@ PROCESSOR_RE = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(up|down)
 # module they train (img = stream 1, txt = stream 2; single blocks: qkv of linear1, and linear2).
 XLABS_RE = re.compile(r"^(?:diffusion_model\.)?(double_blocks|single_blocks)\.(\d+)\.processor\."
                       r"(qkv_lora1|qkv_lora2|proj_lora1|proj_lora2|qkv_lora|proj_lora)\.(down|up)\.weight$")
+# BFL's own LoRA layout (Flux control LoRAs: Canny, Depth): dotted BFL module names with PEFT parts and biases, plus
+# trained RMSNorm scales stored whole (`...query_norm.scale`: a `set_weight`, not the scalar `scale` part).
+BFL_DOTTED_RE = re.compile(r"^(?:diffusion_model\.)?((?:double_blocks|single_blocks)\.\d+\.[\w.]+?|img_in|txt_in|"
+                           r"(?:time_in|vector_in|guidance_in)\.(?:in_layer|out_layer)|final_layer\.[\w.]+?)\."
+                           r"(lora_A\.weight|lora_B\.weight|lora_A\.bias|lora_B\.bias|alpha|scale)$")
 XLABS_PARTS = {"qkv_lora1": "img_attn.qkv", "qkv_lora2": "txt_attn.qkv", "proj_lora1": "img_attn.proj",
                "proj_lora2": "txt_attn.proj", "qkv_lora": "qkv", "proj_lora": "linear2"}
 
@@ -93,6 +102,11 @@ def split_key(key: str) -> tuple[str, str]:
     if xlabs:  # grouped under the kohya spelling of the BFL module it trains
         kind, number, part, side = xlabs.groups()
         return f"lora_unet_{kind}_{number}_{XLABS_PARTS[part].replace('.', '_')}", f"lora_{side}.weight"
+    bfl = BFL_DOTTED_RE.match(key)
+    if bfl:  # grouped under the kohya spelling of the BFL module, as XLabs keys are
+        module, part = bfl.groups()
+        part = "set_weight" if part == "scale" and module.endswith("_norm") else DOTTED_PARTS.get(part, part)
+        return "lora_unet_" + module.replace(".", "_"), part
     match = PROCESSOR_RE.search(key)
     if match:
         target = {"to_out": "to_out.0"}.get(match.group(1), match.group(1))

@@ -61,7 +61,9 @@ from ..prompt.tags import TagError, parse_tag
 
 log = logging.getLogger("merge")
 
-DIFFUSERS_PARTS = ("unet", "text_encoder", "text_encoder_2")
+# A diffusers folder's part folders -> the model component each holds (Flux keeps its denoiser in `transformer/`).
+DIFFUSERS_PARTS = {"unet": "unet", "transformer": "unet", "text_encoder": "text_encoders.0",
+                   "text_encoder_2": "text_encoders.1"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 DEFAULT_MAX_SECONDS = 3600.0
 
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True, help='tags to apply, e.g. "<lora:a:0.7> <lora:b:1>"')
     parser.add_argument("--out", required=True, help="output file (single file) or folder (diffusers)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--models-dir", default=None,
+                        help="folder with text_encoder/ and VAE/ for a Flux transformer file (default: the folder "
+                             "above the checkpoint's folder, A1111's models/)")
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
                         help=f"give up after this many seconds (default {DEFAULT_MAX_SECONDS:g})")
     return parser
@@ -117,23 +122,30 @@ def _components_dtype(folder: Path) -> torch.dtype:
     return torch.float32
 
 
-def load_model(ckpt: Path) -> Any:
+def default_models_dir(ckpt: Path) -> Path:
+    """Where a Flux transformer file's companions are looked for when not given: A1111's `models/` (the folder above
+    `models/Stable-diffusion/`)."""
+    return Path(ckpt).resolve().parent.parent
+
+
+def load_model(ckpt: Path, models_dir: Path | None = None) -> Any:
     """The checkpoint (single file or diffusers folder) in float32 on the CPU. Raises MergeError."""
     if not ckpt.exists():
         raise MergeError(f"checkpoint not found: {ckpt}", 2)
     diffusers = is_diffusers_folder(ckpt)
     info = CheckpointInfo(path=ckpt, name=ckpt.name, format="diffusers" if diffusers else "single-file")
     try:
-        return load_checkpoint(info, torch.device("cpu"), torch.float32)
+        return load_checkpoint(info, torch.device("cpu"), torch.float32, models_dir or default_models_dir(ckpt))
     except ModelLoadError as exc:
         raise MergeError(str(exc), 1) from exc
 
 
-def prepare(ckpt: Path, lora_dirs: list[Path], prompt: str) -> tuple[Any, LoraEngine, list[NetworkRequest]]:
+def prepare(ckpt: Path, lora_dirs: list[Path], prompt: str, models_dir: Path | None = None
+            ) -> tuple[Any, LoraEngine, list[NetworkRequest]]:
     """Parse the tags, load the checkpoint and an engine over `lora_dirs` (shared by merge and combine).
     Raises MergeError: code 2 for bad arguments or tags, 1 for files that cannot be used."""
     tags = _parse_tags(prompt)
-    model = load_model(ckpt)
+    model = load_model(ckpt, models_dir)
     engine, requests = _engine(model, lora_dirs, tags)
     return model, engine, requests
 
@@ -211,14 +223,16 @@ def _check_report(report: Any) -> list[str]:
     return list(dict.fromkeys(report.warnings))
 
 
-def merge(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, overwrite: bool = False) -> MergeResult:
-    """Do the merge (streamed where the formats allow, see the module docstring). Raises MergeError."""
+def merge(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, overwrite: bool = False,
+          models_dir: Path | None = None) -> MergeResult:
+    """Do the merge (streamed where the formats allow, see the module docstring). `models_dir`: where a Flux
+    transformer file's text encoders and VAE are (default `default_models_dir`). Raises MergeError."""
     start = time.perf_counter()
     check_output(out, overwrite, ckpt)
     if _streamable(ckpt, out):
-        result = _merge_streaming(ckpt, lora_dirs, prompt, out)
+        result = _merge_streaming(ckpt, lora_dirs, prompt, out, models_dir)
     else:
-        model, engine, requests = prepare(ckpt, lora_dirs, prompt)
+        model, engine, requests = prepare(ckpt, lora_dirs, prompt, models_dir)
         result = MergeResult(warnings=_check_report(engine.activate(requests)))
         if model.checkpoint.format == "diffusers":
             _write_diffusers(model, ckpt, out)
@@ -269,10 +283,9 @@ def _sources(model: Any, ckpt: Path) -> list[_Source]:
         for params in params_of.values():
             params.sort(key=lambda p: int((transforms.get(p) or {}).get("index", 0)))
         return [_Source(ckpt, params_of, dict(model.key_map), transforms)]
-    prefixes = {"unet": "unet", "text_encoder": "text_encoders.0", "text_encoder_2": "text_encoders.1"}
     modules = model.torch_modules()
     sources = []
-    for part, prefix in prefixes.items():
+    for part, prefix in DIFFUSERS_PARTS.items():
         if prefix not in modules or not (ckpt / part / "config.json").is_file():
             continue
         names = set(modules[prefix].state_dict())
@@ -354,19 +367,20 @@ class _FileMerger:
         return merged.reshape(raw.shape)
 
 
-def _merge_streaming(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path) -> MergeResult:
+def _merge_streaming(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path, models_dir: Path | None) -> MergeResult:
     tags = _parse_tags(prompt)
     if not ckpt.exists():
         raise MergeError(f"checkpoint not found: {ckpt}", 2)
     info = CheckpointInfo(path=ckpt, name=ckpt.name, format="diffusers" if is_diffusers_folder(ckpt) else "single-file")
     try:
-        model = load_layout(info)
+        model = load_layout(info, models_dir or default_models_dir(ckpt))
     except ModelLoadError as exc:
         raise MergeError(str(exc), 1) from exc
     engine, requests = _engine(model, lora_dirs, tags)
     report, wanted, _ = engine.plan(requests)
     result = MergeResult(warnings=_check_report(report), streamed=True)
     sources = _sources(model, ckpt)
+    result.warnings += _unwritten_layers(wanted, sources, ckpt)
 
     def write(source: _Source, target: Path) -> None:
         try:
@@ -386,6 +400,20 @@ def _merge_streaming(ckpt: Path, lora_dirs: list[Path], prompt: str, out: Path) 
         write(sources[0], out)
     result.warnings = list(dict.fromkeys(result.warnings))
     return result
+
+
+def _unwritten_layers(wanted: dict[str, Any], sources: list[_Source], ckpt: Path) -> list[str]:
+    """A warning per model component whose LoRA-changed layers the checkpoint does not hold (a Flux transformer
+    file without its text encoders: they live in other files, which the merge does not rewrite)."""
+    held = {param for source in sources for param in source.key_of}
+    missing: dict[str, int] = {}
+    for layer in wanted:
+        if f"{layer}.weight" not in held:
+            component = layer.split(".")[0] if layer.startswith("unet.") else ".".join(layer.split(".")[:2])
+            missing[component] = missing.get(component, 0) + 1
+    names = {"unet": "the denoiser", "text_encoders.0": "text encoder 1", "text_encoders.1": "text encoder 2"}
+    return [f"{ckpt.name} does not hold {names.get(c, c)} ({n} layers the LoRAs change): those changes are not "
+            "written (merge into the file that holds it)" for c, n in missing.items()]
 
 
 def _weights_of_parts(folder: str, names: list[str]) -> list[str]:
@@ -410,9 +438,9 @@ def _write_diffusers(model, ckpt: Path, out: Path) -> None:
         shutil.copytree(ckpt, tmp, dirs_exist_ok=True,
                         ignore=lambda folder, names: [n for n in names if Path(folder).name in DIFFUSERS_PARTS
                                                       and n.endswith(WEIGHT_SUFFIXES)])
-        modules = {"unet": model.unet, "text_encoder": model.text_encoders[0]}
-        if len(model.text_encoders) > 1:
-            modules["text_encoder_2"] = model.text_encoders[1]
+        components = model.torch_modules()
+        modules = {part: components[prefix] for part, prefix in DIFFUSERS_PARTS.items()
+                   if prefix in components and (ckpt / part / "config.json").is_file()}
         for part, module in modules.items():
             dtype = _components_dtype(ckpt / part)
             module.to(dtype).save_pretrained(tmp / part, safe_serialization=True)
@@ -423,7 +451,7 @@ def main(argv: list[str]) -> int:
     try:
         with wall_clock_limit(args.max_seconds):
             result = merge(Path(args.ckpt), [Path(d) for d in args.lora_dir], args.prompt, Path(args.out),
-                           args.overwrite)
+                           args.overwrite, Path(args.models_dir) if args.models_dir else None)
     except MergeError as exc:
         print(f"merge failed: {exc}", file=sys.stderr)
         return exc.code

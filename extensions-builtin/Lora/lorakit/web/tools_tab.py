@@ -84,7 +84,8 @@ def run_merge(webui: WebUI, prompt: str, name: str) -> str:
     current = webui.models.get().checkpoint
     source = Path(current.path)
     out = output_path(webui.paths.ckpt_dir, name, "" if current.format == "diffusers" else source.suffix)
-    result = merge(source, [webui.paths.lora_dir, webui.paths.lyco_dir], prompt, out)
+    result = merge(source, [webui.paths.lora_dir, webui.paths.lyco_dir], prompt, out,
+                   models_dir=Path(webui.paths.models_dir))
     webui.models.list_checkpoints()
     return f"Wrote {out.name}" + "".join(f"\nwarning: {w}" for w in result.warnings)
 

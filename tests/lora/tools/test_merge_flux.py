@@ -1,0 +1,162 @@
+"""The merge tool on Flux.1: BFL single files (plain, ComfyUI-bundled) and diffusers folders, streamed.
+
+* A split LoRA on fused layers: a PEFT file written by the PEFT library for diffusers' split `to_q`/`to_k`/`to_v`/
+  `proj_mlp` lands in BFL's fused `img_attn.qkv` / `linear1` tensors block-diagonally (each split delta in its own
+  rows), equal to the BFL weight plus PEFT's own `get_delta_weight` of each split layer, in row order.
+* Same bytes as a generation: the merged file, loaded back, is bitwise the model the WebUI's engine gives with the same
+  LoRAs (kohya BFL names incl. fused `linear1`, text-encoder layers, PEFT split layers).
+* A transformer-only file: the text-encoder changes cannot be written there, and the tool says so; the rest is merged.
+* A Flux diffusers folder (`transformer/`) is streamed and equals the engine's model.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import safe_open
+
+from lorakit.engine.engine import LoraEngine, NetworkRequest
+from lorakit.library.registry import NetworkRegistry
+from lorakit.tools import merge as merge_tool
+from modules import flux_model
+from modules.paths import REPO_ROOT
+from modules.sd_model_types import CheckpointInfo
+from modules.sd_models import load_checkpoint
+from tests.helpers import flux_factory
+from tests.helpers.lora_testing import state_snapshot
+from tests.lora.engine.test_flux_loras import kohya_file
+
+SPLIT_TARGETS = ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "proj_mlp"]
+
+
+def load(path, models_dir=None, fmt="single-file"):
+    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", torch.float32, models_dir)
+
+
+def engine_model(path, lora_dir, requests, models_dir=None, fmt="single-file"):
+    """The reference: the WebUI's engine applied to the loaded model, as a generation sees it."""
+    model = load(path, models_dir, fmt)
+    registry = NetworkRegistry([lora_dir], cache=None, hashing=False)
+    registry.refresh()
+    engine = LoraEngine(registry)
+    engine.set_model(model)
+    report = engine.activate(requests)
+    assert not report.errors and not report.not_found
+    return model
+
+
+def write_peft_split_lora(folder, model, seed=5):
+    """A PEFT LoRA over diffusers' split projections, saved by diffusers' own writer; returns the injected copy
+    (PEFT's deltas are the reference)."""
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=SPLIT_TARGETS, init_lora_weights=False)
+    injected = inject_adapter_in_model(config, copy.deepcopy(model.unet))
+    FluxLoraLoaderMixin.save_lora_weights(str(folder), transformer_lora_layers=get_peft_model_state_dict(injected),
+                                          weight_name="split.safetensors",
+                                          transformer_lora_adapter_metadata=config.to_dict())
+    return injected
+
+
+@pytest.fixture
+def bundled(tmp_path):
+    ckpt = flux_factory.write_bfl_file(tmp_path / "Stable-diffusion" / "flux.safetensors", seed=1, bundled=True)
+    flux_factory.write_t5_tokenizer(tmp_path / "text_encoder" / "t5_tokenizer")
+    return ckpt
+
+
+def test_split_lora_lands_block_diagonally_in_fused_bfl_tensors(tmp_path, bundled):
+    base = load(bundled, tmp_path)
+    lora_dir = tmp_path / "Lora"
+    injected = write_peft_split_lora(lora_dir, base)
+    out = tmp_path / "merged.safetensors"
+    result = merge_tool.merge(bundled, [lora_dir], "<lora:split:0.6>", out, models_dir=tmp_path)
+    assert result.streamed and not result.warnings
+
+    deltas = {path: module.get_delta_weight("default") for path, module in injected.named_modules()
+              if isinstance(module, BaseTunerLayer)}
+    fused: dict[str, list[tuple[int, int, str]]] = {}
+    for path, target in flux_model.bfl_module_map(base.unet.config).items():
+        if isinstance(target, tuple):
+            fused.setdefault(target[0], []).append((target[1], target[2], path))
+    prefix = flux_model.COMFY_PREFIX
+    checked = 0
+    with safe_open(str(out), "pt") as merged, safe_open(str(bundled), "pt") as source:
+        for bfl, members in fused.items():
+            want = source.get_tensor(f"{prefix}{bfl}.weight").clone()
+            for start, stop, path in members:
+                if path in deltas:
+                    want[start:stop] += 0.6 * deltas[path]
+            got = merged.get_tensor(f"{prefix}{bfl}.weight")
+            assert not torch.equal(got, source.get_tensor(f"{prefix}{bfl}.weight")), bfl
+            assert (got - want).abs().max().item() < 1e-6, bfl
+            checked += 1
+        untouched = f"{prefix}double_blocks.0.img_attn.proj.weight"
+        assert torch.equal(merged.get_tensor(untouched), source.get_tensor(untouched))
+    assert checked == 2 * 2 + 2  # img_attn.qkv + txt_attn.qkv per double block, linear1 per single block
+
+
+def test_merged_bfl_file_is_bitwise_the_engines_model(tmp_path, bundled):
+    base = load(bundled, tmp_path)
+    lora_dir = tmp_path / "Lora"
+    kohya_file(lora_dir / "k.safetensors", base, skip=(), text_encoder=True)  # incl. fused linear1, CLIP-L layers
+    write_peft_split_lora(lora_dir, base)
+    del base
+    out = tmp_path / "merged.safetensors"
+    result = merge_tool.merge(bundled, [lora_dir], "<lora:k:0.8> <lora:split:0.5>", out, models_dir=tmp_path)
+    assert result.streamed and result.layers_merged > 0 and not result.warnings
+    want = state_snapshot(engine_model(bundled, lora_dir, [NetworkRequest("k", 0.8, 0.8),
+                                                           NetworkRequest("split", 0.5, 0.5)], tmp_path))
+    got = state_snapshot(load(out, tmp_path))
+    assert want.keys() == got.keys()
+    assert [k for k in want if not torch.equal(want[k], got[k])] == []
+    pristine = state_snapshot(load(bundled, tmp_path))
+    changed = {k.split(".")[0] for k in want if not torch.equal(want[k], pristine[k])}
+    assert changed == {"unet", "text_encoders"}
+
+
+def test_transformer_only_file_merges_the_transformer_and_names_what_it_cannot_write(tmp_path):
+    ckpt = flux_factory.write_bfl_file(tmp_path / "Stable-diffusion" / "flux1-dev.safetensors", seed=1)
+    flux_factory.write_companions(tmp_path, seed=1)
+    base = load(ckpt, tmp_path)
+    lora_dir = tmp_path / "Lora"
+    kohya_file(lora_dir / "k.safetensors", base, skip=(), text_encoder=True)
+    del base
+    out = tmp_path / "merged.safetensors"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "launch.py"), "merge", "--ckpt", str(ckpt), "--lora-dir",
+                           str(lora_dir), "--prompt", "<lora:k:1>", "--out", str(out)],  # models/ found by default
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "streamed" in done.stdout
+    assert ("warning: flux1-dev.safetensors does not hold text encoder 1 (12 layers the LoRAs change): those changes "
+            "are not written") in done.stderr
+    want = state_snapshot(engine_model(ckpt, lora_dir, [NetworkRequest("k")], tmp_path))
+    got = state_snapshot(load(out, tmp_path))
+    unet = [k for k in want if k.startswith("unet.")]
+    assert [k for k in unet if not torch.equal(want[k], got[k])] == []
+    pristine = state_snapshot(load(ckpt, tmp_path))
+    assert all(torch.equal(got[k], pristine[k]) for k in got if k.startswith("text_encoders."))
+    assert any(not torch.equal(got[k], pristine[k]) for k in unet)
+
+
+def test_flux_diffusers_folder_streams_and_equals_the_engine(tmp_path):
+    folder = flux_factory.write_diffusers_folder(tmp_path / "flux-folder", seed=2)
+    base = load(folder, fmt="diffusers")
+    lora_dir = tmp_path / "Lora"
+    kohya_file(lora_dir / "k.safetensors", base, skip=(), text_encoder=True)
+    del base
+    out = tmp_path / "merged"
+    result = merge_tool.merge(folder, [lora_dir], "<lora:k:0.7>", out)
+    assert result.streamed and not result.warnings
+    want = engine_model(folder, lora_dir, [NetworkRequest("k", 0.7, 0.7)], fmt="diffusers")
+    got = load(out, fmt="diffusers")
+    for part in ("unet", "text_encoders.0", "text_encoders.1", "vae"):
+        a, b = want.torch_modules()[part].state_dict(), got.torch_modules()[part].state_dict()
+        assert a.keys() == b.keys()
+        assert [k for k in a if not torch.equal(a[k], b[k])] == [], part
