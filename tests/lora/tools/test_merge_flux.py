@@ -3,6 +3,8 @@
 * A split LoRA on fused layers: a PEFT file written by the PEFT library for diffusers' split `to_q`/`to_k`/`to_v`/
   `proj_mlp` lands in BFL's fused `img_attn.qkv` / `linear1` tensors block-diagonally (each split delta in its own
   rows), equal to the BFL weight plus PEFT's own `get_delta_weight` of each split layer, in row order.
+* The same for LyCORIS LoKr and LoHa files on the split layers (written by the LyCORIS library): each fused tensor
+  is the rows of LyCORIS' own merged split weights.
 * Same bytes as a generation: the merged file, loaded back, is bitwise the model the WebUI's engine gives with the same
   LoRAs (kohya BFL names incl. fused `linear1`, text-encoder layers, PEFT split layers).
 * A transformer-only file: the text-encoder changes cannot be written there, and the tool says so; the rest is merged.
@@ -31,7 +33,7 @@ from modules.sd_model_types import CheckpointInfo
 from modules.sd_models import load_checkpoint
 from tests.helpers import flux_factory
 from tests.helpers.lora_testing import state_snapshot
-from tests.lora.engine.test_flux_loras import kohya_file
+from tests.lora.engine.test_flux_loras import kohya_file, write_simpletuner_lycoris
 
 SPLIT_TARGETS = ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "proj_mlp"]
 
@@ -81,14 +83,10 @@ def test_split_lora_lands_block_diagonally_in_fused_bfl_tensors(tmp_path, bundle
 
     deltas = {path: module.get_delta_weight("default") for path, module in injected.named_modules()
               if isinstance(module, BaseTunerLayer)}
-    fused: dict[str, list[tuple[int, int, str]]] = {}
-    for path, target in flux_model.bfl_module_map(base.unet.config).items():
-        if isinstance(target, tuple):
-            fused.setdefault(target[0], []).append((target[1], target[2], path))
     prefix = flux_model.COMFY_PREFIX
     checked = 0
     with safe_open(str(out), "pt") as merged, safe_open(str(bundled), "pt") as source:
-        for bfl, members in fused.items():
+        for bfl, members in fused_members(base).items():
             want = source.get_tensor(f"{prefix}{bfl}.weight").clone()
             for start, stop, path in members:
                 if path in deltas:
@@ -100,6 +98,35 @@ def test_split_lora_lands_block_diagonally_in_fused_bfl_tensors(tmp_path, bundle
         untouched = f"{prefix}double_blocks.0.img_attn.proj.weight"
         assert torch.equal(merged.get_tensor(untouched), source.get_tensor(untouched))
     assert checked == 2 * 2 + 2  # img_attn.qkv + txt_attn.qkv per double block, linear1 per single block
+
+
+def fused_members(model):
+    """{BFL fused module: [(start, stop, diffusers path), ...]} of the model's config."""
+    fused: dict[str, list[tuple[int, int, str]]] = {}
+    for path, target in flux_model.bfl_module_map(model.unet.config).items():
+        if isinstance(target, tuple):
+            fused.setdefault(target[0], []).append((target[1], target[2], path))
+    return fused
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_split_lycoris_lands_in_fused_bfl_tensors(tmp_path, bundled, algo):
+    base = load(bundled, tmp_path)
+    lora_dir = tmp_path / "Lora"
+    lora_dir.mkdir()
+    _, reference = write_simpletuner_lycoris(lora_dir / f"st-{algo}.safetensors", base, algo, seed=9)
+    out = tmp_path / "merged.safetensors"
+    result = merge_tool.merge(bundled, [lora_dir], f"<lora:st-{algo}:0.7>", out, models_dir=tmp_path)
+    assert result.streamed and not result.warnings
+    prefix = flux_model.COMFY_PREFIX
+    with safe_open(str(out), "pt") as merged, safe_open(str(bundled), "pt") as source:
+        for bfl, members in fused_members(base).items():
+            want = source.get_tensor(f"{prefix}{bfl}.weight").clone()
+            for start, stop, path in members:
+                want[start:stop] = reference[f"unet.{path}"](0.7).weight
+            got = merged.get_tensor(f"{prefix}{bfl}.weight")
+            assert not torch.equal(got, source.get_tensor(f"{prefix}{bfl}.weight")), bfl
+            assert (got - want).abs().max().item() < 1e-5, bfl
 
 
 def test_merged_bfl_file_is_bitwise_the_engines_model(tmp_path, bundled):
