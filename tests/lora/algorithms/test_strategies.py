@@ -370,7 +370,7 @@ def test_dora_axis_detection():
 # ------------------------------------------------------------------------------------------------ registry, errors
 def test_registry_order_and_claims():
     names = [t.algorithm for t in strategies.MODULE_TYPES]
-    assert names == ["LoRA", "LoHa", "IA3", "LoKr", "Full", "Norm", "GLoRA", "OFT", "BOFT"]
+    assert names == ["LoRA", "LoHa", "IA3", "LoKr", "Full", "Norm", "GLoRA", "OFT", "BOFT", "Set"]
     boft = strategies.create_module(KEY, {"oft_blocks": torch.zeros(2, 4, 4, 4)})
     oft = strategies.create_module(KEY, {"oft_blocks": torch.zeros(4, 8, 8)})
     assert (boft.algorithm, oft.algorithm) == ("BOFT", "OFT")
