@@ -110,3 +110,54 @@ def test_control_lora_keys_are_flux_and_grouped_per_bfl_module(files):
     norms = [k for k in lora if k.endswith("_norm.scale")]
     assert len(norms) == 2 * 4 + 2 * 2  # img/txt query/key per double block, query/key per single block
     assert flux_model.BFL_MARKER.replace(".weight", ".lora_A.weight") in lora
+
+
+def test_peft_lora_bias_matches_peft_merge(tmp_path):
+    """PEFT's `lora_bias=True` (a bias on lora_B, the layout control LoRAs use): weights and biases equal what PEFT's
+    own merge writes into the layers."""
+    import copy  # noqa: PLC0415
+
+    from diffusers.loaders.lora_pipeline import FluxLoraLoaderMixin  # noqa: PLC0415
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model  # noqa: PLC0415
+    from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
+
+    model = flux_factory.tiny_flux_model(seed=2)
+    torch.manual_seed(8)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "proj_mlp", "x_embedder", "norm_out.linear"],
+                        init_lora_weights=False, lora_bias=True)
+    injected = inject_adapter_in_model(config, copy.deepcopy(model.unet))
+    for module in injected.modules():
+        if isinstance(module, BaseTunerLayer):
+            torch.nn.init.normal_(module.lora_B["default"].bias, std=0.1)
+    import warnings  # noqa: PLC0415
+
+    from peft.utils.warning import PeftWarning  # noqa: PLC0415
+
+    with warnings.catch_warnings():  # PEFT's sharding check takes its own 1-D lora_B biases for unfinished shards
+        warnings.simplefilter("ignore", PeftWarning)
+        state = get_peft_model_state_dict(injected)
+    assert any(k.endswith("lora_B.bias") for k in state)
+    FluxLoraLoaderMixin.save_lora_weights(str(tmp_path), transformer_lora_layers=state, weight_name="bias.safetensors",
+                                          transformer_lora_adapter_metadata=config.to_dict())
+    pristine = state_snapshot(model)
+    registry = NetworkRegistry([tmp_path], cache=None, hashing=False)
+    registry.refresh()
+    engine = LoraEngine(registry)
+    engine.set_model(model)
+    report = engine.activate([NetworkRequest("bias", 1.0, 1.0)])
+    assert not report.errors, report.errors
+    got = state_snapshot(model)
+    checked = 0
+    for path, module in injected.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            base = module.get_base_layer()
+            for leaf in ("weight", "bias"):
+                want = getattr(base, leaf).detach()
+                key = f"unet.{path}.{leaf}"
+                assert not torch.equal(want, pristine[key]), key
+                assert (got[key] - want).abs().max().item() < 1e-5, key
+                checked += 1
+    assert checked == 2 * (4 + 2 + 2)  # to_q in 4 blocks, proj_mlp in 2, x_embedder, norm_out: weight + bias
+    engine.deactivate_all()
+    assert_bitwise_equal(model, pristine)
