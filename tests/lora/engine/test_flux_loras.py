@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 
 import pytest
 import torch
@@ -28,10 +29,14 @@ from lorakit.web.block_chart import block_label, model_blocks
 from modules import flux_model
 from modules.cache import DiskCache
 from modules.extra_networks import parse_prompt
+from modules.host import WebUI
+from modules.processing import ProcessingError
+from modules.scripts import import_script_file
 from tests.helpers import flux_factory
 from tests.helpers.handlers import P, make_handler
 from tests.helpers.lora_testing import assert_bitwise_equal, state_snapshot
 from tests.helpers.lycoris_reference import expected_function, lycoris_parts, randomize_lycoris_module
+from tests.helpers.paths import ROOT
 
 TOLERANCE = 1e-5
 PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -427,6 +432,26 @@ def test_chart_rows_are_the_lbw_slots(model):
     assert block_label(index.layers["unet.x_embedder"], blocks) == "IN"
     assert block_label(index.layers["unet.norm_out.linear"], blocks) == "OUT"
     assert block_label(index.layers["text_encoders.1.encoder.block.0.layer.0.SelfAttention.q"], blocks) == "T5"
+
+
+def test_xyz_block_preset_axis_offers_and_checks_flux_vectors(tmp_path):
+    """The X/Y/Z plot's "Lora block preset" axis on a loaded (tiny) Flux: its choices are the Flux presets and the
+    user's, and its check refuses a vector of another length before any cell runs."""
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    flux_factory.write_bfl_file(folder / "tiny-flux-bfl.safetensors", seed=2)
+    flux_factory.write_companions(tmp_path / "models", seed=2)
+    webui = WebUI.create(["--data-dir", str(tmp_path), "--no-embedded-default", "--nowebui"])
+    webui.models.load("tiny-flux-bfl.safetensors")
+    webui.options.set("lora_lbw_presets", "MINE:1,1,1,0,0,1,1,1\nSD17:" + ",".join(["1"] * 17), save=False)
+    name = "scripts_xyz_grid"
+    xyz = sys.modules.get(name) or import_script_file(ROOT / "scripts" / "xyz_grid.py", name)
+    axis = next(a for a in xyz.axis_options() if a.label == "Lora block preset")
+    ctx = xyz.AxisContext(webui)
+    assert axis.choices(ctx) == ["NONE", "ALL", "ALL0.5", "FLUXALL", "MINE", "SD17"]
+    axis.confirm(ctx, [xyz.LoraValue(None, "FLUXALL"), xyz.LoraValue(None, "MINE"), xyz.LoraValue(None, "0,1,2,3,4,5,6,7")])
+    with pytest.raises(ProcessingError, match=r"Lora block preset: lbw has 17 values; a Flux model takes 8 \(CLIP"):
+        axis.confirm(ctx, [xyz.LoraValue(None, "ALL"), xyz.LoraValue(None, "SD17")])
 
 
 def test_flux_loras_are_recognised_as_flux():

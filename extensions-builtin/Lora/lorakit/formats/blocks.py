@@ -97,8 +97,9 @@ class BlockLayout:
 
     def flux_blocks(self) -> list[str]:
         """Flux's blocks in lora-block-weight's slot order: CLIP, T5, IN, DOUBLE00.., SINGLE00.., OUT."""
-        return [CLIP, T5, FLUX_IN, *[f"DOUBLE{i:02d}" for i in range(self.double_blocks)],
-                *[f"SINGLE{i:02d}" for i in range(self.single_blocks)], FLUX_OUT]
+        double, single = FLUX_KINDS["double_blocks"], FLUX_KINDS["single_blocks"]
+        return [CLIP, T5, FLUX_IN, *[f"{double}{i:02d}" for i in range(self.double_blocks)],
+                *[f"{single}{i:02d}" for i in range(self.single_blocks)], FLUX_OUT]
 
     def block_of(self, target: TargetLayer) -> str | None:
         """A layer's block for block weights: `BASE` (Flux: `CLIP`/`T5`) for text-encoder layers, the UNet or

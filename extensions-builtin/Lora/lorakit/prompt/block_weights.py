@@ -36,7 +36,7 @@ import re
 from collections.abc import Callable
 
 from ..errors import LoraError
-from ..formats.blocks import BlockLayout
+from ..formats.blocks import CLIP, FLUX_IN, FLUX_KINDS, FLUX_OUT, T5, BlockLayout
 from ..formats.family import SdVersion, layout_of
 from ..formats.keys import TargetLayer
 
@@ -107,15 +107,17 @@ def parse_presets(text: str) -> dict[str, list[float]]:
 
 
 def _lengths_text(blocks: BlockLayout, layouts: dict[int, list[str]]) -> str:
+    """The lengths a model takes, for the error message; Flux's with its slots, each run of blocks as a range:
+    `8 (CLIP, T5, IN, DOUBLE00-DOUBLE01, SINGLE00-SINGLE01, OUT)`."""
     lengths = " or ".join(map(str, layouts))
     if not blocks.is_flux:
         return lengths
-    slots = blocks.flux_blocks()
-    double = [b for b in slots if b.startswith("DOUBLE")]
-    single = [b for b in slots if b.startswith("SINGLE")]
-    named = ", ".join(["CLIP, T5, IN", *(f"{g[0]}-{g[-1]}" if len(g) > 1 else g[0] for g in (double, single) if g),
-                       "OUT"])
-    return f"{lengths} ({named})"
+    names = [CLIP, T5, FLUX_IN]
+    for kind in FLUX_KINDS.values():
+        run = [slot for slot in blocks.flux_blocks() if slot.startswith(kind)]
+        if run:
+            names.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return f"{lengths} ({', '.join([*names, FLUX_OUT])})"
 
 
 def lbw_values(spec: str, blocks: BlockLayout, user_presets: dict[str, list[float]] | None = None) -> dict[str, float]:
@@ -158,7 +160,7 @@ def layer_factor(blocks: BlockLayout, lbw: str | None = None, in_w: float | None
     set (or only Flux's ignored `mid=`). Raises BlockWeightError."""
     weights = lbw_values(lbw, blocks, user_presets) if lbw is not None else None
     if blocks.is_flux:  # in= the double blocks, out= the single blocks, mid= nothing (see `notices`)
-        parts = (("DOUBLE", in_w), ("SINGLE", out_w))
+        parts = ((FLUX_KINDS["double_blocks"], in_w), (FLUX_KINDS["single_blocks"], out_w))
     else:
         parts = (("unet.down_blocks.", in_w), ("unet.mid_block.", mid_w), ("unet.up_blocks.", out_w))
     parts = tuple((prefix, weight) for prefix, weight in parts if weight is not None)
