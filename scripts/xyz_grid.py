@@ -321,15 +321,22 @@ def confirm_lora_files(ctx: AxisContext, values: list[LoraValue]) -> None:
         raise ProcessingError(f"X/Y/Z plot: Lora file(s) not found: {', '.join(missing)}")
 
 
+def _block_layout(ctx: AxisContext) -> Any:
+    """The loaded model's block layout (`lorakit.formats.blocks.BlockLayout`; SD1's when no model is loaded)."""
+    from lorakit.formats.blocks import BlockLayout  # noqa: PLC0415
+
+    model = ctx.webui.models.current
+    return BlockLayout.of_model(model) if model is not None else BlockLayout("SD1")
+
+
 def confirm_lora_blocks(ctx: AxisContext, values: list[LoraValue]) -> None:
     from lorakit.prompt import block_weights  # noqa: PLC0415
 
-    model = ctx.webui.models.current
-    family = model.family if model is not None else "SD1"
+    blocks = _block_layout(ctx)
     presets = block_weights.parse_presets(str(ctx.webui.options.get("lora_lbw_presets") or ""))
     for value in values:
         try:
-            block_weights.lbw_values(str(value.value), family, presets)
+            block_weights.lbw_values(str(value.value), blocks, presets)
         except block_weights.BlockWeightError as exc:
             raise ProcessingError(f"X/Y/Z plot: Lora block preset: {exc}") from exc
 
@@ -341,10 +348,8 @@ def lora_file_choices(ctx: AxisContext) -> list[str]:
 def lora_block_choices(ctx: AxisContext) -> list[str]:
     from lorakit.prompt import block_weights  # noqa: PLC0415
 
-    model = ctx.webui.models.current
-    sdxl = model is not None and block_weights.layout_family(model.family) == "SDXL"
     user = block_weights.parse_presets(str(ctx.webui.options.get("lora_lbw_presets") or ""))
-    return [*(block_weights.PRESETS_SDXL if sdxl else block_weights.PRESETS_SD1), *user]
+    return [*block_weights.presets(_block_layout(ctx)), *user]
 
 
 def _unsupported(label: str, tab: str | None = None, why: str = "") -> AxisOption:

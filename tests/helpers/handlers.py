@@ -22,11 +22,15 @@ class P:
         self.generation_state = GenerationState()
 
 
-def make_handler(tmp_path, model):
+def make_handler(tmp_path, model, lbw_presets=None):
+    """(extra-network registry with the Lora handler, its engine) over `tmp_path / "Lora"`; `lbw_presets`: the
+    `lora_lbw_presets` option's text, when given."""
     registry = NetworkRegistry([tmp_path / "Lora"], DiskCache(tmp_path / "cache.json"))
     registry.refresh()
     options = Options(None)
     options.add("lora_add_hashes_to_infotext", True, "hashes")
+    if lbw_presets is not None:
+        options.add("lora_lbw_presets", lbw_presets, "lbw presets")
     engine = LoraEngine(registry)
     handler = extra_networks_lora.ExtraNetworkLora(engine, options, lambda: model)
     networks = ExtraNetworkRegistry()

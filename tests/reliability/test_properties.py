@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from lorakit.engine.engine import LoraEngine
+from lorakit.formats.blocks import BlockLayout
 from lorakit.library.registry import NetworkRegistry
 from lorakit.prompt.tags import parse_tag
 from modules.cache import DiskCache
@@ -245,7 +246,7 @@ def test_random_activation_sequences_keep_weights_exact(setup: Setup, ledger: Le
     for number, round_ in enumerate(sequence):
         prompt = "a cat " + " ".join(tag.text() for tag in round_.tags)
         params = parse_prompt(prompt)[1].get("lora", [])
-        requests = [parse_tag(p).request("SD1", round_.step, round_.total) for p in params]
+        requests = [parse_tag(p).request(BlockLayout.of_model(model), round_.step, round_.total) for p in params]
         report = engine.activate(requests)
         assert report.errors == {} and report.not_found == [], (prompt, report.errors)
         expected: dict[str, torch.Tensor] = {}

@@ -7,6 +7,8 @@ full delta); removal is bitwise pristine; a strength change touches only that Lo
 from __future__ import annotations
 
 import copy
+import re
+import sys
 
 import pytest
 import torch
@@ -17,16 +19,24 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 
 from lorakit.engine.engine import LoraEngine, NetworkRequest
+from lorakit.formats.blocks import BlockLayout
 from lorakit.formats.keys import LayerIndex, split_key
 from lorakit.formats.sd_version import detect_sd_version
 from lorakit.library.registry import NetworkRegistry
-from lorakit.prompt.block_weights import BlockWeightError, layer_factor
+from lorakit.prompt.block_weights import lbw_values
+from lorakit.prompt.tags import parse_tag
 from lorakit.web.block_chart import block_label, model_blocks
 from modules import flux_model
 from modules.cache import DiskCache
+from modules.extra_networks import parse_prompt
+from modules.host import WebUI
+from modules.processing import ProcessingError
+from modules.scripts import import_script_file
 from tests.helpers import flux_factory
+from tests.helpers.handlers import P, make_handler
 from tests.helpers.lora_testing import assert_bitwise_equal, state_snapshot
 from tests.helpers.lycoris_reference import expected_function, lycoris_parts, randomize_lycoris_module
+from tests.helpers.paths import ROOT
 
 TOLERANCE = 1e-5
 PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -86,8 +96,9 @@ def assert_close(ours, reference, pristine):
     assert changed == set(reference), sorted(changed ^ set(reference))[:5]
 
 
-def kohya_file(path, model, rank=4, alpha=2.0, seed=0, skip=("linear1",), text_encoder=False):
-    """A kohya Flux LoRA (BFL names, `lora_unet_`, alpha) over every transformer Linear but `skip` suffixes."""
+def kohya_file(path, model, rank=4, alpha=2.0, seed=0, skip=("linear1",), text_encoder=False, t5=False):
+    """A kohya Flux LoRA (BFL names, `lora_unet_`, alpha) over every transformer Linear but `skip` suffixes; with
+    `text_encoder` CLIP-L's (`lora_te1_`), with `t5` T5's (`lora_te2_`) Linears too."""
     generator = torch.Generator().manual_seed(seed)
     module_of = {}
     for diffusers, bfl in flux_model.bfl_module_map(model.unet.config).items():
@@ -107,6 +118,13 @@ def kohya_file(path, model, rank=4, alpha=2.0, seed=0, skip=("linear1",), text_e
         for name, module in model.text_encoders[0].named_modules():
             if isinstance(module, torch.nn.Linear) and "layers" in name:
                 key = "lora_te1_" + ("text_model." + name.removeprefix("text_model.")).replace(".", "_")
+                tensors[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.1
+                tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.1
+                tensors[f"{key}.alpha"] = torch.tensor(alpha)
+    if t5:
+        for name, module in model.text_encoders[1].named_modules():
+            if isinstance(module, torch.nn.Linear) and name.startswith("encoder.block."):
+                key = "lora_te2_" + name.replace(".", "_")
                 tensors[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.1
                 tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.1
                 tensors[f"{key}.alpha"] = torch.tensor(alpha)
@@ -268,6 +286,174 @@ def test_strength_change_touches_only_that_loras_layers(tmp_path, model):
     assert_bitwise_equal(model, pristine)
 
 
+def flux_block(name):
+    """The lora-block-weight Flux slot of a layer (its CLIP, T5, IN, Dnn, Snn, OUT, in our DOUBLEnn/SINGLEnn
+    spelling), worked out from the diffusers module name independently of the engine."""
+    if name.startswith("text_encoders."):
+        return ("CLIP", "T5")[int(name.split(".")[1])]
+    match = re.match(r"unet\.(transformer_blocks|single_transformer_blocks)\.(\d+)\.", name)
+    if match:
+        return ("DOUBLE" if match.group(1) == "transformer_blocks" else "SINGLE") + f"{int(match.group(2)):02d}"
+    if name.startswith(("unet.x_embedder", "unet.context_embedder", "unet.time_text_embed.")):
+        return "IN"
+    assert name.startswith(("unet.proj_out", "unet.norm_out")), name
+    return "OUT"
+
+
+@pytest.fixture
+def lbw_setup(tmp_path, model):
+    """A kohya Flux LoRA over every Linear of the transformer, CLIP-L and T5; its delta per weight at multiplier 1
+    (our engine's, checked against diffusers' converter above) and the handler over it."""
+    kohya_file(tmp_path / "Lora" / "every.safetensors", model, skip=(), text_encoder=True, t5=True)
+    pristine, merged, _ = apply(tmp_path / "Lora", model, "every")
+    deltas = {k: merged[k] - pristine[k] for k in merged if not torch.equal(merged[k], pristine[k])}
+    assert {flux_block(k) for k in deltas} == set(BlockLayout.of_model(model).flux_blocks())  # every slot is hit
+    networks, engine = make_handler(tmp_path, model, lbw_presets="MINE:0,1,2,0.5,0.25,3,4,5\nSDXL12:" + "1," * 11 + "1")
+    yield pristine, deltas, networks, engine
+    engine.deactivate_all()
+    assert_bitwise_equal(model, pristine)
+
+
+def check_blocks(model, pristine, deltas, weight_of):
+    """Every patched weight is pristine + weight_of(block) x delta (atol 1e-6)."""
+    state = state_snapshot(model)
+    for key, delta in deltas.items():
+        want = pristine[key] + weight_of(flux_block(key)) * delta
+        err = (state[key] - want).abs().max().item()
+        assert err < 1e-6, (key, flux_block(key), err)
+
+
+def run_prompt(networks, model, prompt):
+    p = P(model)
+    networks.activate(p, parse_prompt(prompt)[1])
+    return p
+
+
+def test_lbw_vector_scales_each_flux_block(model, lbw_setup):
+    pristine, deltas, networks, engine = lbw_setup
+    slots = BlockLayout.of_model(model).flux_blocks()
+    assert slots == ["CLIP", "T5", "IN", "DOUBLE00", "DOUBLE01", "SINGLE00", "SINGLE01", "OUT"]
+    values = [round(0.1 * (i + 1), 2) for i in range(len(slots))]
+    p = run_prompt(networks, model, f"<lora:every:0.5:lbw={','.join(map(str, values))}>")
+    assert p.comments == []
+    by_block = dict(zip(slots, values))
+    check_blocks(model, pristine, deltas, lambda block: 0.5 * by_block[block])
+    p = run_prompt(networks, model, "<lora:every:1:lbw=MINE>")  # a user preset of the Flux length
+    assert p.comments == []
+    check_blocks(model, pristine, deltas, dict(zip(slots, [0, 1, 2, 0.5, 0.25, 3, 4, 5])).__getitem__)
+    for preset, weight in (("ALL0.5", 0.5), ("NONE", 0.0), ("ALL", 1.0)):
+        assert run_prompt(networks, model, f"<lora:every:1:lbw={preset}>").comments == []
+        check_blocks(model, pristine, deltas, lambda block, w=weight: w)
+
+
+def test_fluxall_is_bitwise_no_block_weight(model, lbw_setup):
+    _, _, networks, _ = lbw_setup
+    run_prompt(networks, model, "<lora:every:0.7>")
+    plain = state_snapshot(model)
+    assert run_prompt(networks, model, "<lora:every:0.7:lbw=FLUXALL>").comments == []
+    assert_bitwise_equal(model, plain)
+
+
+def test_wrong_lbw_length_on_flux_is_refused_with_the_length_the_model_takes(model, lbw_setup):
+    pristine, _, networks, engine = lbw_setup
+    sixty_one = ",".join(["1"] * 61)
+    p = run_prompt(networks, model, f"<lora:every:1:lbw=1,0,1> <lora:every:1:lbw={sixty_one}> "
+                                    "<lora:every:1:lbw=SDXL12> <lora:every:1:lbw=INALL>")
+    want = "a Flux model takes 8 (CLIP, T5, IN, DOUBLE00-DOUBLE01, SINGLE00-SINGLE01, OUT)"
+    assert "<lora:every:1:lbw=1,0,1>: lbw has 3 values; " + want in p.comments
+    assert f"<lora:every:1:lbw={sixty_one}>: lbw has 61 values; " + want in p.comments
+    assert "<lora:every:1:lbw=SDXL12>: lbw has 12 values; " + want in p.comments
+    assert any(c.startswith("<lora:every:1:lbw=INALL>: unknown lbw preset 'INALL' for Flux") for c in p.comments)
+    assert engine.active == []
+    assert_bitwise_equal(model, pristine)
+
+
+def test_real_flux_config_takes_lbws_61_values():
+    config = flux_model.base_config()["transformer"]
+    blocks = BlockLayout("Flux", 2, int(config["num_layers"]), int(config["num_single_layers"]))
+    weights = lbw_values(",".join(str(i) for i in range(61)), blocks)
+    assert len(weights) == 61
+    assert (weights["CLIP"], weights["T5"], weights["IN"], weights["DOUBLE00"], weights["DOUBLE18"],
+            weights["SINGLE00"], weights["SINGLE37"], weights["OUT"]) == (0, 1, 2, 3, 21, 22, 59, 60)
+    assert set(lbw_values("FLUXALL", blocks).values()) == {1.0}
+
+
+def test_in_out_scale_double_and_single_blocks_and_mid_is_a_notice(model, lbw_setup):
+    pristine, deltas, networks, _ = lbw_setup
+    p = run_prompt(networks, model, "<lora:every:1:in=0.5:out=0>")
+    assert p.comments == []
+    halves = {"DOUBLE": 0.5, "SINGLE": 0.0}
+    check_blocks(model, pristine, deltas, lambda block: halves.get(block.rstrip("0123456789"), 1.0))
+    p = run_prompt(networks, model, "<lora:every:1:lbw=ALL0.5:in=2:mid=7>")  # combined by multiplication
+    assert p.comments == ["<lora:every:1:lbw=ALL0.5:in=2:mid=7>: mid= has no block on a Flux model and is ignored "
+                          "(in= scales the double blocks, out= the single blocks)"]
+    check_blocks(model, pristine, deltas, lambda block: 1.0 if block.startswith("DOUBLE") else 0.5)
+    run_prompt(networks, model, "<lora:every:1>")
+    plain = state_snapshot(model)
+    assert len(run_prompt(networks, model, "<lora:every:1:mid=0>").comments) == 1
+    assert_bitwise_equal(model, plain)  # mid= alone changes nothing
+
+
+def test_strength_change_with_lbw_touches_only_that_loras_layers(tmp_path, model):
+    skip = ("linear1", "linear2", "mod.lin", "modulation.lin", "in_layer", "out_layer", "img_in", "txt_in",
+            "final_layer.linear", "adaLN_modulation.1", "mlp.0", "mlp.2")
+    kohya_file(tmp_path / "a.safetensors", model, seed=1, skip=skip)  # q, k, v, out of both double blocks
+    b_skip = (*(x for x in skip if x != "linear2"), "img_attn.qkv", "txt_attn.qkv", "img_attn.proj", "txt_attn.proj")
+    kohya_file(tmp_path / "b.safetensors", model, seed=2, skip=b_skip, text_encoder=True)  # linear2 and CLIP
+    pristine = state_snapshot(model)
+    engine = make_engine(tmp_path, model)
+    blocks = BlockLayout.of_model(model)
+
+    def activate(prompt):
+        params = parse_prompt(prompt)[1]["lora"]
+        return engine.activate([parse_tag(p).request(blocks) for p in params]).stats
+
+    a_layers = {f"unet.transformer_blocks.{i}.attn.{n}" for i in range(2)
+                for n in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")}
+    activate("<lora:a:1:lbw=1,1,1,0.5,0.25,1,1,1> <lora:b:1>")
+    assert activate("<lora:a:1:lbw=1,1,1,0.5,0.25,1,1,1> <lora:b:1>").layers_touched == 0
+    stats = activate("<lora:a:1:lbw=1,1,1,0.5,0.25,1,1,1> <lora:b:0.3>")
+    b_layers = {"unet.single_transformer_blocks.0.proj_out", "unet.single_transformer_blocks.1.proj_out"}
+    assert b_layers <= set(stats.touched)
+    assert all(name in b_layers or name.startswith("text_encoders.0.") for name in stats.touched)
+    stats = activate("<lora:a:0.8:lbw=1,1,1,0.5,0.25,1,1,1> <lora:b:0.3>")
+    assert set(stats.touched) == a_layers
+    stats = activate("<lora:a:0.8:lbw=1,1,1,0.5,0,1,1,1> <lora:b:0.3>")
+    assert set(stats.touched) == {n for n in a_layers if n.startswith("unet.transformer_blocks.1.")}
+    engine.deactivate_all()
+    assert_bitwise_equal(model, pristine)
+
+
+def test_chart_rows_are_the_lbw_slots(model):
+    index = LayerIndex(model)
+    blocks = BlockLayout.of_model(model)
+    assert model_blocks(index) == blocks.flux_blocks()  # the chart and the weights name the same blocks
+    assert block_label(index.layers["unet.single_transformer_blocks.1.attn.to_k"], blocks) == "SINGLE01"
+    assert block_label(index.layers["unet.x_embedder"], blocks) == "IN"
+    assert block_label(index.layers["unet.norm_out.linear"], blocks) == "OUT"
+    assert block_label(index.layers["text_encoders.1.encoder.block.0.layer.0.SelfAttention.q"], blocks) == "T5"
+
+
+def test_xyz_block_preset_axis_offers_and_checks_flux_vectors(tmp_path):
+    """The X/Y/Z plot's "Lora block preset" axis on a loaded (tiny) Flux: its choices are the Flux presets and the
+    user's, and its check refuses a vector of another length before any cell runs."""
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    flux_factory.write_bfl_file(folder / "tiny-flux-bfl.safetensors", seed=2)
+    flux_factory.write_companions(tmp_path / "models", seed=2)
+    webui = WebUI.create(["--data-dir", str(tmp_path), "--no-embedded-default", "--nowebui"])
+    webui.models.load("tiny-flux-bfl.safetensors")
+    webui.options.set("lora_lbw_presets", "MINE:1,1,1,0,0,1,1,1\nSD17:" + ",".join(["1"] * 17), save=False)
+    name = "scripts_xyz_grid"
+    xyz = sys.modules.get(name) or import_script_file(ROOT / "scripts" / "xyz_grid.py", name)
+    axis = next(a for a in xyz.axis_options() if a.label == "Lora block preset")
+    ctx = xyz.AxisContext(webui)
+    assert axis.choices(ctx) == ["NONE", "ALL", "ALL0.5", "FLUXALL", "MINE", "SD17"]
+    axis.confirm(ctx, [xyz.LoraValue(None, "FLUXALL"), xyz.LoraValue(None, "MINE"), xyz.LoraValue(None, "0,1,2,3,4,5,6,7")])
+    with pytest.raises(ProcessingError, match=r"Lora block preset: lbw has 17 values; a Flux model takes 8 \(CLIP"):
+        axis.confirm(ctx, [xyz.LoraValue(None, "ALL"), xyz.LoraValue(None, "SD17")])
+
+
 def test_flux_loras_are_recognised_as_flux():
     shapes = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": [4, 3072], "lora_te1_x.alpha": []}
     assert detect_sd_version({}, shapes) == "Flux"
@@ -318,15 +504,3 @@ def test_simpletuner_lycoris_files_match_lycoris(tmp_path, model, algo):
     assert len(reference) == 2 * 14 + 2 * 6  # every Linear of the double and single blocks
     assert_close({k: v for k, v in ours.items() if k.startswith("unet.")}, expected,
                  {k: v for k, v in pristine.items() if k.startswith("unet.")})
-
-
-def test_chart_rows_are_double_and_single_blocks_and_block_weights_are_refused_clearly(model):
-    index = LayerIndex(model)
-    labels = model_blocks(index)
-    assert labels == ["TE1", "TE2", "OTHER", "DOUBLE00", "DOUBLE01", "SINGLE00", "SINGLE01"]
-    assert block_label(index.layers["unet.single_transformer_blocks.1.attn.to_k"], 2) == "SINGLE01"
-    with pytest.raises(BlockWeightError, match="not available for Flux"):
-        layer_factor("Flux", lbw="1,0,1")
-    with pytest.raises(BlockWeightError, match="not available for Flux"):
-        layer_factor("Flux", in_w=0.5)
-    assert layer_factor("Flux") is None

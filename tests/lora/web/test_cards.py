@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
 
+from lorakit.formats.blocks import BlockLayout
 from lorakit.library.registry import training_tags
 from lorakit.library.sidecars import save_user_metadata
 from lorakit.web.block_chart import block_label, compute_block_strength, render_block_strength
@@ -156,7 +157,7 @@ def test_block_strength_matches_the_deltas(env):
     index = webui.services["lora"].index
     expected: dict[str, float] = {}
     for name, delta in deltas.items():
-        label = block_label(index.layers[name], len(model.text_encoders))
+        label = block_label(index.layers[name], BlockLayout.of_model(model))
         expected[label] = expected.get(label, 0.0) + float(delta.norm()) ** 2
     engine = webui.services["lora"]
     entry = page.entry(str(webui.paths.lora_dir / "strong.safetensors"))

@@ -5,7 +5,8 @@ A malformed tag (`<lora:x:abc>`, `<lora:x:>`, a NaN weight) is reported in the g
 and the other LoRAs in the prompt still apply (A1111 drops all of them). A name whose file the registry scan skipped
 (truncated, not a safetensors file, ...) is reported with the scan's reason rather than as "not found". A tag naming
 a stem that several files share gets a notice listing them and saying which one was applied (the first in path
-order); an alias shared by several files applies none and lists them.
+order); an alias shared by several files applies none and lists them. A block weight that the model accepts but ignores
+(`mid=` on Flux, see `prompt.block_weights`) gets a notice naming the tag.
 
 The `lora_method` setting picks how LoRAs are applied ("native merge" or "diffusers" adapters, see `engine.peft_method`,
 which also documents the `Lora method` infotext written here).
@@ -23,6 +24,7 @@ from modules.textual_inversion import EmbeddingDatabase
 
 from ..engine import peft_method
 from ..engine.engine import ActivationReport, EngineStartError, LoraEngine, NetworkRequest
+from ..formats.blocks import BlockLayout
 from . import block_weights
 from .bundled_embeddings import sync_bundled_embeddings
 from .infotext import infotext_name, parse_hashes
@@ -43,7 +45,7 @@ class LoraStepState:
 
     tags: list[LoraTag]
     is_hr: bool
-    family: str
+    blocks: BlockLayout
     presets: dict[str, list[float]]
     method: str = peft_method.METHOD_NATIVE
     applied: tuple = ()
@@ -71,16 +73,21 @@ class ExtraNetworkLora(ExtraNetwork):
         if self.engine.model is not model:
             self.engine.set_model(model)
         presets = self.user_presets()
+        blocks = BlockLayout.of_model(model)
         tags: list[LoraTag] = []
         requests: list[NetworkRequest] = []
         for params in params_list:
             try:
                 tag = parse_tag(params)
-                requests.append(tag.request(model.family, 0, self._pass_steps(p, is_hr), is_hr, presets))
+                requests.append(tag.request(blocks, 0, self._pass_steps(p, is_hr), is_hr, presets))
                 tags.append(tag)
             except TagError as exc:
                 log.warning("%s", exc)
                 add_comment(p, str(exc))
+                continue
+            for notice in tag.notices(blocks):
+                log.info("%s", notice)
+                add_comment(p, notice)
         method = self.method()
         try:
             report = self.engine.activate(requests, method=method)
@@ -90,7 +97,7 @@ class ExtraNetworkLora(ExtraNetwork):
             return
         active_names = {a.request.name for a in report.active}
         # Only tags that loaded take part in step re-application (no rescans or error repeats per step).
-        p.generation_state.put(LoraStepState([t for t in tags if t.name in active_names], is_hr, model.family,
+        p.generation_state.put(LoraStepState([t for t in tags if t.name in active_names], is_hr, blocks,
                                              presets, method))
         if self.embeddings is not None:
             for message in sync_bundled_embeddings(self.embeddings, report.active, model.text_encoders):
@@ -123,7 +130,7 @@ class ExtraNetworkLora(ExtraNetwork):
         state = p.generation_state.get(LoraStepState)
         if state is None or not any(tag.is_scheduled for tag in state.tags):
             return
-        requests = [tag.request(state.family, step, total, state.is_hr, state.presets) for tag in state.tags]
+        requests = [tag.request(state.blocks, step, total, state.is_hr, state.presets) for tag in state.tags]
         key = tuple((r.name, r.te_multiplier, r.unet_multiplier) for r in requests)
         if key == state.applied:
             return

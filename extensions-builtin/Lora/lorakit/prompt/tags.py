@@ -15,6 +15,7 @@ from modules.extra_networks import ExtraNetworkParams
 
 from ..engine.engine import NetworkRequest
 from ..errors import LoraError
+from ..formats.blocks import BlockLayout
 from ..formats.family import SdVersion
 from . import block_weights
 from .schedule import Schedule, ScheduleError, gate_open, parse_gate
@@ -79,20 +80,26 @@ class LoraTag:
         return (self.start is not None or self.stop is not None or not self.te.is_constant
                 or not self.unet.is_constant)
 
-    def request(self, family: str, step: int = 0, total: int = 1, is_hr_pass: bool = False,
+    def request(self, blocks: BlockLayout, step: int = 0, total: int = 1, is_hr_pass: bool = False,
                 user_presets: dict[str, list[float]] | None = None) -> NetworkRequest:
-        """The engine request at `step` of a `total`-step pass. Raises TagError for block weights that do not fit."""
+        """The engine request at `step` of a `total`-step pass on a model of layout `blocks`
+        (`BlockLayout.of_model`). Raises TagError for block weights that do not fit."""
         te, unet = self.te.at(step, total), self.unet.at(step, total)
         if is_hr_pass and self.hr is not None:
             te = unet = self.hr
         if not gate_open(step, total, self.start, self.stop):
             te = unet = 0.0
         try:
-            factor = block_weights.layer_factor(family, self.lbw, self.in_w, self.mid_w, self.out_w, user_presets)
+            factor = block_weights.layer_factor(blocks, self.lbw, self.in_w, self.mid_w, self.out_w, user_presets)
         except block_weights.BlockWeightError as exc:
             raise TagError(f"{self.text}: {exc}") from None
         return NetworkRequest(name=self.name, te_multiplier=te, unet_multiplier=unet, dyn_dim=self.dyn,
                               layer_factor=factor, scheduled=self.is_scheduled)
+
+    def notices(self, blocks: BlockLayout) -> list[str]:
+        """Notices for the user about this tag on a model of layout `blocks` (arguments accepted but ignored), each
+        quoting the tag."""
+        return [f"{self.text}: {notice}" for notice in block_weights.notices(blocks, self.mid_w)]
 
 
 def parse_tag(params: ExtraNetworkParams) -> LoraTag:
@@ -131,6 +138,8 @@ def parse_tag(params: ExtraNetworkParams) -> LoraTag:
     return result
 
 
-def parse_request(params: ExtraNetworkParams, is_hr_pass: bool = False, family: str = SdVersion.SD1) -> NetworkRequest:
-    """One tag's params -> the engine request at the first step (see `LoraTag.request`). Raises TagError."""
-    return parse_tag(params).request(family, is_hr_pass=is_hr_pass)
+def parse_request(params: ExtraNetworkParams, is_hr_pass: bool = False,
+                  blocks: BlockLayout = BlockLayout(SdVersion.SD1)) -> NetworkRequest:
+    """One tag's params -> the engine request at the first step on a model of layout `blocks` (see
+    `LoraTag.request`). Raises TagError."""
+    return parse_tag(params).request(blocks, is_hr_pass=is_hr_pass)

@@ -56,6 +56,7 @@ from ..engine.engine import LoraEngine, NetworkRequest
 from ..engine.patcher import Contribution, LayerPatchError, add_contributions, max_abs
 from ..errors import LoraError
 from ..formats import files as lora_files
+from ..formats.blocks import BlockLayout
 from ..library.registry import NetworkRegistry
 from ..prompt.tags import TagError, parse_tag
 
@@ -166,13 +167,17 @@ def _parse_tags(prompt: str) -> list[Any]:
 
 
 def _engine(model: Any, lora_dirs: list[Path], tags: list[Any]) -> tuple[LoraEngine, list[NetworkRequest]]:
-    """An engine over `lora_dirs` for `model`, and the tags as requests for the model's family."""
+    """An engine over `lora_dirs` for `model`, and the tags as requests for the model's block layout (notices about
+    ignored arguments are logged)."""
     registry = NetworkRegistry(lora_dirs, cache=None, hashing=False)
     registry.refresh()
     engine = LoraEngine(registry)
     engine.set_model(model)
+    blocks = BlockLayout.of_model(model)
+    for notice in (n for tag in tags for n in tag.notices(blocks)):
+        log.warning("%s", notice)
     try:
-        requests = [tag.request(model.family) for tag in tags]
+        requests = [tag.request(blocks) for tag in tags]
     except TagError as exc:
         raise MergeError(str(exc), 2) from exc
     return engine, requests

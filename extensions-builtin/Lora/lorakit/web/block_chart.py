@@ -4,10 +4,11 @@ For every layer a network patches, the delta at multiplier 1 is computed by the 
 (`NetworkModule.calc_delta`, so LoHa/LoKr/OFT/DoRA count exactly as they are applied) and its Frobenius norm is
 summed in quadrature per block: `strength(block) = sqrt(sum over layers of ||delta||^2)`.
 
-Blocks are named as in the lora-block-weight convention, from the layer's LDM/SGM name (`TargetLayer.ldm_name`):
-`input_blocks.N` -> `INnn`, `middle_block` -> `M00`, `output_blocks.N` -> `OUTnn`; other UNet layers (time
-embedding, conv_in, out) -> `OTHER`; text-encoder layers -> `TE` (one encoder) or `TE1`/`TE2` (the taxonomy is
-`formats.blocks`; `BASE` there means the text encoders, as in lora-block-weight). The block list comes
+Blocks are named as in the lora-block-weight convention, from the layer's LDM/SGM name (`TargetLayer.ldm_name`), by
+`formats.blocks.BlockLayout.chart_block` (the one taxonomy, shared with block weights): `input_blocks.N` -> `INnn`,
+`middle_block` -> `M00`, `output_blocks.N` -> `OUTnn`; other UNet layers (time embedding, conv_in, out) -> `OTHER`;
+text-encoder layers -> `TE` (one encoder) or `TE1`/`TE2` (`BASE` in lora-block-weight). Flux: `CLIP`, `T5`, `IN`
+(embedders), `DOUBLEnn`, `SINGLEnn`, `OUT` (final layer), exactly the slots of its `lbw=` vector. The block list comes
 from the loaded model, so tiny test models and full-size ones show their own blocks, including the untouched ones.
 """
 
@@ -15,33 +16,26 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
 
 from ..engine.engine import LoraEngine, Network
-from ..formats.blocks import OTHER, chart_block
+from ..formats.blocks import CLIP, OTHER, T5, BlockLayout, block_order
 from ..formats.keys import LayerIndex, TargetLayer
 
 
-def block_label(target: TargetLayer, text_encoders: int = 1) -> str:
-    """The chart row of a `TargetLayer`: TE/TE1/TE2, IN00.., M00, OUT00.., or OTHER (`formats.blocks.chart_block`)."""
-    return chart_block(target, text_encoders)
-
-
-def _order(label: str) -> tuple[int, int]:
-    prefixes = {"TE": 0, OTHER: 1, "IN": 2, "M": 3, "OUT": 4, "DOUBLE": 5, "SINGLE": 6}
-    match = re.match(r"([A-Z]+?)(\d*)$", label)
-    head, digits = (match.group(1), match.group(2)) if match else (label, "")
-    return prefixes.get(head, 7), int(digits or 0)
+def block_label(target: TargetLayer, layout: BlockLayout) -> str:
+    """The chart row of a `TargetLayer`: TE/TE1/TE2, IN00.., M00, OUT00.., OTHER; Flux: CLIP, T5, IN, DOUBLEnn,
+    SINGLEnn, OUT (`formats.blocks.BlockLayout.chart_block`)."""
+    return layout.chart_block(target)
 
 
 def model_blocks(index: LayerIndex) -> list[str]:
-    """Every block label of the model behind a `LayerIndex`, in display order (TE first, then IN, M, OUT)."""
-    encoders = len(index.model.text_encoders)
-    labels = {block_label(target, encoders) for target in index.layers.values()}
-    return sorted(labels, key=_order)
+    """Every block label of the model behind a `LayerIndex`, in display order (`formats.blocks.block_order`)."""
+    layout = BlockLayout.of_model(index.model)
+    labels = {block_label(target, layout) for target in index.layers.values()}
+    return sorted(labels, key=block_order)
 
 
 @dataclass
@@ -64,7 +58,7 @@ def compute_block_strength(engine: LoraEngine, network: Network) -> BlockStrengt
     index = engine.snapshot().index
     if index is None:
         raise RuntimeError("no model is loaded")
-    encoders = len(index.model.text_encoders)
+    layout = BlockLayout.of_model(index.model)
     squares: dict[str, float] = dict.fromkeys(model_blocks(index), 0.0)
     counts: dict[str, int] = dict.fromkeys(squares, 0)
     for layer_name in network.modules:
@@ -75,10 +69,10 @@ def compute_block_strength(engine: LoraEngine, network: Network) -> BlockStrengt
             value += float(torch.linalg.vector_norm(delta.weight.float())) ** 2
         if delta.bias is not None:
             value += float(torch.linalg.vector_norm(delta.bias.float())) ** 2
-        label = block_label(target, encoders)
+        label = block_label(target, layout)
         squares[label] = squares.get(label, 0.0) + value
         counts[label] = counts.get(label, 0) + 1
-    ordered = [label for label in sorted(squares, key=_order) if label != OTHER or counts[label]]
+    ordered = [label for label in sorted(squares, key=block_order) if label != OTHER or counts[label]]
     return BlockStrength(network.name, {label: (math.sqrt(squares[label]), counts[label]) for label in ordered})
 
 
@@ -88,7 +82,7 @@ def render_block_strength(result: BlockStrength) -> str:
     rows = []
     for label, (norm, layers) in result.blocks.items():
         percent = 100.0 * norm / peak if result.peak else 0.0
-        kind = "te" if label.startswith("TE") else ("other" if label == OTHER else "unet")
+        kind = "te" if label.startswith("TE") or label in (CLIP, T5) else ("other" if label == OTHER else "unet")
         title = html.escape(f"{label}: delta norm {norm:.4g} over {layers} layer(s)", quote=True)
         rows.append(
             f"<div class='lora-block-row' title='{title}' data-block='{html.escape(label, quote=True)}'>"

@@ -16,6 +16,7 @@ from modules.extra_networks import parse_prompt
 
 from ..engine.engine import LoraEngine, NetworkRequest
 from ..errors import LoraError
+from ..formats.blocks import BlockLayout
 from ..prompt.tags import parse_tag
 from ..tools import extract_combine
 from ..tools.merge import check_output, load_model, merge
@@ -57,12 +58,14 @@ def run_extract(webui: WebUI, base: str, tuned: str, name: str, rank: int, energ
     return f"Wrote {out.name}: {report.summary()}"
 
 
-def _requests(prompt: str, family: str) -> list[NetworkRequest]:
+def _requests(prompt: str, blocks: BlockLayout) -> tuple[list[NetworkRequest], list[str]]:
+    """The prompt's tags as requests on a model of layout `blocks`, and the notices about them."""
     _, data = parse_prompt(prompt)
     params = data.get("lora", []) + data.get("lyco", [])
     if not params:
         raise ToolInputError("write the LoRAs to use as tags, e.g. <lora:a:0.5> <lora:b:1>")
-    return [parse_tag(p).request(family) for p in params]
+    tags = [parse_tag(p) for p in params]
+    return [tag.request(blocks) for tag in tags], [notice for tag in tags for notice in tag.notices(blocks)]
 
 
 def run_combine(webui: WebUI, prompt: str, name: str, rank: int) -> str:
@@ -74,9 +77,10 @@ def run_combine(webui: WebUI, prompt: str, name: str, rank: int) -> str:
         model = webui.models.get()
         if engine.model is not model:
             engine.set_model(model)
-        report = extract_combine.combine(engine, _requests(prompt, model.family), out, int(rank) or None)
+        requests, notices = _requests(prompt, BlockLayout.of_model(model))
+        report = extract_combine.combine(engine, requests, out, int(rank) or None)
     engine.registry.refresh()
-    return f"Wrote {out.name}: {report.summary()}"
+    return f"Wrote {out.name}: {report.summary()}" + "".join(f"\nnotice: {n}" for n in notices)
 
 
 def run_merge(webui: WebUI, prompt: str, name: str) -> str:
