@@ -6,7 +6,8 @@
 * The same for LyCORIS LoKr and LoHa files on the split layers (written by the LyCORIS library): each fused tensor
   is the rows of LyCORIS' own merged split weights.
 * Same bytes as a generation: the merged file, loaded back, is bitwise the model the WebUI's engine gives with the same
-  LoRAs (kohya BFL names incl. fused `linear1`, text-encoder layers, PEFT split layers).
+  tags (kohya BFL names incl. fused `linear1`, text-encoder layers, block weights over Flux's blocks, PEFT split
+  layers).
 * A transformer-only file: the text-encoder changes cannot be written there, and the tool says so; the rest is merged.
 * A Flux diffusers folder (`transformer/`) is streamed and equals the engine's model.
 """
@@ -25,8 +26,11 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 
 from lorakit.engine.engine import LoraEngine, NetworkRequest
+from lorakit.formats.blocks import BlockLayout
 from lorakit.library.registry import NetworkRegistry
+from lorakit.prompt.tags import parse_tag
 from lorakit.tools import merge as merge_tool
+from modules.extra_networks import parse_prompt
 from modules import flux_model
 from modules.paths import REPO_ROOT
 from modules.sd_model_types import CheckpointInfo
@@ -136,10 +140,13 @@ def test_merged_bfl_file_is_bitwise_the_engines_model(tmp_path, bundled):
     write_peft_split_lora(lora_dir, base)
     del base
     out = tmp_path / "merged.safetensors"
-    result = merge_tool.merge(bundled, [lora_dir], "<lora:k:0.8> <lora:split:0.5>", out, models_dir=tmp_path)
+    prompt = "<lora:k:0.8:lbw=1,0.5,0,1,0.25,0.75,1,0.5> <lora:split:0.5>"  # block weights: CLIP T5 IN D0 D1 S0 S1 OUT
+    result = merge_tool.merge(bundled, [lora_dir], prompt, out, models_dir=tmp_path)
     assert result.streamed and result.layers_merged > 0 and not result.warnings
-    want = state_snapshot(engine_model(bundled, lora_dir, [NetworkRequest("k", 0.8, 0.8),
-                                                           NetworkRequest("split", 0.5, 0.5)], tmp_path))
+    layout = BlockLayout.of_model(load(bundled, tmp_path))
+    _, tags = parse_prompt(prompt)
+    requests = [parse_tag(params).request(layout) for params in tags["lora"]]
+    want = state_snapshot(engine_model(bundled, lora_dir, requests, tmp_path))
     got = state_snapshot(load(out, tmp_path))
     assert want.keys() == got.keys()
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
