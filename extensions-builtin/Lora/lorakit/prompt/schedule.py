@@ -66,7 +66,9 @@ class Schedule:
         if step <= frames[0][0]:
             return frames[0][1]
         for (p0, w0), (p1, w1) in zip(frames, frames[1:]):
-            if step <= p1:
+            if step == p1:  # exactly the keyframe's weight (interpolation can miss it by an ulp: a needless rewrite)
+                return w1
+            if step < p1:
                 return w0 if p1 == p0 else w0 + (w1 - w0) * (step - p0) / (p1 - p0)
         return frames[-1][1]
 
