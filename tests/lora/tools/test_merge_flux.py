@@ -30,8 +30,8 @@ from lorakit.formats.blocks import BlockLayout
 from lorakit.library.registry import NetworkRegistry
 from lorakit.prompt.tags import parse_tag
 from lorakit.tools import merge as merge_tool
-from modules.extra_networks import parse_prompt
 from modules import flux_model
+from modules.extra_networks import parse_prompt
 from modules.paths import REPO_ROOT
 from modules.sd_model_types import CheckpointInfo
 from modules.sd_models import load_checkpoint
