@@ -435,14 +435,21 @@ def engine_rows(model: LoadedModel, machine: Machine, folder: Path, algo: str, f
 
 
 def diffusers_pipeline(model: LoadedModel) -> Any:
-    """diffusers' own StableDiffusion(XL)Pipeline over the loaded model's modules (same weights, same memory), with
-    an Euler scheduler from the model's scheduler config."""
+    """diffusers' own StableDiffusion(XL)Pipeline (or FluxPipeline) over the loaded model's modules (same weights,
+    same memory), with an Euler scheduler from the model's scheduler config."""
     from diffusers import (  # noqa: PLC0415
         EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
     )
 
+    if model.is_flux:
+        return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+                            vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0],
+                            text_encoder_2=model.text_encoders[1], tokenizer_2=model.tokenizers[1],
+                            transformer=model.unet)
     scheduler = EulerDiscreteScheduler.from_config(model.scheduler_config)
     if model.is_sdxl:
         return StableDiffusionXLPipeline(
@@ -454,13 +461,14 @@ def diffusers_pipeline(model: LoadedModel) -> Any:
 
 
 def diffusers_rows(model: LoadedModel, machine: Machine, folder: Path, device: torch.device,
-                   dtype: torch.dtype, steps: int) -> tuple[dict[str, Any], float | None]:
-    """diffusers' load/fuse/unfuse times on the same modules and files; also its unfused per-step time."""
+                   dtype: torch.dtype, steps: int, algo: str = "locon") -> tuple[dict[str, Any], float | None]:
+    """diffusers' load/fuse/unfuse times on the same modules and files (`{algo}_a`, `{algo}_b`); also its unfused
+    per-step time (`steps` > 0, UNet models)."""
     pipe = diffusers_pipeline(model)
     times: dict[str, Any] = {}
-    times["load_a"], _ = timed(lambda: pipe.load_lora_weights(str(folder / "locon_a.safetensors"), adapter_name="a"),
+    times["load_a"], _ = timed(lambda: pipe.load_lora_weights(str(folder / f"{algo}_a.safetensors"), adapter_name="a"),
                                device)
-    times["load_b"], _ = timed(lambda: pipe.load_lora_weights(str(folder / "locon_b.safetensors"), adapter_name="b"),
+    times["load_b"], _ = timed(lambda: pipe.load_lora_weights(str(folder / f"{algo}_b.safetensors"), adapter_name="b"),
                                device)
     times["fuse"], _ = timed(lambda: pipe.fuse_lora(adapter_names=["a"]), device)
     log.info("diffusers load %.2f s, fuse %.2f s", times["load_a"], times["fuse"])

@@ -461,8 +461,11 @@ def load_single_file(info: CheckpointInfo, state: dict[str, torch.Tensor], prefi
     all_maps = {k: v for m in maps.values() for k, v in m.items()}
     special = {"transforms": transforms, "source": str(path), "flux_files": {c: str(f) for c, (f, _) in files.items()}}
     t5_tokenizer = find_t5_tokenizer(models_dir)
+    sources = _map_pristine(pristine)
+    if sources is not None:  # every parameter is its file tensor, transformed and cast the way a view is
+        sources.mark_loaded(modules)
     return _loaded(info, config, modules, load_tokenizers(config, None, t5_tokenizer), device, dtype,
-                   key_map=all_maps, special=special, pristine=_map_pristine(pristine))
+                   key_map=all_maps, special=special, pristine=sources)
 
 
 def flux_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
@@ -508,8 +511,10 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
     tokenizers = load_tokenizers(config, path / "tokenizer", path / "tokenizer_2")
     folders = {"unet": "transformer", "vae": "vae", "text_encoders.0": "text_encoder", "text_encoders.1": "text_encoder_2"}
     parts = {name: (path / folders[name], module) for name, module in modules.items()}
-    model = _loaded(info, config, modules, tokenizers, device, dtype,
-                    pristine=_map_pristine(lambda: pristine_weights.for_diffusers_folder(parts)))
+    sources = _map_pristine(lambda: pristine_weights.for_diffusers_folder(parts))
+    if sources is not None:  # from_pretrained chose the files: compared once here, while they are in the page cache
+        sources.mark_loaded(modules, compare=True)
+    model = _loaded(info, config, modules, tokenizers, device, dtype, pristine=sources)
     if scheduler_file.is_file():
         import json  # noqa: PLC0415
 

@@ -86,3 +86,27 @@ def test_float16_file_loaded_as_float32_is_trusted_without_reading(tmp_path):
     assert engine.patcher.file_backed_layers == len(deltas)
     engine.deactivate_all()
     assert_bitwise_equal(model, pristine)
+
+
+def test_flux_first_apply_reads_no_pristine_tensor_in_full(tmp_path):
+    """The same for Flux: a BFL single file (fused qkv / linear1 split into the model's layers on the way in) and a
+    diffusers folder."""
+    from modules.sd_model_types import CheckpointInfo  # noqa: PLC0415
+    from modules.sd_models import load_checkpoint  # noqa: PLC0415
+    from tests.helpers import flux_factory  # noqa: PLC0415
+    from tests.lora.engine.test_flux_loras import kohya_file  # noqa: PLC0415
+
+    flux_factory.write_companions(tmp_path, seed=6)
+    sources = (("single-file", flux_factory.write_bfl_file(tmp_path / "flux.safetensors", seed=6)),
+               ("diffusers", flux_factory.write_diffusers_folder(tmp_path / "flux-folder", seed=6)))
+    for fmt, path in sources:
+        model = load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", torch.float32, tmp_path)
+        pristine = state_snapshot(model)
+        kohya_file(tmp_path / fmt / "Lora" / "a.safetensors", model, skip=(), text_encoder=True)
+        engine = engine_for(tmp_path / fmt, model)
+        first = engine.activate([NetworkRequest("a", 0.8, 0.8)]).stats
+        assert first.layers_touched > 40
+        assert first.pristine_reads == 0, fmt
+        assert engine.patcher.file_backed_layers == first.layers_touched
+        engine.deactivate_all()
+        assert_bitwise_equal(model, pristine)
