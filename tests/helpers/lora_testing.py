@@ -100,11 +100,30 @@ def write_kohya_lora(path: Path, model: LoadedModel, rank: int = 4, alpha: float
     return deltas
 
 
-def load_checkpoint_file(path: Path, fmt: str = "single-file", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """The checkpoint at `path` (a single file or a diffusers folder) loaded on the CPU by the host's loader."""
+def load_checkpoint_file(path: Path, fmt: str = "single-file", dtype: torch.dtype = torch.float32,
+                         models_dir: Path | None = None) -> LoadedModel:
+    """The checkpoint at `path` (a single file or a diffusers folder) loaded on the CPU by the host's loader
+    (`models_dir`: where a Flux transformer file's text encoders and VAE are)."""
     from modules.sd_models import load_checkpoint  # noqa: PLC0415 - the host's loader, only for tests that load files
 
-    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", dtype)
+    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", dtype, models_dir)
+
+
+def engine_applied(path: Path, lora_dir: Path, requests: list[Any], fmt: str = "single-file",
+                   models_dir: Path | None = None) -> LoadedModel:
+    """The checkpoint loaded as the WebUI loads it with the engine's `requests` applied from `lora_dir`: what a
+    generation sees (the reference for the merge tool's output)."""
+    from lorakit.engine.engine import LoraEngine  # noqa: PLC0415
+    from lorakit.library.registry import NetworkRegistry  # noqa: PLC0415
+
+    model = load_checkpoint_file(path, fmt, models_dir=models_dir)
+    registry = NetworkRegistry([lora_dir], cache=None, hashing=False)
+    registry.refresh()
+    engine = LoraEngine(registry)
+    engine.set_model(model)
+    report = engine.activate(requests)
+    assert not report.errors and not report.not_found, (report.errors, report.not_found)
+    return model
 
 
 def engine_for(tmp_path: Path, model: LoadedModel) -> Any:

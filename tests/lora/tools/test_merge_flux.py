@@ -25,37 +25,26 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 
-from lorakit.engine.engine import LoraEngine, NetworkRequest
+from lorakit.engine.engine import NetworkRequest
 from lorakit.formats.blocks import BlockLayout
-from lorakit.library.registry import NetworkRegistry
 from lorakit.prompt.tags import parse_tag
 from lorakit.tools import merge as merge_tool
 from modules import flux_model
 from modules.extra_networks import parse_prompt
 from modules.paths import REPO_ROOT
-from modules.sd_model_types import CheckpointInfo
-from modules.sd_models import load_checkpoint
 from tests.helpers import flux_factory
-from tests.helpers.lora_testing import state_snapshot
+from tests.helpers.lora_testing import engine_applied, load_checkpoint_file, state_snapshot
 from tests.lora.engine.test_flux_loras import kohya_file, write_simpletuner_lycoris
 
 SPLIT_TARGETS = ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "proj_mlp"]
 
 
 def load(path, models_dir=None, fmt="single-file"):
-    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", torch.float32, models_dir)
+    return load_checkpoint_file(path, fmt, models_dir=models_dir)
 
 
 def engine_model(path, lora_dir, requests, models_dir=None, fmt="single-file"):
-    """The reference: the WebUI's engine applied to the loaded model, as a generation sees it."""
-    model = load(path, models_dir, fmt)
-    registry = NetworkRegistry([lora_dir], cache=None, hashing=False)
-    registry.refresh()
-    engine = LoraEngine(registry)
-    engine.set_model(model)
-    report = engine.activate(requests)
-    assert not report.errors and not report.not_found
-    return model
+    return engine_applied(path, lora_dir, requests, fmt, models_dir)
 
 
 def write_peft_split_lora(folder, model, seed=5):

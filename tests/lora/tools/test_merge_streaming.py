@@ -17,32 +17,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lorakit.engine.engine import LoraEngine, NetworkRequest
-from lorakit.library.registry import NetworkRegistry
+from lorakit.engine.engine import NetworkRequest
 from lorakit.tools import merge as merge_tool
 from modules.checkpoint_convert import diffusers_to_ldm
 from modules.paths import REPO_ROOT
 from modules.safetensors_header import write_safetensors
-from modules.sd_model_types import CheckpointInfo
-from modules.sd_models import load_checkpoint
-from tests.helpers.lora_testing import kohya_name, lora_targets, write_kohya_lora
+from tests.helpers.lora_testing import engine_applied, kohya_name, load_checkpoint_file, lora_targets, write_kohya_lora
 from tests.helpers.model_factory import write_diffusers_folder, write_single_file
 
 
 def load(path, fmt="single-file"):
-    return load_checkpoint(CheckpointInfo(path=path, name=path.name, format=fmt), "cpu", torch.float32)
-
-
-def whole_model_merge(path, lora_dir, prompt_requests, fmt="single-file"):
-    """The reference: the engine applied to the fully loaded model, as a generation would see it."""
-    model = load(path, fmt)
-    registry = NetworkRegistry([lora_dir], cache=None, hashing=False)
-    registry.refresh()
-    engine = LoraEngine(registry)
-    engine.set_model(model)
-    report = engine.activate(prompt_requests)
-    assert not report.errors and not report.not_found
-    return model
+    return load_checkpoint_file(path, fmt)
 
 
 def write_full_lora_with_biases(path, model, count=3):
@@ -74,7 +59,7 @@ def test_streamed_single_file_equals_the_whole_model_merge_bitwise(tmp_path):
     result = merge_tool.merge(ckpt, [lora_dir], "<lora:a:0.7> <lora:full:0.5>", out)
     assert result.streamed and result.layers_merged > 0
 
-    model = whole_model_merge(ckpt, lora_dir, [NetworkRequest("a", 0.7, 0.7), NetworkRequest("full", 0.5, 0.5)])
+    model = engine_applied(ckpt, lora_dir, [NetworkRequest("a", 0.7, 0.7), NetworkRequest("full", 0.5, 0.5)])
     want = diffusers_to_ldm(model.torch_modules(), model.key_map, model.key_map_special)
     with safe_open(str(out), "pt") as merged, safe_open(str(ckpt), "pt") as source:
         assert sorted(merged.keys()) == sorted(source.keys()) == sorted(want)
@@ -99,7 +84,7 @@ def test_streamed_diffusers_folder_equals_the_whole_model_merge_bitwise(tmp_path
     out = tmp_path / "merged"
     result = merge_tool.merge(folder, [lora_dir], "<lora:a:1>", out)
     assert result.streamed
-    model = whole_model_merge(folder, lora_dir, [NetworkRequest("a")], "diffusers")
+    model = engine_applied(folder, lora_dir, [NetworkRequest("a")], "diffusers")
     merged = load(out, "diffusers")
     for part in ("unet", "text_encoders.0", "vae"):
         want = model.torch_modules()[part].state_dict()
