@@ -187,14 +187,65 @@ def _shown_checkpoint_title(webui: Any, titles: list[str]) -> str | None:
     return next((t for t in titles if wanted and (t == wanted or t.startswith(wanted))), titles[0])
 
 
-def _build_checkpoint_picker(webui: Any) -> Any:
-    """The checkpoint dropdown and its rescan button; returns the dropdown (the page's load event refreshes it)."""
+@dataclass
+class TopBar:
+    """The top row: the checkpoint picker and Forge's "VAE / Text Encoder" picker, each with its rescan button."""
+
+    checkpoint: Any
+    checkpoint_refresh: Any
+    modules: Any
+    modules_refresh: Any
+
+
+def _build_top_bar(webui: Any) -> TopBar:
+    """The top row's components (`_wire_top_bar` wires them once the tabs exist)."""
     titles = _checkpoint_titles(webui)
     with gr.Row(elem_id="quicksettings"):
         picker = gr.Dropdown(label="Stable Diffusion checkpoint", choices=titles,
                              value=_shown_checkpoint_title(webui, titles), elem_id="setting_sd_model_checkpoint",
                              scale=4, min_width=320)
         refresh = gr.Button("\u21bb", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+        modules = gr.Dropdown(label="VAE / Text Encoder", choices=_module_choices(webui), value=_module_value(webui),
+                              multiselect=True, elem_id="setting_forge_additional_modules", scale=4, min_width=320)
+        modules_refresh = gr.Button("\u21bb", elem_id="refresh_forge_additional_modules", scale=0, min_width=40)
+    return TopBar(picker, refresh, modules, modules_refresh)
+
+
+def _module_choices(webui: Any) -> list[str]:
+    from modules import forge_modules  # noqa: PLC0415
+
+    try:
+        return forge_modules.list_module_files(webui.paths.models_dir)
+    except OSError as exc:  # an unreadable folder must not stop the UI from building
+        log.warning("could not list VAE / text encoder files: %s", exc)
+        return []
+
+
+def _module_value(webui: Any) -> list[str]:
+    from modules import forge_modules  # noqa: PLC0415
+
+    return list(webui.options.get(forge_modules.OPTION) or [])
+
+
+def _modules_message(webui: Any) -> str:
+    """What the loaded model now uses, for the toast after a change of "VAE / Text Encoder"."""
+    from modules import flux_model  # noqa: PLC0415
+
+    model = webui.models.current
+    if model is None:
+        return "VAE / Text Encoder saved; used when a model loads"
+    if model.is_flux:
+        files = flux_model.module_files(model)
+        return f"{model.checkpoint.name} uses " + (", ".join(f.name for f in files) or "its own parts")
+    applied = webui.vae.applied(model) if webui.vae is not None else None
+    return f"{model.checkpoint.name}: VAE " + (applied.name if applied is not None else "of the checkpoint")
+
+
+def _wire_top_bar(webui: Any, bar: TopBar, flux_dev_only: list[Any]) -> None:
+    """Events of the top row. `flux_dev_only`: components shown only while a Flux dev model is current (the
+    Distilled CFG Scale slider), updated after a checkpoint change (a chained event, so the Gradio API of
+    `switch_checkpoint` keeps its one output)."""
+    from modules import forge_modules  # noqa: PLC0415
 
     def change(title: str | None) -> Any:
         if not title:
@@ -213,15 +264,52 @@ def _build_checkpoint_picker(webui: Any) -> Any:
         refresh_checkpoints(webui)
         return gr.update(choices=_checkpoint_titles(webui), value=_current_checkpoint_title(webui))
 
-    picker.input(change, inputs=[picker], outputs=[picker], show_progress="minimal", api_name="switch_checkpoint")
-    refresh.click(rescan, outputs=[picker], show_progress="hidden", api_name="refresh_checkpoints")
-    return picker
+    def change_modules(values: list[str] | None) -> Any:
+        try:
+            apply_options(webui, {forge_modules.OPTION: list(values or [])})
+        except ApiError as exc:
+            gr.Warning(str(exc.detail))
+            return gr.update(value=_module_value(webui))
+        gr.Info(_modules_message(webui))
+        return gr.update(value=_module_value(webui))
+
+    def rescan_modules() -> Any:
+        return gr.update(choices=_module_choices(webui), value=_module_value(webui))
+
+    def visibility() -> list[Any]:
+        shown = _shows_distilled_cfg(webui)
+        return [gr.update(visible=shown) for _ in flux_dev_only]
+
+    changed = bar.checkpoint.input(change, inputs=[bar.checkpoint], outputs=[bar.checkpoint],
+                                   show_progress="minimal", api_name="switch_checkpoint")
+    bar.checkpoint_refresh.click(rescan, outputs=[bar.checkpoint], show_progress="hidden",
+                                 api_name="refresh_checkpoints")
+    bar.modules.input(change_modules, inputs=[bar.modules], outputs=[bar.modules], show_progress="minimal",
+                      api_name="set_additional_modules")
+    bar.modules_refresh.click(rescan_modules, outputs=[bar.modules], show_progress="hidden",
+                              api_name="refresh_additional_modules")
+    if flux_dev_only:
+        changed.then(visibility, outputs=flux_dev_only, show_progress="hidden", api_visibility="undocumented")
 
 
-def _refresh_checkpoint_picker(webui: Any) -> Any:
-    """The dropdown as it should show now (each page load asks: the model may have loaded since the UI was built)."""
+def _shows_distilled_cfg(webui: Any) -> bool:
+    """Whether the Distilled CFG Scale slider shows: the current model (or, while the start-up load runs, the
+    checkpoint it loads) is Flux dev, the variant with distilled guidance (schnell has none)."""
+    from modules import flux_model  # noqa: PLC0415
+
+    model = webui.models.current
+    if model is not None:
+        return bool(model.is_flux and model.unet.config.get("guidance_embeds"))
+    title = _shown_checkpoint_title(webui, _checkpoint_titles(webui))
+    info = webui.models.find(title) if title else None
+    return info is not None and flux_model.checkpoint_has_guidance(Path(info.path))
+
+
+def _refresh_top_bar(webui: Any) -> list[Any]:
+    """The top row as it should show now (each page load asks: the model may have loaded since the UI was built)."""
     titles = _checkpoint_titles(webui)
-    return gr.update(choices=titles, value=_shown_checkpoint_title(webui, titles))
+    return [gr.update(choices=titles, value=_shown_checkpoint_title(webui, titles)),
+            gr.update(choices=_module_choices(webui), value=_module_value(webui))]
 
 
 # ---------------------------------------------------------------------------------------------- txt2img
@@ -363,9 +451,11 @@ def gallery_outputs(processed: Any) -> tuple[list[Any], str, str, str]:
     return images, processed.js(), infotext_html(first), _comments_html(getattr(processed, "comments", None))
 
 
-def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any]) -> None:
+def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any], distilled_cfg: bool = False) -> Any:
     """Sampler, schedule type, steps, size, batch, CFG, seed (with its random-seed button) and clip skip controls,
-    with A1111's element ids for `tabname`."""
+    with A1111's element ids for `tabname`. With `distilled_cfg`, Forge's "Distilled CFG Scale" slider (Flux dev's
+    `distilled_cfg_scale`, shown only while a Flux dev model is current) above CFG Scale; it is returned, not put
+    in `f` (the caller adds it last, so the Gradio API's positional inputs keep their order)."""
     samplers, schedules, _ = _sampler_names(webui)
     with gr.Row():
         f["sampler_name"] = gr.Dropdown(samplers, value="Euler" if "Euler" in samplers else samplers[0],
@@ -379,6 +469,12 @@ def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any]) -> None
     with gr.Row():
         f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tabname}_batch_count")
         f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tabname}_batch_size")
+    distilled = None
+    if distilled_cfg:
+        from modules.flux_sampling import DEFAULT_DISTILLED_CFG  # noqa: PLC0415
+
+        distilled = gr.Slider(0.0, 30.0, value=DEFAULT_DISTILLED_CFG, step=0.1, label="Distilled CFG Scale",
+                              elem_id=f"{tabname}_distilled_cfg_scale", visible=_shows_distilled_cfg(webui))
     f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tabname}_cfg_scale")
     with gr.Row():
         f["seed"] = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{tabname}_seed", scale=4)
@@ -387,6 +483,7 @@ def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any]) -> None
                                    label="Clip skip", elem_id=f"{tabname}_clip_skip", scale=3)
     random_seed.click(lambda: -1, outputs=[f["seed"]], show_progress="hidden", queue=False,
                       api_visibility="undocumented")
+    return distilled
 
 
 @dataclass
@@ -500,7 +597,7 @@ def wire_generation(webui: Any, tab: GenerationTab, run: Callable[..., tuple[lis
 def _txt2img_parameters(webui: Any, f: dict[str, Any]) -> None:
     """The txt2img inputs of the "Generation" tab (A1111's order and element ids)."""
     samplers, _, upscalers = _sampler_names(webui)
-    build_sampling_settings(webui, "txt2img", f)
+    distilled = build_sampling_settings(webui, "txt2img", f, distilled_cfg=True)
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
         f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
         with gr.Row():
@@ -523,6 +620,7 @@ def _txt2img_parameters(webui: Any, f: dict[str, Any]) -> None:
                                     placeholder="empty: the same prompt")
         f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
                                              placeholder="empty: the same negative prompt")
+    f["distilled_cfg_scale"] = distilled  # last: the positional order of the older fields stays
 
 
 def _build_txt2img(webui: Any) -> Txt2ImgControls:
@@ -551,7 +649,7 @@ def _to_component_value(name: str, value: Any) -> Any:
     if name in ("seed", "subseed", "steps", "width", "height", "clip_skip", "hr_second_pass_steps", "hr_resize_x",
                 "hr_resize_y"):
         return int(float(value))
-    if name in ("cfg_scale", "denoising_strength", "hr_scale", "subseed_strength"):
+    if name in ("cfg_scale", "denoising_strength", "hr_scale", "subseed_strength", "distilled_cfg_scale"):
         return float(value)
     return str(value)
 
@@ -735,9 +833,7 @@ def create_ui(webui: Any) -> gr.Blocks:
     for script in webui.scripts.img2img.scripts:
         webui.scripts.img2img.components(script)
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
-        picker = _build_checkpoint_picker(webui)
-        demo.load(lambda: _refresh_checkpoint_picker(webui), outputs=[picker], show_progress="hidden",
-                  api_visibility="undocumented")
+        bar = _build_top_bar(webui)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 controls = _build_txt2img(webui)
@@ -752,6 +848,12 @@ def create_ui(webui: Any) -> gr.Blocks:
                     block.render()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 _build_settings(webui)
+        flux_dev_only = [controls.fields["distilled_cfg_scale"]]
+        _wire_top_bar(webui, bar, flux_dev_only)
+        demo.load(lambda: _refresh_top_bar(webui), outputs=[bar.checkpoint, bar.modules], show_progress="hidden",
+                  api_visibility="undocumented")
+        demo.load(lambda: [gr.update(visible=_shows_distilled_cfg(webui)) for _ in flux_dev_only],
+                  outputs=flux_dev_only, show_progress="hidden", api_visibility="undocumented")
     demo.queue(default_concurrency_limit=1)
     return demo
 
