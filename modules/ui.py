@@ -61,13 +61,14 @@ from modules.api.api import (  # noqa: E402
     validation_message,
 )
 from modules.paths import REPO_ROOT  # noqa: E402
+from modules.processing import USE_SAME_SAMPLER  # noqa: E402
 from modules.ui_scripts import build_script_ui  # noqa: E402
 from modules.ui_styles import styles_box  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 ASSETS_PREFIX = "/webui-assets"
-QUICKSETTINGS = ("sd_model_checkpoint",)
+QUICKSETTINGS = ("sd_model_checkpoint", "forge_additional_modules")  # in the top bar, not in Settings
 
 
 class ExtraNetworkPage(Protocol):
@@ -203,7 +204,7 @@ def _build_top_bar(webui: Any) -> TopBar:
     with gr.Row(elem_id="quicksettings"):
         picker = gr.Dropdown(label="Stable Diffusion checkpoint", choices=titles,
                              value=_shown_checkpoint_title(webui, titles), elem_id="setting_sd_model_checkpoint",
-                             scale=4, min_width=320)
+                             scale=4, min_width=320, allow_custom_value=True)  # see _wire_top_bar
         refresh = gr.Button("\u21bb", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
         modules = gr.Dropdown(label="VAE / Text Encoder", choices=_module_choices(webui), value=_module_value(webui),
                               multiselect=True, elem_id="setting_forge_additional_modules", scale=4, min_width=320)
@@ -248,7 +249,11 @@ def _wire_top_bar(webui: Any, bar: TopBar, flux_dev_only: list[Any]) -> None:
     from modules import forge_modules  # noqa: PLC0415
 
     def change(title: str | None) -> Any:
-        if not title:
+        # A click on an option sends the event twice; the second still has the title without the hash the first
+        # load added to the choices, which Gradio would refuse before this runs (hence allow_custom_value): it names
+        # the checkpoint already loaded, so it only shows the current title.
+        current = webui.models.current
+        if not title or current is not None and title in (current.checkpoint.title, current.checkpoint.name):
             return gr.update(value=_current_checkpoint_title(webui))
         try:
             loaded = switch_checkpoint(webui, title)
@@ -276,10 +281,6 @@ def _wire_top_bar(webui: Any, bar: TopBar, flux_dev_only: list[Any]) -> None:
     def rescan_modules() -> Any:
         return gr.update(choices=_module_choices(webui), value=_module_value(webui))
 
-    def visibility() -> list[Any]:
-        shown = _shows_distilled_cfg(webui)
-        return [gr.update(visible=shown) for _ in flux_dev_only]
-
     changed = bar.checkpoint.input(change, inputs=[bar.checkpoint], outputs=[bar.checkpoint],
                                    show_progress="minimal", api_name="switch_checkpoint")
     bar.checkpoint_refresh.click(rescan, outputs=[bar.checkpoint], show_progress="hidden",
@@ -289,7 +290,15 @@ def _wire_top_bar(webui: Any, bar: TopBar, flux_dev_only: list[Any]) -> None:
     bar.modules_refresh.click(rescan_modules, outputs=[bar.modules], show_progress="hidden",
                               api_name="refresh_additional_modules")
     if flux_dev_only:
-        changed.then(visibility, outputs=flux_dev_only, show_progress="hidden", api_visibility="undocumented")
+        changed.then(lambda: _flux_dev_visibility(webui, flux_dev_only), outputs=flux_dev_only,
+                     show_progress="hidden", api_visibility="undocumented")
+
+
+def _flux_dev_visibility(webui: Any, components: list[Any]) -> Any:
+    """One `gr.update(visible=...)` per component (the update itself for one: Gradio takes a list as its value)."""
+    shown = _shows_distilled_cfg(webui)
+    updates = [gr.update(visible=shown) for _ in components]
+    return updates[0] if len(updates) == 1 else updates
 
 
 def _shows_distilled_cfg(webui: Any) -> bool:
@@ -489,7 +498,8 @@ def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any], distill
 @dataclass
 class GenerationTab:
     """The components of one generation tab (see `build_generation_tab`); `controls` are the request fields
-    (`styles` last), `script_controls` the Script dropdown and the scripts' inputs (None: the tab has none)."""
+    (`styles` last, then any a caller adds later, e.g. txt2img's `distilled_cfg_scale`), `script_controls` the
+    Script dropdown and the scripts' inputs (None: the tab has none)."""
 
     tabname: str
     controls: Txt2ImgControls
@@ -594,8 +604,9 @@ def wire_generation(webui: Any, tab: GenerationTab, run: Callable[..., tuple[lis
                        api_visibility="undocumented")
 
 
-def _txt2img_parameters(webui: Any, f: dict[str, Any]) -> None:
-    """The txt2img inputs of the "Generation" tab (A1111's order and element ids)."""
+def _txt2img_parameters(webui: Any, f: dict[str, Any], late: dict[str, Any]) -> None:
+    """The txt2img inputs of the "Generation" tab (A1111's order and element ids); `late` gets the fields added
+    after A1111's (Distilled CFG Scale), which go after `styles` so positional Gradio API callers keep working."""
     samplers, _, upscalers = _sampler_names(webui)
     distilled = build_sampling_settings(webui, "txt2img", f, distilled_cfg=True)
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
@@ -614,17 +625,19 @@ def _txt2img_parameters(webui: Any, f: dict[str, Any]) -> None:
                                          elem_id="txt2img_hr_resize_x")
             f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                          elem_id="txt2img_hr_resize_y")
-        f["hr_sampler_name"] = gr.Dropdown(["Use same sampler", *samplers], value="Use same sampler",
+        f["hr_sampler_name"] = gr.Dropdown([USE_SAME_SAMPLER, *samplers], value=USE_SAME_SAMPLER,
                                            label="Hires sampling method", elem_id="hr_sampler")
         f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
                                     placeholder="empty: the same prompt")
         f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
                                              placeholder="empty: the same negative prompt")
-    f["distilled_cfg_scale"] = distilled  # last: the positional order of the older fields stays
+    late["distilled_cfg_scale"] = distilled
 
 
 def _build_txt2img(webui: Any) -> Txt2ImgControls:
-    tab = build_generation_tab(webui, "txt2img", lambda fields: _txt2img_parameters(webui, fields))
+    late: dict[str, Any] = {}
+    tab = build_generation_tab(webui, "txt2img", lambda fields: _txt2img_parameters(webui, fields, late))
+    tab.controls.fields.update(late)
     names = tab.controls.names()
     script_controls = tab.script_controls
 
@@ -657,11 +670,12 @@ def _to_component_value(name: str, value: Any) -> Any:
 def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> None:
     """A1111 <= 1.8 wrote the schedule into the sampler's name ("DPM++ 2M Karras"): give the boxes the sampler
     ("DPM++ 2M") and the schedule type ("Karras"; the infotext's own `Schedule type` otherwise), as the API does
-    (`sd_samplers.resolve_sampler`). An unknown sampler keeps the box's value, with a warning."""
-    from modules import sd_samplers  # noqa: PLC0415
+    (`sd_samplers.resolve_sampler`). An unknown sampler or schedule type keeps the box's value, with a warning (none
+    for Flux's `Simple`: Flux always uses it)."""
+    from modules import flux_sampling, sd_samplers  # noqa: PLC0415
 
     for field_name, key in (("sampler_name", "Schedule type"), ("hr_sampler_name", "Hires schedule type")):
-        if field_name not in values:
+        if field_name not in values or values[field_name] == USE_SAME_SAMPLER:  # a choice of the hires box
             continue
         info, schedule = sd_samplers.resolve_sampler(values[field_name], params.get(key))
         if info is None:
@@ -671,6 +685,11 @@ def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> No
         values[field_name] = info.name
         if field_name == "sampler_name" and schedule:  # "Automatic" unless the name carried a schedule
             values["scheduler"] = schedule
+    schedule = values.get("scheduler")
+    if schedule is not None and schedule not in sd_samplers.schedule_type_names():
+        del values["scheduler"]  # the box keeps its value
+        if schedule != flux_sampling.SCHEDULE:  # Flux's infotext names its one schedule, which is no choice here
+            gr.Warning(f"Schedule type {schedule!r} from the infotext is not available; the current one is kept.")
 
 
 def params_to_updates(params: dict[str, Any], controls: Txt2ImgControls,
@@ -852,8 +871,8 @@ def create_ui(webui: Any) -> gr.Blocks:
         _wire_top_bar(webui, bar, flux_dev_only)
         demo.load(lambda: _refresh_top_bar(webui), outputs=[bar.checkpoint, bar.modules], show_progress="hidden",
                   api_visibility="undocumented")
-        demo.load(lambda: [gr.update(visible=_shows_distilled_cfg(webui)) for _ in flux_dev_only],
-                  outputs=flux_dev_only, show_progress="hidden", api_visibility="undocumented")
+        demo.load(lambda: _flux_dev_visibility(webui, flux_dev_only), outputs=flux_dev_only, show_progress="hidden",
+                  api_visibility="undocumented")
     demo.queue(default_concurrency_limit=1)
     return demo
 
