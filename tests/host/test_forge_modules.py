@@ -6,7 +6,8 @@ image changes and the infotext names it (`Module 1: ae2`); the three accepted sp
 file name) store the same relative name; every bad entry (missing, traversal, outside, wrong suffix, a 4-channel VAE
 for Flux, a file that is no module, two VAEs) is a 422 naming it, with the option and the model (same object,
 weights bitwise) untouched; for the SD1 model the selected 4-channel VAE acts as the SD VAE and clearing the
-selection restores the checkpoint's own VAE bitwise."""
+selection restores the checkpoint's own VAE bitwise. A request's pasted `infotext` with Forge's `Distilled CFG Scale`
+sets the guidance."""
 
 from __future__ import annotations
 
@@ -158,3 +159,15 @@ def test_sd_model_uses_the_selected_sd_vae_and_flux_refuses_it(server):
     assert all(torch.equal(state[k], own[k]) for k in own)  # the checkpoint's own VAE, bitwise
     _, info = txt2img(base)
     assert "VAE:" not in info
+
+
+def test_a_pasted_forge_infotext_sets_the_distilled_guidance(server):
+    """`infotext` of a request (A1111 1.8's paste): Forge's `Distilled CFG Scale` fills `distilled_cfg_scale`."""
+    base, webui, _, _ = server
+    use_flux(base, webui)
+    body = {"prompt": "", "infotext": "a photo of a red cat\nSteps: 2, Sampler: Euler, Schedule type: Simple, "
+                                      "CFG scale: 1, Seed: 11, Size: 64x64, Distilled CFG Scale: 2.5"}
+    answer = httpx.post(base + "/sdapi/v1/txt2img", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    info = json.loads(answer.json()["info"])["infotexts"][0]
+    assert "Distilled CFG Scale: 2.5," in info and "Seed: 11," in info
