@@ -26,12 +26,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from modules import regular_files
+from modules import flux_model, regular_files
 
 log = logging.getLogger(__name__)
 
 OPTION = "forge_additional_modules"
-FOLDERS = ("VAE", "text_encoder")  # flux_model.VAE_DIR, flux_model.TEXT_ENCODER_DIR
+FOLDERS = (flux_model.VAE_DIR, flux_model.TEXT_ENCODER_DIR)  # Forge's folders, under the models folder
 SUFFIX = ".safetensors"
 
 

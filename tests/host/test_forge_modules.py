@@ -75,6 +75,11 @@ def same(a, b):
                                                                             for k in a[n]) for n in a)
 
 
+def same_tensor(loaded, file_tensor):
+    """The loaded weight is the file's float32 tensor, as the model's dtype and device hold it (bf16 on CUDA)."""
+    return torch.equal(loaded.cpu(), file_tensor.to(loaded.dtype))
+
+
 def use_flux(base, webui):
     assert post_options(base, {OPTION: [], "sd_model_checkpoint": "tiny-flux-bfl.safetensors"}).status_code == 200
     assert webui.models.current.is_flux
@@ -94,7 +99,7 @@ def test_option_is_listed_and_a_selected_vae_wins_reloading_the_model(server):
     assert httpx.get(base + "/sdapi/v1/options", timeout=30).json()[OPTION] == ["VAE/ae2.safetensors"]
     wanted = flux_factory.build_tiny_flux(seed=5)["vae"].state_dict()
     loaded = webui.models.current.vae.state_dict()
-    assert loaded.keys() == wanted.keys() and all(torch.equal(loaded[k], wanted[k]) for k in wanted)
+    assert loaded.keys() == wanted.keys() and all(same_tensor(loaded[k], wanted[k]) for k in wanted)
     after, info = txt2img(base)
     assert "Module 1: ae2," in info
     assert np.abs(after - before).mean() > 1
@@ -145,7 +150,7 @@ def test_sd_model_uses_the_selected_sd_vae_and_flux_refuses_it(server):
     assert answer.status_code == 200, answer.text
     assert webui.models.current is model
     state = model.vae.state_dict()
-    assert all(torch.equal(state[k], diffusers_vae[k]) for k in diffusers_vae)
+    assert all(same_tensor(state[k], diffusers_vae[k]) for k in diffusers_vae)
     _, info = txt2img(base)
     assert "VAE: sd-vae.safetensors" in info and "Module 1" not in info
 
