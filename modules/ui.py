@@ -1,6 +1,8 @@
-"""The Gradio 6 UI shell: checkpoint picker, txt2img, img2img, Extras, PNG Info and Settings tabs, extension tabs
-and assets. The img2img and Extras tabs live in `modules.ui_img2img`, built with this module's builders
-(`build_generation_tab`, `build_sampling_settings`, `wire_generation`).
+"""The Gradio 6 UI shell: the top bar (checkpoint picker and Forge's "VAE / Text Encoder" picker,
+`modules.forge_modules`), txt2img (with Forge's "Distilled CFG Scale" slider, shown while a Flux dev model is
+loaded), img2img, Extras, PNG Info and Settings tabs, extension tabs and assets. The img2img and Extras tabs live
+in `modules.ui_img2img`, built with this module's builders (`build_generation_tab`, `build_sampling_settings`,
+`wire_generation`).
 
 A generation tab (txt2img; img2img calls the same functions with its own inputs) is built by
 `build_generation_tab(webui, tabname, parameters)` in A1111's layout and wired by `wire_generation`; comments under
