@@ -122,6 +122,25 @@ def infer_t5_config(shapes: Mapping[str, Any], prefix: str, base: Mapping[str, A
     return cfg
 
 
+def checkpoint_has_guidance(path: Path) -> bool:
+    """Whether a checkpoint on disk is Flux dev (has the distilled-guidance embedder), from the safetensors header
+    or the diffusers folder's `transformer/config.json`, without loading it; False for anything else or unreadable."""
+    import json  # noqa: PLC0415
+
+    path = Path(path)
+    try:
+        if is_flux_folder(path):
+            config = json.loads((path / "transformer" / "config.json").read_text(encoding="utf-8"))
+            return bool(config.get("guidance_embeds"))
+        if path.suffix.lower() != ".safetensors":
+            return False
+        keys = _header_shapes(path).keys()
+    except (OSError, ValueError):
+        return False
+    prefix = bfl_prefix(keys)
+    return prefix is not None and prefix + "guidance_in.in_layer.weight" in keys
+
+
 def variant(transformer_config: Mapping[str, Any]) -> str:
     """"dev" (distilled guidance embedder) or "schnell"."""
     return "dev" if transformer_config.get("guidance_embeds") else "schnell"
@@ -260,20 +279,64 @@ def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _kind_of(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str] | None:
-    """("clip"|"t5"|"vae", prefix) for a stand-alone text-encoder or VAE file, else None."""
+    """("clip"|"t5"|"vae", prefix) for a stand-alone text-encoder or 16-channel VAE file, else None."""
+    found = _file_kind(shapes)
+    return found[:2] if found is not None and found[0] != "other_vae" else None
+
+
+def _file_kind(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str, int] | None:
+    """(kind, prefix, latent channels or 0): kind "clip", "t5", "vae" (16 latent channels) or "other_vae"."""
     for key in shapes:
         if key.endswith("encoder.block.0.layer.0.SelfAttention.q.weight"):
-            return "t5", key[: -len("encoder.block.0.layer.0.SelfAttention.q.weight")]
+            return "t5", key[: -len("encoder.block.0.layer.0.SelfAttention.q.weight")], 0
         if key.endswith("embeddings.token_embedding.weight"):
-            return "clip", key[: -len("embeddings.token_embedding.weight")]
-        if key.endswith("decoder.conv_in.weight") and shapes[key][1] == 16:
-            return "vae", key[: -len("decoder.conv_in.weight")]
+            return "clip", key[: -len("embeddings.token_embedding.weight")], 0
+        if key.endswith("decoder.conv_in.weight") and len(shapes[key]) == 4:
+            channels = shapes[key][1]
+            return ("vae" if channels == 16 else "other_vae"), key[: -len("decoder.conv_in.weight")], channels
     return None
+
+
+def vae_latent_channels(path: Path) -> int | None:
+    """The latent channels of a VAE file in LDM names (`decoder.conv_in` input width), None when it is not one
+    (or cannot be read)."""
+    try:
+        found = _file_kind(_header_shapes(Path(path)))
+    except (OSError, ValueError):
+        return None
+    return found[2] if found is not None and found[0] in ("vae", "other_vae") else None
+
+
+COMPONENT_NAMES = {"clip": "CLIP-L text encoder", "t5": "T5 text encoder", "vae": "16-channel Flux VAE"}
+
+
+def selected_components(files: Iterable[Path]) -> dict[str, tuple[Path, str]]:
+    """{"clip"|"t5"|"vae": (file, key prefix)} of the files picked in "VAE / Text Encoder"
+    (`forge_additional_modules`). FluxLoadError naming the file when one cannot be read, is none of the three
+    kinds (a 4-channel SD VAE, a LoRA, ...), or is a second file of a kind already picked."""
+    found: dict[str, tuple[Path, str]] = {}
+    for file in files:
+        file = Path(file)
+        try:
+            kind = _file_kind(_header_shapes(file))
+        except (OSError, ValueError) as exc:
+            raise FluxLoadError(f"VAE / Text Encoder: {file.name} cannot be read ({exc})") from exc
+        if kind is not None and kind[0] == "other_vae":
+            raise FluxLoadError(f"VAE / Text Encoder: {file.name} is a {kind[2]}-channel VAE (SD 1/2/XL); Flux needs "
+                                "the 16-channel VAE (ae.safetensors)")
+        if kind is None:
+            raise FluxLoadError(f"VAE / Text Encoder: {file.name} is not a CLIP-L or T5 text encoder or a "
+                                "16-channel Flux VAE")
+        if kind[0] in found:
+            raise FluxLoadError(f"VAE / Text Encoder: {found[kind[0]][0].name} and {file.name} are both a "
+                                f"{COMPONENT_NAMES[kind[0]]}; select one")
+        found[kind[0]] = (file, kind[1])
+    return found
 
 
 def find_component_files(models_dir: Path | None) -> dict[str, tuple[Path, str]]:
     """{"clip"|"t5"|"vae": (file, key prefix)}: the first fitting `.safetensors` (by name) in `models/text_encoder/`
-    and `models/VAE/`."""
+    and `models/VAE/` (the automatic choice, for the kinds nothing was selected for)."""
     found: dict[str, tuple[Path, str]] = {}
     if models_dir is None:
         return found
@@ -340,15 +403,21 @@ def _header_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _component_states(path: Path, state: dict[str, torch.Tensor], prefix: str, models_dir: Path | None,
-                      read: Any = _read) -> tuple[dict[str, Any], dict[str, tuple[Path, str, Mapping[str, torch.Tensor]]]]:
-    """The config and {"clip"|"t5"|"vae": (file, prefix, tensors)} for a transformer file and its companions
-    (companion files read with `read`: their tensors, or `_header_tensors` for a layout)."""
+                      selected: Iterable[Path] = (), read: Any = _read
+                      ) -> tuple[dict[str, Any], dict[str, tuple[Path, str, Mapping[str, torch.Tensor]]]]:
+    """The config and {"clip"|"t5"|"vae": (file, prefix, tensors)} for a transformer file and its companions: the
+    `selected` files first (for their kind, over bundled ones), then the file's bundled parts, then the first
+    fitting file of `models/text_encoder/` / `models/VAE/`. The load log names each file and why it was used.
+    Companion files are read with `read`: their tensors, or `_header_tensors` for a layout."""
     sources: dict[str, tuple[Path, str, Mapping[str, torch.Tensor]]] = {}
+    for kind, (file, file_prefix) in selected_components(selected).items():
+        log.info("Flux %s from %s (selected in VAE / Text Encoder)", kind, file)
+        sources[kind] = (file, file_prefix, read(file))
     if prefix == COMFY_PREFIX:
-        if any(k.startswith(BUNDLED_VAE_PREFIX) for k in state):
+        if "vae" not in sources and any(k.startswith(BUNDLED_VAE_PREFIX) for k in state):
             sources["vae"] = (path, BUNDLED_VAE_PREFIX, state)
         for kind, text_prefix in BUNDLED_TEXT_PREFIXES.items():
-            if any(k.startswith(text_prefix) for k in state):
+            if kind not in sources and any(k.startswith(text_prefix) for k in state):
                 sources[kind] = (path, text_prefix, state)
     missing = [kind for kind in ("clip", "t5", "vae") if kind not in sources]
     if missing:
@@ -360,7 +429,8 @@ def _component_states(path: Path, state: dict[str, torch.Tensor], prefix: str, m
                         "(t5xxl_fp16.safetensors)", "vae": "16-channel Flux VAE (ae.safetensors)"}[kind]
                 raise FluxLoadError(f"{path}: Flux transformer without a {what}; put one in models/{folder}/")
             file, file_prefix = files[kind]
-            log.info("Flux %s from %s", kind, file)
+            log.info("Flux %s from %s (first fitting file of models/%s)", kind, file,
+                     VAE_DIR if kind == "vae" else TEXT_ENCODER_DIR)
             sources[kind] = (file, file_prefix, read(file))
     config = base_config()
     config["transformer"] = infer_transformer_config(state, prefix, config["transformer"])
@@ -370,6 +440,14 @@ def _component_states(path: Path, state: dict[str, torch.Tensor], prefix: str, m
     config["t5"]["config"] = infer_t5_config(sources["t5"][2], sources["t5"][1], config["t5"]["config"])
     vae_file, vae_prefix, vae_state = sources["vae"]
     config["vae"] = model_configs.infer_vae_config(vae_state, vae_prefix, config["vae"])
+    transformer = config["transformer"]
+    for kind, width, needed, what in (
+            ("clip", config["clip"]["config"].get("hidden_size"), transformer["pooled_projection_dim"], "pooled"),
+            ("t5", config["t5"]["config"].get("d_model"), transformer["joint_attention_dim"], "text")):
+        if width is not None and int(width) != int(needed):
+            raise FluxLoadError(f"{sources[kind][0].name}: a {COMPONENT_NAMES[kind]} of width {width}, but "
+                                f"{path.name} takes {what} features of width {needed} (CLIP-G or another model's "
+                                "encoder?)")
     return config, sources
 
 
@@ -388,11 +466,12 @@ def _text_key_map(param_shapes: Mapping[str, tuple[int, ...]], component: str, p
 
 
 def _single_file_plan(path: Path, state: dict[str, torch.Tensor], prefix: str, models_dir: Path | None,
-                      read: Any = _read) -> tuple[dict[str, Any], dict[str, torch.nn.Module], dict[str, Any],
-                                                  dict[str, dict[str, str]], dict[str, dict[str, Any]], dict[str, Any]]:
+                      selected: Iterable[Path] = (), read: Any = _read
+                      ) -> tuple[dict[str, Any], dict[str, torch.nn.Module], dict[str, Any], dict[str, dict[str, str]],
+                                 dict[str, dict[str, Any]], dict[str, Any]]:
     """(config, modules on meta, parameter shapes, key maps per component, transforms, {component: (file,
-    tensors)}) of a BFL/ComfyUI transformer file and its companions: everything but the weights."""
-    config, sources = _component_states(path, state, prefix, models_dir, read)
+    tensors)}) of a BFL/ComfyUI transformer file and its companions (see `_component_states`): all but the weights."""
+    config, sources = _component_states(path, state, prefix, models_dir, selected, read)
     modules = build_modules(config, empty=True)
     shapes = {name: _param_shapes(m) for name, m in modules.items()}
     key_map, transforms = bfl_key_map(config["transformer"], shapes["unet"], prefix)
@@ -414,19 +493,21 @@ def load_layout(info: CheckpointInfo, state: dict[str, torch.Tensor], prefix: st
     file's tensors as meta tensors): names, shapes, key map (file keys of this file and of the companions it
     needs) and config, nothing read but headers. The merge tool resolves LoRA keys against it and streams the file."""
     path = Path(info.path)
-    config, modules, _, maps, transforms, files = _single_file_plan(path, state, prefix, models_dir, _header_tensors)
+    config, modules, _, maps, transforms, files = _single_file_plan(path, state, prefix, models_dir,
+                                                                    read=_header_tensors)
     special = {"transforms": transforms, "source": str(path), "flux_files": {c: str(f) for c, (f, _) in files.items()}}
     all_maps = {k: v for component, m in maps.items() if Path(files[component][0]) == path for k, v in m.items()}
     return _loaded(info, config, modules, [], torch.device("meta"), torch.float32, key_map=all_maps, special=special)
 
 
 def load_single_file(info: CheckpointInfo, state: dict[str, torch.Tensor], prefix: str, device: torch.device,
-                     dtype: torch.dtype, models_dir: Path | None) -> LoadedModel:
-    """A Flux model from a BFL/ComfyUI transformer file (`state`, keys under `prefix`) plus its companions."""
+                     dtype: torch.dtype, models_dir: Path | None, selected: Iterable[Path] = ()) -> LoadedModel:
+    """A Flux model from a BFL/ComfyUI transformer file (`state`, keys under `prefix`) plus its companions
+    (`selected`: the files picked in "VAE / Text Encoder", see `_component_states`)."""
     from modules.sd_models import _assign, _finish, _map_pristine  # noqa: PLC0415
 
     path = Path(info.path)
-    config, modules, shapes, maps, transforms, files = _single_file_plan(path, state, prefix, models_dir)
+    config, modules, shapes, maps, transforms, files = _single_file_plan(path, state, prefix, models_dir, selected)
     for component, module in modules.items():
         file, tensors = files[component]
         part = {}
@@ -466,6 +547,19 @@ def load_single_file(info: CheckpointInfo, state: dict[str, torch.Tensor], prefi
         sources.mark_loaded(modules)
     return _loaded(info, config, modules, load_tokenizers(config, None, t5_tokenizer), device, dtype,
                    key_map=all_maps, special=special, pristine=sources)
+
+
+def module_files(model: LoadedModel) -> list[Path]:
+    """The files a Flux single file took its VAE, CLIP-L and T5 from (in that order), other than itself: what the
+    infotext names as Forge's `Module 1`, `Module 2`, ... (none for a bundled checkpoint or a diffusers folder)."""
+    files = model.key_map_special.get("flux_files") or {}
+    source = model.key_map_special.get("source")
+    out: list[Path] = []
+    for component in ("vae", "text_encoders.0", "text_encoders.1"):
+        file = files.get(component)
+        if file and file != source and Path(file) not in out:
+            out.append(Path(file))
+    return out
 
 
 def flux_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:

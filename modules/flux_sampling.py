@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from modules import extra_networks
+from modules import extra_networks, flux_model
 
 DEFAULT_DISTILLED_CFG = 3.5
 SAMPLER = "Euler"
@@ -202,6 +202,8 @@ def describe(p: Any, model: Any) -> str:
     if model.unet.config.guidance_embeds:
         p.extra_generation_params["Distilled CFG Scale"] = distilled_cfg(p)
     p.extra_generation_params["Model family"] = model.family
+    for index, file in enumerate(flux_model.module_files(model), start=1):  # Forge's names for the companion files
+        p.extra_generation_params[f"Module {index}"] = file.stem
     return SCHEDULE
 
 

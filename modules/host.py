@@ -119,7 +119,7 @@ class WebUI:
         shared_options_a1111.register_a1111_options(webui.options)
         webui.styles = StyleDatabase(Path(args.styles_file) if args.styles_file else paths.data_dir / "styles.csv")
         webui.vae = VaeManager(Path(args.vae_dir) if args.vae_dir else paths.models_dir / "VAE", paths.ckpt_dir,
-                               webui.options, webui.cache)
+                               webui.options, webui.cache, paths.models_dir)
         device = default_device(args.device)
         webui.upscalers = UpscalerRegistry(paths.models_dir, device=device)
         webui.models = sd_models.ModelManager(
@@ -131,9 +131,10 @@ class WebUI:
             dtype=default_dtype(device, args.precision),
             hashing=not args.no_hashing,
         )
-        from modules import a1111_compat  # noqa: PLC0415
+        from modules import a1111_compat, forge_modules  # noqa: PLC0415
 
         a1111_compat.connect(webui)
+        forge_modules.connect(webui)
         startup.record("settings")
         if not args.no_embedded_default:
             from modules import embedded_default  # noqa: PLC0415

@@ -35,6 +35,8 @@ class OptionInfo:
 
     `infotext`: the infotext key that records this option (A1111's `OptionInfo.infotext`); a pasted infotext holding
     that key brings the value back as an override setting (`modules.infotext.get_override_settings`).
+    `validate`: a check after the type conversion (`coerce`): returns the value to store (it may normalise it) or
+    raises ValueError with a message naming the bad part (e.g. the file paths of `forge_additional_modules`).
     """
 
     key: str
@@ -48,6 +50,7 @@ class OptionInfo:
     comment: str = ""
     onchange: Callable[[Any], None] | None = field(default=None, repr=False)
     infotext: str = ""
+    validate: Callable[[Any], Any] | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -108,7 +111,7 @@ class OptionInfo:
             raise ValueError(f"option {self.key!r} must be >= {self.minimum}, got {value!r}")
         if self.maximum is not None and value > self.maximum:
             raise ValueError(f"option {self.key!r} must be <= {self.maximum}, got {value!r}")
-        return value
+        return self.validate(value) if self.validate is not None else value
 
     def _coerce_list(self, value: Any) -> list[Any]:
         """A list option's value: a comma-separated string or a list of scalars (see `coerce`)."""

@@ -32,13 +32,21 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from modules import checkpoint_convert, flux_model, hashes, model_configs, pristine_weights, regular_files
+from modules import (
+    checkpoint_convert,
+    flux_model,
+    forge_modules,
+    hashes,
+    model_configs,
+    pristine_weights,
+    regular_files,
+)
 from modules.cache import DiskCache
 from modules.safetensors_header import SafetensorsHeaderError, SafetensorsReader, read_header
 from modules.sd_model_types import CheckpointInfo, LoadedModel
@@ -239,15 +247,16 @@ def load_layout(info: CheckpointInfo, models_dir: Path | None = None) -> LoadedM
 
 
 def load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype,
-                     models_dir: Path | None = None) -> LoadedModel:
-    """Load an A1111/LDM single-file checkpoint (see the module docstring); Flux files go to `modules.flux_model`."""
+                     models_dir: Path | None = None, modules: Sequence[Path] = ()) -> LoadedModel:
+    """Load an A1111/LDM single-file checkpoint (see the module docstring); Flux files go to `modules.flux_model`
+    (with `modules`, the files picked in "VAE / Text Encoder")."""
     from modules.tokenizer import tokenizers_for  # noqa: PLC0415 - transformers: imported when a model loads
 
     path = Path(info.path)
     state, metadata = read_state_dict(path)
     flux_prefix = flux_model.bfl_prefix(state.keys())
     if flux_prefix is not None:
-        return flux_model.load_single_file(info, state, flux_prefix, device, dtype, models_dir)
+        return flux_model.load_single_file(info, state, flux_prefix, device, dtype, models_dir, modules)
     family, config, built, parts, shapes, components, key_map, special = _convert_single_file(state, path)
     del state
     target = effective_dtype(device, dtype)
@@ -369,16 +378,17 @@ def load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: tor
 
 
 def load_checkpoint(info: CheckpointInfo, device: torch.device | str, dtype: torch.dtype,
-                    models_dir: Path | None = None) -> LoadedModel:
+                    models_dir: Path | None = None, modules: Sequence[Path] = ()) -> LoadedModel:
     """Load `info` on `device`; raises ModelLoadError naming the file and the cause. `models_dir`: where a Flux
-    transformer file's text encoders and VAE are looked for (`models/text_encoder/`, `models/VAE/`)."""
+    transformer file's text encoders and VAE are looked for (`models/text_encoder/`, `models/VAE/`); `modules`: the
+    files picked in "VAE / Text Encoder" (`modules.forge_modules`), which a Flux single file uses first."""
     device = torch.device(device)
     try:
         if info.format == "diffusers":
             if flux_model.is_flux_folder(Path(info.path)):
                 return flux_model.load_diffusers_folder(info, device, dtype)
             return load_diffusers_folder(info, device, dtype)
-        return load_single_file(info, device, dtype, models_dir)
+        return load_single_file(info, device, dtype, models_dir, modules)
     except ModelLoadError:
         raise
     except flux_model.FluxLoadError as exc:
@@ -442,6 +452,7 @@ class ModelManager:
         self.hashing = hashing
         self._lock = threading.RLock()
         self._current: LoadedModel | None = None
+        self._current_modules: tuple[str, ...] = ()  # the "VAE / Text Encoder" selection it was loaded with
         self._checkpoints: list[CheckpointInfo] = []
         infos = getattr(options, "infos", {})
         if "sd_model_checkpoint" in infos:
@@ -512,8 +523,11 @@ class ModelManager:
                     return info
         return None
 
-    def load(self, name_or_path: str | os.PathLike[str] | CheckpointInfo, reload: bool = False) -> LoadedModel:
+    def load(self, name_or_path: str | os.PathLike[str] | CheckpointInfo, reload: bool = False,
+             modules: Sequence[str] | None = None) -> LoadedModel:
         """Load a checkpoint and make it current; the same checkpoint already loaded is returned unless `reload`.
+        `modules`: the "VAE / Text Encoder" selection to load with (relative names; None: the
+        `forge_additional_modules` option's).
 
         Runs the `model_loaded` callbacks. On failure raises ModelLoadError and the previous model stays current.
         """
@@ -530,9 +544,11 @@ class ModelManager:
                     info.sha256 = checkpoint_sha256(Path(info.path), self.cache)
                 except OSError as exc:
                     raise ModelLoadError(f"{info.path}: cannot read the file to hash it ({exc})") from exc
+            names = tuple(self._module_names() if modules is None else modules)
             log.info("loading checkpoint %s", info.path)
-            model = load_checkpoint(info, self.device, self.dtype, Path(self.paths.models_dir))
-            self._current = model
+            model = load_checkpoint(info, self.device, self.dtype, Path(self.paths.models_dir),
+                                    forge_modules.selected_paths(Path(self.paths.models_dir), names))
+            self._current, self._current_modules = model, names
             self._sync_option(info)
         self.callbacks.run("model_loaded", model)
         return model
@@ -560,12 +576,29 @@ class ModelManager:
                 errors.append(str(exc))
         raise ModelLoadError("no checkpoint could be loaded: " + "; ".join(errors))
 
+    def apply_modules(self, names: Sequence[str]) -> LoadedModel | None:
+        """Reload the current model with the "VAE / Text Encoder" selection `names` when it is a Flux single file
+        loaded with another one (as Forge reloads on a change); other models are returned as they are. On failure
+        raises ModelLoadError and the current model stays."""
+        with self._lock:
+            current = self._current
+            if (current is None or not current.is_flux or current.checkpoint.format != "single-file"
+                    or tuple(names) == self._current_modules):
+                return current
+            return self.load(current.checkpoint, reload=True, modules=names)
+
     def unload(self) -> None:
         """Forget the current model (its memory is freed when nothing else holds it)."""
         with self._lock:
             self._current = None
 
     # -- options ------------------------------------------------------------------------------------------------
+
+    def _module_names(self) -> list[str]:
+        try:
+            return list(self.options.get(forge_modules.OPTION) or [])
+        except KeyError:
+            return []
 
     def _option_value(self) -> str:
         try:

@@ -14,6 +14,10 @@ Selection (`sd_vae`, A1111's `resolve_vae`):
 * a file name: that file; with `sd_vae_overrides_per_model_preferences` off, a file named like the checkpoint
   still wins. A name that is not found falls back to the checkpoint's own VAE with a warning (as A1111); the API
   refuses unknown names up front (422).
+* Forge's "VAE / Text Encoder" selection (`forge_additional_modules`, `modules.forge_modules`) wins over all of
+  these for SD models: its first VAE file whose latent channels fit the model's VAE is applied (Forge has no
+  `sd_vae` and applies the picked VAE to every model). Flux models take their VAE from the selection when they load
+  (`modules.flux_model`), not here.
 
 Swapping writes the file's tensors into the loaded VAE's parameters in place (same module objects, so everything
 holding the model keeps working). The checkpoint's own VAE weights are copied aside (on the CPU: the VAE's size,
@@ -134,8 +138,10 @@ def convert_vae_state_dict(state: dict[str, torch.Tensor], vae: torch.nn.Module,
 class VaeManager:
     """The VAE files found, the `sd_vae` selection and what is applied to the loaded model."""
 
-    def __init__(self, vae_dir: Path, ckpt_dir: Path | None, options: Any, cache: Any = None) -> None:
+    def __init__(self, vae_dir: Path, ckpt_dir: Path | None, options: Any, cache: Any = None,
+                 models_dir: Path | None = None) -> None:
         self.vae_dir = Path(vae_dir)
+        self.models_dir = Path(models_dir) if models_dir is not None else None  # where the Forge selection lives
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.options = options
         self.cache = cache
@@ -178,8 +184,32 @@ class VaeManager:
 
     # -- selection -------------------------------------------------------------------------------------------
 
-    def resolve(self, model: LoadedModel, selection: str | None = None) -> VaeFile | None:
-        """The file `selection` (default: the `sd_vae` option) means for `model`; None = the checkpoint's own."""
+    def picked(self, model: LoadedModel, modules: list[str] | None = None) -> VaeFile | None:
+        """The first VAE file of the "VAE / Text Encoder" selection (`modules`, default: the option's) whose latent
+        channels fit `model`'s VAE; None when there is none (or for Flux, which uses the selection when it loads)."""
+        from modules import flux_model, forge_modules  # noqa: PLC0415
+
+        if self.models_dir is None or model.is_flux:
+            return None
+        if modules is None:
+            try:
+                modules = list(self.options.get(forge_modules.OPTION) or [])
+            except KeyError:
+                return None
+        latent = int(getattr(model.vae.config, "latent_channels", 4))
+        for name in modules:
+            path = forge_modules.selected_paths(self.models_dir, [name])[0]
+            if name.startswith(f"{forge_modules.FOLDERS[0]}/") and flux_model.vae_latent_channels(path) == latent:
+                return VaeFile(path.name, path)
+        return None
+
+    def resolve(self, model: LoadedModel, selection: str | None = None,
+                modules: list[str] | None = None) -> VaeFile | None:
+        """The file `selection` (default: the `sd_vae` option) means for `model`, after the "VAE / Text Encoder"
+        pick (`picked`, with `modules`); None = the checkpoint's own."""
+        picked = self.picked(model, modules)
+        if picked is not None:
+            return picked
         selection = str(self.options.get("sd_vae") if selection is None else selection) or AUTOMATIC
         near = self.near_checkpoint(model)
         overrides = bool(self.options.get("sd_vae_overrides_per_model_preferences"))
@@ -192,16 +222,17 @@ class VaeManager:
             log.warning("VAE %r not found in %s; using the checkpoint's own VAE", selection, self.vae_dir)
         return found
 
-    def apply(self, model: LoadedModel | None, selection: str | None = None) -> VaeFile | None:
-        """Make `model`'s VAE the one `selection` means (no-op when it already is); returns the file applied
-        (None: the checkpoint's own). VaeLoadError leaves the model's VAE as it was. The caller holds the
-        generation lock (weights change)."""
+    def apply(self, model: LoadedModel | None, selection: str | None = None,
+              modules: list[str] | None = None) -> VaeFile | None:
+        """Make `model`'s VAE the one `selection` (and the "VAE / Text Encoder" `modules`, see `resolve`) means
+        (no-op when it already is); returns the file applied (None: the checkpoint's own). VaeLoadError leaves the
+        model's VAE as it was. The caller holds the generation lock (weights change)."""
         if model is None:
             return None
         with self._lock:
             if not self._is_current(model):  # another model: its VAE is its checkpoint's own
                 self._model, self._applied, self._original = weakref.ref(model), None, None
-            wanted = self.resolve(model, selection)
+            wanted = self.resolve(model, selection, modules)
             if wanted == self._applied:
                 return wanted
             if wanted is None:

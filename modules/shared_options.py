@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from modules import forge_modules
+
 
 def register_host_options(webui: Any) -> None:
     """Register the host's options on `webui.options`."""
     add = webui.options.add
     add("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "Stable Diffusion")
+    forge_modules.register(webui)  # Forge's "VAE / Text Encoder" (forge_additional_modules)
     add("CLIP_stop_at_last_layers", 1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12)
     add("eta_ancestral", 1.0, "Eta for ancestral samplers", "Sampler parameters", minimum=0.0, maximum=1.0)
     add("samples_save", True, "Always save all generated images", "Saving images")

@@ -1,6 +1,8 @@
-"""The Gradio 6 UI shell: checkpoint picker, txt2img, img2img, Extras, PNG Info and Settings tabs, extension tabs
-and assets. The img2img and Extras tabs live in `modules.ui_img2img`, built with this module's builders
-(`build_generation_tab`, `build_sampling_settings`, `wire_generation`).
+"""The Gradio 6 UI shell: the top bar (checkpoint picker and Forge's "VAE / Text Encoder" picker,
+`modules.forge_modules`), txt2img (with Forge's "Distilled CFG Scale" slider, shown while a Flux dev model is
+loaded), img2img, Extras, PNG Info and Settings tabs, extension tabs and assets. The img2img and Extras tabs live
+in `modules.ui_img2img`, built with this module's builders (`build_generation_tab`, `build_sampling_settings`,
+`wire_generation`).
 
 A generation tab (txt2img; img2img calls the same functions with its own inputs) is built by
 `build_generation_tab(webui, tabname, parameters)` in A1111's layout and wired by `wire_generation`; comments under
@@ -61,13 +63,14 @@ from modules.api.api import (  # noqa: E402
     validation_message,
 )
 from modules.paths import REPO_ROOT  # noqa: E402
+from modules.processing import USE_SAME_SAMPLER  # noqa: E402
 from modules.ui_scripts import build_script_ui  # noqa: E402
 from modules.ui_styles import styles_box  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 ASSETS_PREFIX = "/webui-assets"
-QUICKSETTINGS = ("sd_model_checkpoint",)
+QUICKSETTINGS = ("sd_model_checkpoint", "forge_additional_modules")  # in the top bar, not in Settings
 
 
 class ExtraNetworkPage(Protocol):
@@ -187,17 +190,72 @@ def _shown_checkpoint_title(webui: Any, titles: list[str]) -> str | None:
     return next((t for t in titles if wanted and (t == wanted or t.startswith(wanted))), titles[0])
 
 
-def _build_checkpoint_picker(webui: Any) -> Any:
-    """The checkpoint dropdown and its rescan button; returns the dropdown (the page's load event refreshes it)."""
+@dataclass
+class TopBar:
+    """The top row: the checkpoint picker and Forge's "VAE / Text Encoder" picker, each with its rescan button."""
+
+    checkpoint: Any
+    checkpoint_refresh: Any
+    modules: Any
+    modules_refresh: Any
+
+
+def _build_top_bar(webui: Any) -> TopBar:
+    """The top row's components (`_wire_top_bar` wires them once the tabs exist)."""
     titles = _checkpoint_titles(webui)
     with gr.Row(elem_id="quicksettings"):
         picker = gr.Dropdown(label="Stable Diffusion checkpoint", choices=titles,
                              value=_shown_checkpoint_title(webui, titles), elem_id="setting_sd_model_checkpoint",
-                             scale=4, min_width=320)
+                             scale=4, min_width=320, allow_custom_value=True)  # see _wire_top_bar
         refresh = gr.Button("\u21bb", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+        modules = gr.Dropdown(label="VAE / Text Encoder", choices=_module_choices(webui), value=_module_value(webui),
+                              multiselect=True, elem_id="setting_forge_additional_modules", scale=4, min_width=320)
+        modules_refresh = gr.Button("\u21bb", elem_id="refresh_forge_additional_modules", scale=0, min_width=40)
+    return TopBar(picker, refresh, modules, modules_refresh)
+
+
+def _module_choices(webui: Any) -> list[str]:
+    from modules import forge_modules  # noqa: PLC0415
+
+    try:
+        return forge_modules.list_module_files(webui.paths.models_dir)
+    except OSError as exc:  # an unreadable folder must not stop the UI from building
+        log.warning("could not list VAE / text encoder files: %s", exc)
+        return []
+
+
+def _module_value(webui: Any) -> list[str]:
+    from modules import forge_modules  # noqa: PLC0415
+
+    return list(webui.options.get(forge_modules.OPTION) or [])
+
+
+def _modules_message(webui: Any) -> str:
+    """What the loaded model now uses, for the toast after a change of "VAE / Text Encoder"."""
+    from modules import flux_model  # noqa: PLC0415
+
+    model = webui.models.current
+    if model is None:
+        return "VAE / Text Encoder saved; used when a model loads"
+    if model.is_flux:
+        files = flux_model.module_files(model)
+        return f"{model.checkpoint.name} uses " + (", ".join(f.name for f in files) or "its own parts")
+    applied = webui.vae.applied(model) if webui.vae is not None else None
+    return f"{model.checkpoint.name}: VAE " + (applied.name if applied is not None else "of the checkpoint")
+
+
+def _wire_top_bar(webui: Any, bar: TopBar, flux_dev_only: list[Any]) -> None:
+    """Events of the top row. `flux_dev_only`: components shown only while a Flux dev model is current (the
+    Distilled CFG Scale slider), updated after a checkpoint change (a chained event, so the Gradio API of
+    `switch_checkpoint` keeps its one output)."""
+    from modules import forge_modules  # noqa: PLC0415
 
     def change(title: str | None) -> Any:
-        if not title:
+        # A click on an option sends the event twice; the second still has the title without the hash the first
+        # load added to the choices, which Gradio would refuse before this runs (hence allow_custom_value): it names
+        # the checkpoint already loaded, so it only shows the current title.
+        current = webui.models.current
+        if not title or current is not None and title in (current.checkpoint.title, current.checkpoint.name):
             return gr.update(value=_current_checkpoint_title(webui))
         try:
             loaded = switch_checkpoint(webui, title)
@@ -213,15 +271,56 @@ def _build_checkpoint_picker(webui: Any) -> Any:
         refresh_checkpoints(webui)
         return gr.update(choices=_checkpoint_titles(webui), value=_current_checkpoint_title(webui))
 
-    picker.input(change, inputs=[picker], outputs=[picker], show_progress="minimal", api_name="switch_checkpoint")
-    refresh.click(rescan, outputs=[picker], show_progress="hidden", api_name="refresh_checkpoints")
-    return picker
+    def change_modules(values: list[str] | None) -> Any:
+        try:
+            apply_options(webui, {forge_modules.OPTION: list(values or [])})
+        except ApiError as exc:
+            gr.Warning(str(exc.detail))
+            return gr.update(value=_module_value(webui))
+        gr.Info(_modules_message(webui))
+        return gr.update(value=_module_value(webui))
+
+    def rescan_modules() -> Any:
+        return gr.update(choices=_module_choices(webui), value=_module_value(webui))
+
+    changed = bar.checkpoint.input(change, inputs=[bar.checkpoint], outputs=[bar.checkpoint],
+                                   show_progress="minimal", api_name="switch_checkpoint")
+    bar.checkpoint_refresh.click(rescan, outputs=[bar.checkpoint], show_progress="hidden",
+                                 api_name="refresh_checkpoints")
+    bar.modules.input(change_modules, inputs=[bar.modules], outputs=[bar.modules], show_progress="minimal",
+                      api_name="set_additional_modules")
+    bar.modules_refresh.click(rescan_modules, outputs=[bar.modules], show_progress="hidden",
+                              api_name="refresh_additional_modules")
+    if flux_dev_only:
+        changed.then(lambda: _flux_dev_visibility(webui, flux_dev_only), outputs=flux_dev_only,
+                     show_progress="hidden", api_visibility="undocumented")
 
 
-def _refresh_checkpoint_picker(webui: Any) -> Any:
-    """The dropdown as it should show now (each page load asks: the model may have loaded since the UI was built)."""
+def _flux_dev_visibility(webui: Any, components: list[Any]) -> Any:
+    """One `gr.update(visible=...)` per component (the update itself for one: Gradio takes a list as its value)."""
+    shown = _shows_distilled_cfg(webui)
+    updates = [gr.update(visible=shown) for _ in components]
+    return updates[0] if len(updates) == 1 else updates
+
+
+def _shows_distilled_cfg(webui: Any) -> bool:
+    """Whether the Distilled CFG Scale slider shows: the current model (or, while the start-up load runs, the
+    checkpoint it loads) is Flux dev, the variant with distilled guidance (schnell has none)."""
+    from modules import flux_model  # noqa: PLC0415
+
+    model = webui.models.current
+    if model is not None:
+        return bool(model.is_flux and model.unet.config.get("guidance_embeds"))
+    title = _shown_checkpoint_title(webui, _checkpoint_titles(webui))
+    info = webui.models.find(title) if title else None
+    return info is not None and flux_model.checkpoint_has_guidance(Path(info.path))
+
+
+def _refresh_top_bar(webui: Any) -> list[Any]:
+    """The top row as it should show now (each page load asks: the model may have loaded since the UI was built)."""
     titles = _checkpoint_titles(webui)
-    return gr.update(choices=titles, value=_shown_checkpoint_title(webui, titles))
+    return [gr.update(choices=titles, value=_shown_checkpoint_title(webui, titles)),
+            gr.update(choices=_module_choices(webui), value=_module_value(webui))]
 
 
 # ---------------------------------------------------------------------------------------------- txt2img
@@ -363,9 +462,11 @@ def gallery_outputs(processed: Any) -> tuple[list[Any], str, str, str]:
     return images, processed.js(), infotext_html(first), _comments_html(getattr(processed, "comments", None))
 
 
-def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any]) -> None:
+def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any], distilled_cfg: bool = False) -> Any:
     """Sampler, schedule type, steps, size, batch, CFG, seed (with its random-seed button) and clip skip controls,
-    with A1111's element ids for `tabname`."""
+    with A1111's element ids for `tabname`. With `distilled_cfg`, Forge's "Distilled CFG Scale" slider (Flux dev's
+    `distilled_cfg_scale`, shown only while a Flux dev model is current) above CFG Scale; it is returned, not put
+    in `f` (the caller adds it last, so the Gradio API's positional inputs keep their order)."""
     samplers, schedules, _ = _sampler_names(webui)
     with gr.Row():
         f["sampler_name"] = gr.Dropdown(samplers, value="Euler" if "Euler" in samplers else samplers[0],
@@ -379,6 +480,12 @@ def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any]) -> None
     with gr.Row():
         f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tabname}_batch_count")
         f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tabname}_batch_size")
+    distilled = None
+    if distilled_cfg:
+        from modules.flux_sampling import DEFAULT_DISTILLED_CFG  # noqa: PLC0415
+
+        distilled = gr.Slider(0.0, 30.0, value=DEFAULT_DISTILLED_CFG, step=0.1, label="Distilled CFG Scale",
+                              elem_id=f"{tabname}_distilled_cfg_scale", visible=_shows_distilled_cfg(webui))
     f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tabname}_cfg_scale")
     with gr.Row():
         f["seed"] = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{tabname}_seed", scale=4)
@@ -387,12 +494,14 @@ def build_sampling_settings(webui: Any, tabname: str, f: dict[str, Any]) -> None
                                    label="Clip skip", elem_id=f"{tabname}_clip_skip", scale=3)
     random_seed.click(lambda: -1, outputs=[f["seed"]], show_progress="hidden", queue=False,
                       api_visibility="undocumented")
+    return distilled
 
 
 @dataclass
 class GenerationTab:
     """The components of one generation tab (see `build_generation_tab`); `controls` are the request fields
-    (`styles` last), `script_controls` the Script dropdown and the scripts' inputs (None: the tab has none)."""
+    (`styles` last, then any a caller adds later, e.g. txt2img's `distilled_cfg_scale`), `script_controls` the
+    Script dropdown and the scripts' inputs (None: the tab has none)."""
 
     tabname: str
     controls: Txt2ImgControls
@@ -497,10 +606,11 @@ def wire_generation(webui: Any, tab: GenerationTab, run: Callable[..., tuple[lis
                        api_visibility="undocumented")
 
 
-def _txt2img_parameters(webui: Any, f: dict[str, Any]) -> None:
-    """The txt2img inputs of the "Generation" tab (A1111's order and element ids)."""
+def _txt2img_parameters(webui: Any, f: dict[str, Any], late: dict[str, Any]) -> None:
+    """The txt2img inputs of the "Generation" tab (A1111's order and element ids); `late` gets the fields added
+    after A1111's (Distilled CFG Scale), which go after `styles` so positional Gradio API callers keep working."""
     samplers, _, upscalers = _sampler_names(webui)
-    build_sampling_settings(webui, "txt2img", f)
+    distilled = build_sampling_settings(webui, "txt2img", f, distilled_cfg=True)
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
         f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
         with gr.Row():
@@ -517,16 +627,19 @@ def _txt2img_parameters(webui: Any, f: dict[str, Any]) -> None:
                                          elem_id="txt2img_hr_resize_x")
             f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                          elem_id="txt2img_hr_resize_y")
-        f["hr_sampler_name"] = gr.Dropdown(["Use same sampler", *samplers], value="Use same sampler",
+        f["hr_sampler_name"] = gr.Dropdown([USE_SAME_SAMPLER, *samplers], value=USE_SAME_SAMPLER,
                                            label="Hires sampling method", elem_id="hr_sampler")
         f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
                                     placeholder="empty: the same prompt")
         f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
                                              placeholder="empty: the same negative prompt")
+    late["distilled_cfg_scale"] = distilled
 
 
 def _build_txt2img(webui: Any) -> Txt2ImgControls:
-    tab = build_generation_tab(webui, "txt2img", lambda fields: _txt2img_parameters(webui, fields))
+    late: dict[str, Any] = {}
+    tab = build_generation_tab(webui, "txt2img", lambda fields: _txt2img_parameters(webui, fields, late))
+    tab.controls.fields.update(late)
     names = tab.controls.names()
     script_controls = tab.script_controls
 
@@ -551,7 +664,7 @@ def _to_component_value(name: str, value: Any) -> Any:
     if name in ("seed", "subseed", "steps", "width", "height", "clip_skip", "hr_second_pass_steps", "hr_resize_x",
                 "hr_resize_y"):
         return int(float(value))
-    if name in ("cfg_scale", "denoising_strength", "hr_scale", "subseed_strength"):
+    if name in ("cfg_scale", "denoising_strength", "hr_scale", "subseed_strength", "distilled_cfg_scale"):
         return float(value)
     return str(value)
 
@@ -559,11 +672,12 @@ def _to_component_value(name: str, value: Any) -> Any:
 def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> None:
     """A1111 <= 1.8 wrote the schedule into the sampler's name ("DPM++ 2M Karras"): give the boxes the sampler
     ("DPM++ 2M") and the schedule type ("Karras"; the infotext's own `Schedule type` otherwise), as the API does
-    (`sd_samplers.resolve_sampler`). An unknown sampler keeps the box's value, with a warning."""
-    from modules import sd_samplers  # noqa: PLC0415
+    (`sd_samplers.resolve_sampler`). An unknown sampler or schedule type keeps the box's value, with a warning (none
+    for Flux's `Simple`: Flux always uses it)."""
+    from modules import flux_sampling, sd_samplers  # noqa: PLC0415
 
     for field_name, key in (("sampler_name", "Schedule type"), ("hr_sampler_name", "Hires schedule type")):
-        if field_name not in values:
+        if field_name not in values or values[field_name] == USE_SAME_SAMPLER:  # a choice of the hires box
             continue
         info, schedule = sd_samplers.resolve_sampler(values[field_name], params.get(key))
         if info is None:
@@ -573,6 +687,11 @@ def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> No
         values[field_name] = info.name
         if field_name == "sampler_name" and schedule:  # "Automatic" unless the name carried a schedule
             values["scheduler"] = schedule
+    schedule = values.get("scheduler")
+    if schedule is not None and schedule not in sd_samplers.schedule_type_names():
+        del values["scheduler"]  # the box keeps its value
+        if schedule != flux_sampling.SCHEDULE:  # Flux's infotext names its one schedule, which is no choice here
+            gr.Warning(f"Schedule type {schedule!r} from the infotext is not available; the current one is kept.")
 
 
 def params_to_updates(params: dict[str, Any], controls: Txt2ImgControls,
@@ -735,9 +854,7 @@ def create_ui(webui: Any) -> gr.Blocks:
     for script in webui.scripts.img2img.scripts:
         webui.scripts.img2img.components(script)
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
-        picker = _build_checkpoint_picker(webui)
-        demo.load(lambda: _refresh_checkpoint_picker(webui), outputs=[picker], show_progress="hidden",
-                  api_visibility="undocumented")
+        bar = _build_top_bar(webui)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 controls = _build_txt2img(webui)
@@ -752,6 +869,12 @@ def create_ui(webui: Any) -> gr.Blocks:
                     block.render()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 _build_settings(webui)
+        flux_dev_only = [controls.fields["distilled_cfg_scale"]]
+        _wire_top_bar(webui, bar, flux_dev_only)
+        demo.load(lambda: _refresh_top_bar(webui), outputs=[bar.checkpoint, bar.modules], show_progress="hidden",
+                  api_visibility="undocumented")
+        demo.load(lambda: _flux_dev_visibility(webui, flux_dev_only), outputs=flux_dev_only, show_progress="hidden",
+                  api_visibility="undocumented")
     demo.queue(default_concurrency_limit=1)
     return demo
 

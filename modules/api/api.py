@@ -51,6 +51,7 @@ INFOTEXT_FIELDS: dict[str, str] = {
     "Hires prompt": "hr_prompt",
     "Hires negative prompt": "hr_negative_prompt",
     "Hires sampler": "hr_sampler_name",
+    "Distilled CFG Scale": "distilled_cfg_scale",  # Flux dev's guidance (Forge's infotext key)
     "Styles array": "styles",  # set by the styles' infotext_pasted handling (the infotext_styles option)
 }
 
@@ -372,8 +373,9 @@ def _check_option(webui: Any, key: str, value: Any) -> Any:
     return coerced
 
 
-def switch_checkpoint(webui: Any, name: str) -> str:
-    """Load checkpoint `name` (title, name or path) under the queue lock; returns its title.
+def switch_checkpoint(webui: Any, name: str, modules: list[str] | None = None) -> str:
+    """Load checkpoint `name` (title, name or path) under the queue lock; returns its title. `modules`: the
+    "VAE / Text Encoder" selection to load it with (None: the option's).
 
     A checkpoint that is unknown or fails to load raises ApiError 422 and the loaded model stays.
     """
@@ -383,7 +385,7 @@ def switch_checkpoint(webui: Any, name: str) -> str:
         raise ApiError(422, "CheckpointNotFound", f"checkpoint {name!r} not found; see GET {API_PREFIX}/sd-models")
     with webui.queue_lock:
         try:
-            loaded = manager.load(info)
+            loaded = manager.load(info, modules=modules)
         except Exception as exc:  # ModelLoadError, or anything a broken file makes torch/safetensors raise
             log.warning("checkpoint %s failed to load: %s", info.title, exc)
             raise ApiError(422, type(exc).__name__, f"checkpoint {info.title!r} failed to load: {exc}") from exc
@@ -406,11 +408,14 @@ def apply_options(webui: Any, values: dict[str, Any]) -> list[str]:
     checked = {key: _check_option(webui, key, value) for key, value in values.items()}
     wanted_ckpt = checked.get("sd_model_checkpoint")
     if wanted_ckpt:
-        checked["sd_model_checkpoint"] = switch_checkpoint(webui, str(wanted_ckpt))
+        checked["sd_model_checkpoint"] = switch_checkpoint(webui, str(wanted_ckpt),
+                                                           checked.get("forge_additional_modules"))
     elif "sd_model_checkpoint" in checked:
         del checked["sd_model_checkpoint"]  # an empty name means "keep the current model"
     if "sd_vae" in checked:
         apply_vae(webui, str(checked["sd_vae"]))
+    if "forge_additional_modules" in checked:
+        apply_additional_modules(webui, list(checked["forge_additional_modules"]))
     changed: list[str] = []
     try:
         webui.options.check_unregistered(unknown)
@@ -439,6 +444,22 @@ def apply_vae(webui: Any, selection: str) -> None:
             webui.vae.apply(webui.models.current, selection)
         except VaeLoadError as exc:
             raise ApiError(422, "VaeLoadError", str(exc)) from exc
+
+
+def apply_additional_modules(webui: Any, names: list[str]) -> None:
+    """Make the loaded model use the "VAE / Text Encoder" selection `names` under the queue lock
+    (`modules.forge_modules.apply`: a Flux single file reloads); ApiError 422 when it does not load (the model
+    stays as it was)."""
+    from modules import forge_modules  # noqa: PLC0415
+    from modules.sd_models import ModelLoadError  # noqa: PLC0415
+    from modules.sd_vae import VaeLoadError  # noqa: PLC0415
+
+    with webui.queue_lock:
+        try:
+            forge_modules.apply(webui, names)
+        except (ModelLoadError, VaeLoadError) as exc:
+            log.warning("VAE / Text Encoder %s not applied: %s", names, exc)
+            raise ApiError(422, type(exc).__name__, f"VAE / Text Encoder: {exc}") from exc
 
 
 _JSON_KINDS: dict[str, tuple[type, Any]] = {

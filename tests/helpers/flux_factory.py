@@ -8,6 +8,7 @@
   `model.diffusion_model.` prefix with `comfy`; plus `vae.` and `text_encoders.*` with `bundled`).
 * `write_companions(models_dir, seed)`: `text_encoder/clip_l.safetensors`, `text_encoder/t5xxl.safetensors`,
   `text_encoder/t5_tokenizer/`, `VAE/ae.safetensors` (Forge's folders).
+* `write_vae_file(path, seed)`: the seed's 16-channel VAE alone, in BFL's `ae.safetensors` (LDM) names.
 
 Same seed -> bitwise identical weights in every layout.
 """
@@ -150,10 +151,18 @@ def write_companions(models_dir: str | Path, seed: int = 0) -> dict[str, Path]:
         file.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(files["clip"], clip, {"format": "pt"})
     write_safetensors(files["t5"], t5, {"format": "pt"})
-    vae = vae_ldm_state_dict(built)
-    write_safetensors(files["vae"], {k: v.contiguous() for k, v in vae.items()}, {"format": "pt"})
+    write_vae_file(files["vae"], seed)
     files["t5_tokenizer"] = write_t5_tokenizer(models_dir / "text_encoder" / "t5_tokenizer")
     return files
+
+
+def write_vae_file(path: str | Path, seed: int = 0) -> Path:
+    """The tiny Flux VAE of `seed` as a stand-alone `ae.safetensors`-style file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vae = vae_ldm_state_dict(build_tiny_flux(seed))
+    write_safetensors(path, {k: v.contiguous() for k, v in vae.items()}, {"format": "pt"})
+    return path
 
 
 def tiny_flux_model(seed: int = 0, guidance: bool = True) -> Any:
