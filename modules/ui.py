@@ -244,9 +244,9 @@ class Txt2ImgControls:
 
 def _sampler_names(webui: Any) -> tuple[list[str], list[str], list[str]]:
     """(samplers, schedule types, hires upscalers) as the processing code names them."""
-    from modules import processing, sd_samplers  # noqa: PLC0415
+    from modules import processing, sampler_table  # noqa: PLC0415
 
-    return (sd_samplers.sampler_names(), sd_samplers.schedule_type_names(),
+    return (sampler_table.sampler_names(), sampler_table.schedule_type_names(),
             processing.upscaler_names(webui.upscalers))
 
 
@@ -559,13 +559,13 @@ def _to_component_value(name: str, value: Any) -> Any:
 def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> None:
     """A1111 <= 1.8 wrote the schedule into the sampler's name ("DPM++ 2M Karras"): give the boxes the sampler
     ("DPM++ 2M") and the schedule type ("Karras"; the infotext's own `Schedule type` otherwise), as the API does
-    (`sd_samplers.resolve_sampler`). An unknown sampler keeps the box's value, with a warning."""
-    from modules import sd_samplers  # noqa: PLC0415
+    (`sampler_table.resolve_sampler`). An unknown sampler keeps the box's value, with a warning."""
+    from modules import sampler_table  # noqa: PLC0415
 
     for field_name, key in (("sampler_name", "Schedule type"), ("hr_sampler_name", "Hires schedule type")):
         if field_name not in values:
             continue
-        info, schedule = sd_samplers.resolve_sampler(values[field_name], params.get(key))
+        info, schedule = sampler_table.resolve_sampler(values[field_name], params.get(key))
         if info is None:
             gr.Warning(f"Sampler {values[field_name]!r} from the infotext is not available; the current one is kept.")
             del values[field_name]
