@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     from modules.startup_timer import StartupTimer  # noqa: PLC0415 - imported where it is needed
 
     startup = StartupTimer()  # first thing, so that the imports below count
-    logging.getLogger("startup").info("starting the WebUI: importing the server (torch, diffusers, FastAPI)")
+    logging.getLogger("startup").info("starting the WebUI: importing the server (torch, FastAPI)")
     from modules.webui_server import serve  # noqa: PLC0415
 
     return serve(server_argv(argv), startup)

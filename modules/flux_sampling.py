@@ -136,11 +136,12 @@ class FlowSampler:
         self.webui, self.p, self.model = webui, p, model
         self.interrupted = False
 
-    def velocity(self, tokens: torch.Tensor, sigma: torch.Tensor, inputs: FluxPass, ids: torch.Tensor
-                 ) -> torch.Tensor:
-        """The model's v (float32) at `sigma`, with real CFG when `cfg_scale` != 1."""
+    def velocity(self, tokens: torch.Tensor, sigma: torch.Tensor, inputs: FluxPass, ids: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+        """The model's v (float32) at `sigma`, with real CFG when `cfg_scale` != 1; the transformer runs in `dtype`,
+        its parameters' dtype (`run` reads it once: diffusers' `ModelMixin.dtype` walks every submodule)."""
         transformer = self.model.unet
-        dtype, device = transformer.dtype, self.model.device
+        device = self.model.device
         batch = tokens.shape[0]
         guidance = (torch.full((batch,), float(inputs.guidance), device=device, dtype=torch.float32)
                     if transformer.config.guidance_embeds else None)
@@ -165,7 +166,8 @@ class FlowSampler:
         state = self.webui.state
         height, width = x.shape[2], x.shape[3]
         tokens = pack_latents(x.float())
-        ids = image_ids(height, width, self.model.device, self.model.unet.dtype)
+        dtype = self.model.unet.dtype
+        ids = image_ids(height, width, self.model.device, dtype)
         sigmas = sigmas.to(self.model.device)
         total = len(sigmas) - 1
         state.sampling_steps, state.sampling_step = total, 0
@@ -182,7 +184,7 @@ class FlowSampler:
                     inputs.cond, inputs.uncond = inputs.encode()
                     self.p.generation_state.conditioning_stale = False
                 sigma, following = sigmas[step], sigmas[step + 1]
-                v = self.velocity(tokens, sigma, inputs, ids)
+                v = self.velocity(tokens, sigma, inputs, ids, dtype)
                 estimate = tokens - sigma * v  # x0 = x - sigma v
                 tokens = tokens + (following - sigma) * v
                 state.sampling_step = step + 1

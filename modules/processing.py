@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from modules import extra_networks, flux_sampling, image_checks, images, infotext, sd_samplers, upscalers
+from modules import extra_networks, flux_sampling, image_checks, images, infotext, sampler_table, upscalers
 from modules.generation_state import GenerationState
 from modules.prompt_encoding import EMPHASIS_MODES, Conditioning, PromptEncoder
 from modules.scripts import PostprocessImageArgs
@@ -191,10 +191,10 @@ class StableDiffusionProcessingTxt2Img:
         if self.clip_skip is not None and (not isinstance(self.clip_skip, int) or self.clip_skip < 1):
             errors.append(f"clip_skip must be an integer >= 1 (or null for the setting), got {self.clip_skip!r}")
 
-        sampler, schedule = sd_samplers.resolve_sampler(self.sampler_name, self.scheduler)
+        sampler, schedule = sampler_table.resolve_sampler(self.sampler_name, self.scheduler)
         if sampler is None:
             errors.append(f"unknown sampler {self.sampler_name!r}; valid samplers: "
-                          + ", ".join(sd_samplers.sampler_names()))
+                          + ", ".join(sampler_table.sampler_names()))
         if schedule is None:  # A1111 uses Automatic for a schedule type it does not know (e.g. "normal")
             log.info("unknown scheduler %r; using Automatic", self.scheduler)
             self.comments.append(f"Unknown schedule type {self.scheduler!r}; used Automatic")
@@ -205,14 +205,14 @@ class StableDiffusionProcessingTxt2Img:
                 and self.steps > sampler.max_steps:
             errors.append(f"sampler {sampler.name} supports at most {sampler.max_steps} steps, got {self.steps}")
         if self.hr_sampler_name not in (None, "", USE_SAME_SAMPLER):
-            hr_sampler, _ = sd_samplers.resolve_sampler(self.hr_sampler_name, None)
+            hr_sampler, _ = sampler_table.resolve_sampler(self.hr_sampler_name, None)
             if hr_sampler is None:
                 errors.append(f"unknown hr_sampler_name {self.hr_sampler_name!r}; valid samplers: "
-                              + ", ".join([USE_SAME_SAMPLER, *sd_samplers.sampler_names()]))
+                              + ", ".join([USE_SAME_SAMPLER, *sampler_table.sampler_names()]))
             else:
                 self.hr_sampler_name = hr_sampler.name
         if self.hr_scheduler not in (None, "", USE_SAME_SCHEDULER):
-            hr_schedule = sd_samplers.find_schedule_type(self.hr_scheduler)
+            hr_schedule = sampler_table.find_schedule_type(self.hr_scheduler)
             if hr_schedule is None:  # as for `scheduler`: the first pass's schedule type
                 self.comments.append(f"Unknown hires schedule type {self.hr_scheduler!r}; used the first pass's")
                 self.hr_scheduler = None
@@ -445,6 +445,14 @@ def batch_noise(p: StableDiffusionProcessingTxt2Img, shape: tuple[int, int, int]
     return torch.stack(parts), generators
 
 
+def _schedulers() -> Any:
+    """`modules.sd_samplers`, imported on first use: it imports diffusers, and this module is imported before serving
+    (the scripts import it) where only the sampler names (`modules.sampler_table`) are needed."""
+    from modules import sd_samplers  # noqa: PLC0415
+
+    return sd_samplers
+
+
 # ---- model helpers -----------------------------------------------------------------------------------------------
 
 
@@ -572,18 +580,20 @@ class Denoiser:
         self.webui, self.p, self.model = webui, p, model
         self.interrupted = False
 
-    def _added_cond_kwargs(self, cond: Conditioning, inputs: PassInputs, batch: int) -> dict[str, Any] | None:
+    def _added_cond_kwargs(self, cond: Conditioning, inputs: PassInputs, batch: int, dtype: torch.dtype
+                           ) -> dict[str, Any] | None:
         if not self.model.is_sdxl:
             return None
-        unet = self.model.unet
         size = [inputs.height, inputs.width, 0, 0, inputs.height, inputs.width]
-        time_ids = torch.tensor([size] * batch, device=self.model.device, dtype=unet.dtype)
-        return {"text_embeds": cond.pooled.to(device=self.model.device, dtype=unet.dtype), "time_ids": time_ids}
+        time_ids = torch.tensor([size] * batch, device=self.model.device, dtype=dtype)
+        return {"text_embeds": cond.pooled.to(device=self.model.device, dtype=dtype), "time_ids": time_ids}
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, inputs: PassInputs) -> torch.Tensor:
-        """Guided model output for latents `x` (already scaled for the sampler) at timestep `t`."""
+    def predict(self, x: torch.Tensor, t: torch.Tensor, inputs: PassInputs, dtype: torch.dtype) -> torch.Tensor:
+        """Guided model output for latents `x` (already scaled for the sampler) at timestep `t`; the UNet runs in
+        `dtype`, its parameters' dtype (`run` reads it once per pass: diffusers' `ModelMixin.dtype` walks every
+        submodule, about 40 ms a call on a full-size SDXL UNet on a CPU)."""
         unet = self.model.unet
-        dtype, device = unet.dtype, self.model.device
+        device = self.model.device
         cond, uncond = inputs.cond, inputs.uncond
         if inputs.image_conditioning is not None:
             x = torch.cat([x, inputs.image_conditioning.to(device=x.device, dtype=x.dtype)], dim=1)
@@ -593,13 +603,14 @@ class Denoiser:
             both = Conditioning(hidden, pooled)
             x_in = torch.cat([x, x]).to(dtype)
             out = unet(x_in, t, encoder_hidden_states=hidden,
-                       added_cond_kwargs=self._added_cond_kwargs(both, inputs, x_in.shape[0])).sample.float()
+                       added_cond_kwargs=self._added_cond_kwargs(both, inputs, x_in.shape[0], dtype)).sample.float()
             out_uncond, out_cond = out.chunk(2)
         else:  # different chunk counts: two UNet calls (A1111's default when conds differ in length)
             results = []
             for c in (uncond, cond):
                 results.append(unet(x.to(dtype), t, encoder_hidden_states=c.hidden.to(device=device, dtype=dtype),
-                                    added_cond_kwargs=self._added_cond_kwargs(c, inputs, x.shape[0])).sample.float())
+                                    added_cond_kwargs=self._added_cond_kwargs(c, inputs, x.shape[0], dtype)
+                                    ).sample.float())
             out_uncond, out_cond = results
         return out_uncond + inputs.cfg_scale * (out_cond - out_uncond)
 
@@ -612,10 +623,12 @@ class Denoiser:
         order = max(int(getattr(scheduler, "order", 1)), 1)
         total_steps = max(math.ceil(len(timesteps) / order), 1)
         state.sampling_steps, state.sampling_step = total_steps, 0
-        kwargs = sd_samplers.step_kwargs(scheduler, generators)
-        sd_samplers.attach_cpu_noise(scheduler, latents, self.p.seeds)
+        schedulers = _schedulers()
+        kwargs = schedulers.step_kwargs(scheduler, generators)
+        schedulers.attach_cpu_noise(scheduler, latents, self.p.seeds)
         preview_every = max(int(options.get("show_progress_every_n_steps")), 1)
         previews = bool(options.get("live_previews_enable"))
+        dtype = self.model.unet.dtype
         x = latents
         denoised = latents
         with tqdm(total=len(timesteps), desc=desc, unit="it", leave=False) as bar:
@@ -631,7 +644,7 @@ class Denoiser:
                     inputs.cond, inputs.uncond = inputs.encode()
                     self.p.generation_state.conditioning_stale = False
                 x_in = scheduler.scale_model_input(x, t)
-                model_output = self.predict(x_in, t, inputs)
+                model_output = self.predict(x_in, t, inputs, dtype)
                 out = scheduler.step(model_output, t, x, **kwargs)
                 x = out.prev_sample
                 if inputs.after_step is not None and index + 1 < len(timesteps):
@@ -835,9 +848,9 @@ def _strip_tags(prompts: list[str]) -> list[str]:
     return [extra_networks.parse_prompt(text)[0] for text in prompts]
 
 
-def _schedule_label(p: StableDiffusionProcessingTxt2Img, sampler: sd_samplers.SamplerInfo) -> str:
+def _schedule_label(p: StableDiffusionProcessingTxt2Img, sampler: sampler_table.SamplerInfo) -> str:
     """The `Schedule type` to report: the requested one, or the one used instead (with a comment saying so)."""
-    used = sd_samplers.effective_schedule_type(sampler, p.scheduler)
+    used = _schedulers().effective_schedule_type(sampler, p.scheduler)
     wanted = sampler.automatic_schedule if p.scheduler == "Automatic" else p.scheduler
     if used == wanted:
         return p.scheduler
@@ -885,9 +898,9 @@ def first_pass_inputs(webui: Any, p: StableDiffusionProcessingTxt2Img, encoder: 
 
 def first_pass_scheduler(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Any:
     """A fresh diffusers scheduler for the request's sampler and schedule type (timesteps not set yet)."""
-    sampler = sd_samplers.find_sampler(p.sampler_name)
+    sampler = sampler_table.find_sampler(p.sampler_name)
     assert sampler is not None  # validated
-    return sd_samplers.create_scheduler(sampler, model.scheduler_config, model.prediction_type,
+    return _schedulers().create_scheduler(sampler, model.scheduler_config, model.prediction_type,
                                         p.scheduler, _sampler_seeds(webui, p.seeds), eta=_eta(webui))
 
 
@@ -925,14 +938,14 @@ def _hires_pass(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any, den
         shape = tuple(latents.shape[1:])
         noise, generators = batch_noise(p, shape, factor)  # type: ignore[arg-type]
         generators = sampler_generators(webui, generators, p.seeds)
-        sampler = sd_samplers.find_sampler(p.effective_hr_sampler())
+        sampler = sampler_table.find_sampler(p.effective_hr_sampler())
         assert sampler is not None
-        scheduler = sd_samplers.create_scheduler(sampler, model.scheduler_config, model.prediction_type,
+        scheduler = _schedulers().create_scheduler(sampler, model.scheduler_config, model.prediction_type,
                                                  p.effective_hr_scheduler(), _sampler_seeds(webui, p.seeds),
                                                  eta=_eta(webui))
         steps = p.hr_second_pass_steps or p.steps
         try:
-            timesteps = sd_samplers.img2img_timesteps(scheduler, steps, p.denoising_strength, model.device)
+            timesteps = _schedulers().img2img_timesteps(scheduler, steps, p.denoising_strength, model.device)
         except ValueError as exc:  # e.g. LCM: more hires steps than its schedule has at this denoising strength
             raise ProcessingError(f"hires pass with sampler {sampler.name}: {exc}") from exc
         noisy = scheduler.add_noise(latents, noise.to(latents.device), timesteps[:1])
@@ -1009,10 +1022,10 @@ def _process(webui: Any, p: StableDiffusionProcessingTxt2Img, model: Any) -> Pro
                                 embeddings=getattr(webui, "embeddings", None))
     except ValueError as exc:
         raise ProcessingError(str(exc)) from exc
-    sampler = sd_samplers.find_sampler(p.sampler_name)
+    sampler = sampler_table.find_sampler(p.sampler_name)
     assert sampler is not None
     p.used_schedule = flux_sampling.describe(p, model) if model.is_flux else _schedule_label(p, sampler)
-    if not model.is_flux and sd_samplers.uses_eta(sampler) and _eta(webui) != 1.0:
+    if not model.is_flux and _schedulers().uses_eta(sampler) and _eta(webui) != 1.0:
         p.extra_generation_params["Eta"] = _eta(webui)
     if _ensd(webui):
         p.extra_generation_params["ENSD"] = _ensd(webui)

@@ -1,12 +1,9 @@
-"""Samplers under A1111's names, built from diffusers schedulers and the model's training noise schedule.
+"""Samplers as diffusers schedulers on the model's training noise schedule (the names live in `modules.sampler_table`).
 
-`SAMPLERS` lists them; `SCHEDULE_TYPES` the A1111 "Schedule type" values (Automatic, Uniform, Karras,
-Exponential, Beta, SGM Uniform). `resolve_sampler("DPM++ 2M Karras", "Automatic")` splits a legacy combined
-name into ("DPM++ 2M", "Karras") as A1111 1.9+ does. "Automatic" means the sampler's A1111 default (Karras for
-DPM++ 2M/SDE, Exponential for DPM++ 2M/3M SDE, the plain spacing otherwise); a schedule a diffusers class cannot
-follow (only DDIM and LCM have such gaps) falls back to that default. `create_scheduler` builds a fresh scheduler
-per pass; `step_kwargs` gives the per-image seeded CPU generators to samplers that draw noise (ancestral, SDE);
-`attach_cpu_noise` does the same for DPM++ SDE's Brownian tree. Euler a is diffusers' Euler ancestral extended
+`create_scheduler(info, ...)` builds a fresh scheduler per pass for a `sampler_table.SamplerInfo`, following the
+schedule type; a schedule a diffusers class cannot follow (only DDIM and LCM have such gaps) falls back to the
+sampler's default. `step_kwargs` gives the per-image seeded CPU generators to samplers that draw noise (ancestral,
+SDE); `attach_cpu_noise` does the same for DPM++ SDE's Brownian tree. Euler a is diffusers' Euler ancestral extended
 with the Karras/exponential/beta schedules and A1111's `eta_ancestral` (`EulerAncestralScheduler`).
 """
 
@@ -16,7 +13,6 @@ import inspect
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +35,8 @@ from diffusers import (
 from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
 from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
+
+from modules.sampler_table import SCHEDULE_TYPES, SamplerInfo
 
 log = logging.getLogger(__name__)
 
@@ -111,108 +109,21 @@ class EulerAncestralScheduler(EulerAncestralDiscreteScheduler):
         return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
 
 
-@dataclass(frozen=True)
-class SamplerInfo:
-    """One A1111 sampler: its diffusers class, constructor options, aliases and default schedule type."""
+# `SamplerInfo.scheduler` -> class.
+SCHEDULER_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
+    DDIMScheduler, DPMSolverMultistepScheduler, DPMSolverSDEScheduler, EulerAncestralScheduler, EulerDiscreteScheduler,
+    HeunDiscreteScheduler, KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler, LCMScheduler, LMSDiscreteScheduler,
+    PNDMScheduler, UniPCMultistepScheduler)}
 
-    name: str
-    scheduler_class: type
-    options: dict[str, Any] = field(default_factory=dict)
-    aliases: tuple[str, ...] = ()
-    automatic_schedule: str = "Uniform"  # what "Automatic" means for this sampler (A1111's sampler default)
-    brownian: bool = False  # noise from a seeded Brownian tree (DPM++ SDE) rather than from the generators
-    max_steps: int | None = None  # LCM: its schedule is a subset of 50 distillation steps
-
-
-SAMPLERS: tuple[SamplerInfo, ...] = (
-    SamplerInfo("DPM++ 2M", DPMSolverMultistepScheduler,
-                {"algorithm_type": "dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m",), "Karras"),
-    SamplerInfo("DPM++ SDE", DPMSolverSDEScheduler, {}, ("k_dpmpp_sde",), "Karras", brownian=True),
-    SamplerInfo("DPM++ 2M SDE", DPMSolverMultistepScheduler,
-                {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m_sde",), "Exponential"),
-    SamplerInfo("DPM++ 3M SDE", DPMSolverMultistepScheduler,
-                {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, ("k_dpmpp_3m_sde",), "Exponential"),
-    SamplerInfo("Euler a", EulerAncestralScheduler, {}, ("k_euler_a", "k_euler_ancestral")),
-    SamplerInfo("Euler", EulerDiscreteScheduler, {}, ("k_euler",)),
-    SamplerInfo("LMS", LMSDiscreteScheduler, {}, ("k_lms",)),
-    SamplerInfo("Heun", HeunDiscreteScheduler, {}, ("k_heun",)),
-    SamplerInfo("DPM2", KDPM2DiscreteScheduler, {}, ("k_dpm_2",)),
-    SamplerInfo("DPM2 a", KDPM2AncestralDiscreteScheduler, {}, ("k_dpm_2_a",)),
-    SamplerInfo("DDIM", DDIMScheduler, {"timestep_spacing": "leading", "steps_offset": 1}, ("ddim",)),
-    SamplerInfo("UniPC", UniPCMultistepScheduler, {}, ("unipc",)),
-    # A1111's PLMS: the pseudo linear multistep method without the Runge-Kutta warm-up (diffusers' PNDM with
-    # skip_prk_steps), on DDIM's "leading" timestep spacing as A1111's ddim_discretize "uniform".
-    SamplerInfo("PLMS", PNDMScheduler, {"skip_prk_steps": True, "timestep_spacing": "leading", "steps_offset": 1},
-                ("plms",)),
-    SamplerInfo("LCM", LCMScheduler, {"original_inference_steps": 50}, ("k_lcm",), max_steps=50),
-)
-SAMPLERS_BY_NAME: dict[str, SamplerInfo] = {s.name: s for s in SAMPLERS}
-SAMPLERS_BY_ALIAS: dict[str, SamplerInfo] = {
-    key.lower(): s for s in SAMPLERS for key in (s.name, *s.aliases)
-}
-
-# Schedule type -> diffusers config options (applied only where the scheduler class supports them).
-SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
-    "Automatic": {},
-    "Uniform": {},  # the sampler's own spacing: linspace in sigma-space samplers, "leading" for DDIM
-    "Karras": {"use_karras_sigmas": True},
-    "Exponential": {"use_exponential_sigmas": True},
-    "Beta": {"use_beta_sigmas": True},
-    "SGM Uniform": {"timestep_spacing": "trailing"},
-}
-SCHEDULE_ALIASES: dict[str, str] = {"karras": "Karras", "exponential": "Exponential", "uniform": "Uniform",
-                                    "beta": "Beta", "sgm_uniform": "SGM Uniform", "automatic": "Automatic"}
 # Keys of the model's scheduler config that describe the training schedule; everything else is ours to choose.
 TRAINING_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                  "prediction_type", "rescale_betas_zero_snr", "set_alpha_to_one", "clip_sample",
                  "timestep_type", "interpolation_type", "sample_max_value", "thresholding")
 
 
-def sampler_names() -> list[str]:
-    """Every sampler name, in the order shown in the UI."""
-    return [s.name for s in SAMPLERS]
-
-
-def schedule_type_names() -> list[str]:
-    """Every schedule type, "Automatic" first."""
-    return list(SCHEDULE_TYPES)
-
-
-def find_sampler(name: str | None) -> SamplerInfo | None:
-    """The sampler for a name or alias (case-insensitive), or None."""
-    if not name:
-        return None
-    return SAMPLERS_BY_NAME.get(name) or SAMPLERS_BY_ALIAS.get(name.lower())
-
-
-def find_schedule_type(name: str | None) -> str | None:
-    """Canonical schedule-type name for a label or alias, or None when unknown (None/"" -> "Automatic")."""
-    if not name:
-        return "Automatic"
-    if name in SCHEDULE_TYPES:
-        return name
-    return SCHEDULE_ALIASES.get(name.lower().replace(" ", "_"))
-
-
-def resolve_sampler(sampler_name: str | None, scheduler: str | None) -> tuple[SamplerInfo | None, str | None]:
-    """Split A1111's legacy names ("DPM++ 2M Karras") into (sampler, schedule type).
-
-    An empty sampler name means "Euler a". Returns (None, ...) or (..., None) for unknown names.
-    """
-    name = sampler_name or "Euler a"
-    schedule = find_schedule_type(scheduler)
-    if find_sampler(name) is None:
-        for label in SCHEDULE_TYPES:
-            if label != "Automatic" and name.endswith(" " + label):
-                name, schedule = name[: -len(label) - 1], label
-                break
-    return find_sampler(name), schedule
-
-
-def api_schedulers() -> list[dict[str, Any]]:
-    """`GET /sdapi/v1/schedulers` items: name (snake case), label, aliases (A1111's shape)."""
-    return [{"name": label.lower().replace(" ", "_"), "label": label, "aliases": None, "default_rho": -1,
-             "need_inner_model": False} for label in SCHEDULE_TYPES]
+def scheduler_class(info: SamplerInfo) -> type:
+    """The scheduler class that `info.scheduler` names."""
+    return SCHEDULER_CLASSES[info.scheduler]
 
 
 def _init_parameters(cls: type) -> set[str]:
@@ -221,8 +132,9 @@ def _init_parameters(cls: type) -> set[str]:
 
 def supported_schedule_types(info: SamplerInfo) -> list[str]:
     """Schedule types the sampler's diffusers class can follow."""
-    params = _init_parameters(info.scheduler_class)
-    own_sigmas = issubclass(info.scheduler_class, EulerAncestralScheduler)
+    cls = scheduler_class(info)
+    params = _init_parameters(cls)
+    own_sigmas = issubclass(cls, EulerAncestralScheduler)
     return [name for name, opts in SCHEDULE_TYPES.items() if set(opts) <= params or (own_sigmas and name in
                                                                                       SIGMA_SCHEDULES)]
 
@@ -243,7 +155,8 @@ def create_scheduler(info: SamplerInfo, scheduler_config: dict[str, Any], predic
     `seeds` (one per image) seed the Brownian tree of DPM++ SDE, so its noise depends on the seeds only.
     `eta` applies to Euler a (see `uses_eta`).
     """
-    params = _init_parameters(info.scheduler_class)
+    cls = scheduler_class(info)
+    params = _init_parameters(cls)
     config = {k: v for k, v in scheduler_config.items() if k in TRAINING_KEYS and k in params}
     config["prediction_type"] = prediction_type
     # SD's training config has steps_offset=1. Only "leading" spacing (DDIM's option below) reads it; for the other
@@ -256,7 +169,7 @@ def create_scheduler(info: SamplerInfo, scheduler_config: dict[str, Any], predic
     if info.brownian and seeds is not None:
         config["noise_sampler_seed"] = list(seeds)  # always a list: one tree per image, batch or not
     config = {k: v for k, v in config.items() if k in params}
-    scheduler = info.scheduler_class(**config)
+    scheduler = cls(**config)
     if isinstance(scheduler, EulerAncestralScheduler):
         scheduler.sigma_schedule = used
         scheduler.eta = float(eta)
@@ -265,7 +178,7 @@ def create_scheduler(info: SamplerInfo, scheduler_config: dict[str, Any], predic
 
 def uses_eta(info: SamplerInfo) -> bool:
     """Whether the sampler follows the `eta_ancestral` option."""
-    return issubclass(info.scheduler_class, EulerAncestralScheduler)
+    return issubclass(scheduler_class(info), EulerAncestralScheduler)
 
 
 def step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:

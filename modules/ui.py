@@ -343,9 +343,9 @@ class Txt2ImgControls:
 
 def _sampler_names(webui: Any) -> tuple[list[str], list[str], list[str]]:
     """(samplers, schedule types, hires upscalers) as the processing code names them."""
-    from modules import processing, sd_samplers  # noqa: PLC0415
+    from modules import processing, sampler_table  # noqa: PLC0415
 
-    return (sd_samplers.sampler_names(), sd_samplers.schedule_type_names(),
+    return (sampler_table.sampler_names(), sampler_table.schedule_type_names(),
             processing.upscaler_names(webui.upscalers))
 
 
@@ -672,14 +672,14 @@ def _to_component_value(name: str, value: Any) -> Any:
 def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> None:
     """A1111 <= 1.8 wrote the schedule into the sampler's name ("DPM++ 2M Karras"): give the boxes the sampler
     ("DPM++ 2M") and the schedule type ("Karras"; the infotext's own `Schedule type` otherwise), as the API does
-    (`sd_samplers.resolve_sampler`). An unknown sampler or schedule type keeps the box's value, with a warning (none
-    for Flux's `Simple`: Flux always uses it)."""
-    from modules import flux_sampling, sd_samplers  # noqa: PLC0415
+    (`sampler_table.resolve_sampler`). An unknown sampler or schedule type keeps the box's value, with a warning
+    (none for Flux's `Simple`: Flux always uses it)."""
+    from modules import flux_sampling, sampler_table  # noqa: PLC0415
 
     for field_name, key in (("sampler_name", "Schedule type"), ("hr_sampler_name", "Hires schedule type")):
         if field_name not in values or values[field_name] == USE_SAME_SAMPLER:  # a choice of the hires box
             continue
-        info, schedule = sd_samplers.resolve_sampler(values[field_name], params.get(key))
+        info, schedule = sampler_table.resolve_sampler(values[field_name], params.get(key))
         if info is None:
             gr.Warning(f"Sampler {values[field_name]!r} from the infotext is not available; the current one is kept.")
             del values[field_name]
@@ -688,7 +688,7 @@ def _split_legacy_samplers(params: dict[str, Any], values: dict[str, Any]) -> No
         if field_name == "sampler_name" and schedule:  # "Automatic" unless the name carried a schedule
             values["scheduler"] = schedule
     schedule = values.get("scheduler")
-    if schedule is not None and schedule not in sd_samplers.schedule_type_names():
+    if schedule is not None and schedule not in sampler_table.schedule_type_names():
         del values["scheduler"]  # the box keeps its value
         if schedule != flux_sampling.SCHEDULE:  # Flux's infotext names its one schedule, which is no choice here
             gr.Warning(f"Schedule type {schedule!r} from the infotext is not available; the current one is kept.")

@@ -48,7 +48,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from modules import image_grid, processing, scripts, sd_samplers
+from modules import image_grid, processing, sampler_table, scripts
 from modules.processing import ProcessingError
 
 log = logging.getLogger(__name__)
@@ -225,15 +225,15 @@ def apply_prompt_order(p: Any, value: tuple[str, ...], values: list[Any]) -> Non
 
 def confirm_samplers(ctx: AxisContext, values: list[str]) -> None:
     for value in values:
-        if sd_samplers.resolve_sampler(value, None)[0] is None:
-            raise ProcessingError(f"X/Y/Z plot: unknown sampler {value!r}; valid: {', '.join(sd_samplers.sampler_names())}")
+        if sampler_table.resolve_sampler(value, None)[0] is None:
+            raise ProcessingError(f"X/Y/Z plot: unknown sampler {value!r}; valid: {', '.join(sampler_table.sampler_names())}")
 
 
 def confirm_schedules(ctx: AxisContext, values: list[str]) -> None:
     for value in values:
-        if sd_samplers.find_schedule_type(value) is None:
+        if sampler_table.find_schedule_type(value) is None:
             raise ProcessingError(f"X/Y/Z plot: unknown schedule type {value!r}; valid: "
-                                  f"{', '.join(sd_samplers.schedule_type_names())}")
+                                  f"{', '.join(sampler_table.schedule_type_names())}")
 
 
 def confirm_upscalers(ctx: AxisContext, values: list[str]) -> None:
@@ -370,11 +370,11 @@ def axis_options() -> list[AxisOption]:
         AxisOption("Prompt S/R", "str", apply_prompt_sr, format_value=format_plain),
         AxisOption("Prompt order", "permutations", apply_prompt_order, format_value=format_join),
         AxisOption("Sampler", "str", _set("sampler_name"), format_value=format_plain, confirm=confirm_samplers,
-                   choices=lambda ctx: sd_samplers.sampler_names(), tab="txt2img"),
+                   choices=lambda ctx: sampler_table.sampler_names(), tab="txt2img"),
         AxisOption("Hires sampler", "str", _set("hr_sampler_name"), confirm=confirm_samplers,
-                   choices=lambda ctx: sd_samplers.sampler_names(), tab="txt2img"),
+                   choices=lambda ctx: sampler_table.sampler_names(), tab="txt2img"),
         AxisOption("Sampler", "str", _set("sampler_name"), format_value=format_plain, confirm=confirm_samplers,
-                   choices=lambda ctx: sd_samplers.sampler_names(), tab="img2img"),
+                   choices=lambda ctx: sampler_table.sampler_names(), tab="img2img"),
         AxisOption("Checkpoint name", "str", lambda p, v, vs: None, format_value=format_checkpoint,
                    confirm=confirm_checkpoints, cost=COST_CHECKPOINT, choices=checkpoint_titles,
                    before_cell=load_checkpoint),
@@ -384,7 +384,7 @@ def axis_options() -> list[AxisOption]:
         _unsupported("Sigma max"),
         _unsupported("Sigma noise"),
         AxisOption("Schedule type", "str", _set("scheduler"), confirm=confirm_schedules,
-                   choices=lambda ctx: sd_samplers.schedule_type_names()),
+                   choices=lambda ctx: sampler_table.schedule_type_names()),
         _unsupported("Schedule min sigma"),
         _unsupported("Schedule max sigma"),
         _unsupported("Schedule rho"),

@@ -22,6 +22,7 @@ from fastapi import FastAPI, HTTPException, Query
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
+from modules import sampler_table
 from modules.api import models
 
 log = logging.getLogger(__name__)
@@ -591,23 +592,19 @@ def refresh_checkpoints(webui: Any) -> None:
 
 def sampler_items() -> list[models.SamplerItem]:
     """The samplers under their A1111 names, with aliases and the scheduler options they set."""
-    from modules import sd_samplers  # noqa: PLC0415 - imports diffusers
-
     return [
         models.SamplerItem(name=s.name, aliases=list(s.aliases),
                            options={k: v if isinstance(v, (str, int, float, bool)) else str(v)
                                     for k, v in s.options.items()})
-        for s in sd_samplers.SAMPLERS
+        for s in sampler_table.SAMPLERS
     ]
 
 
 def scheduler_items() -> list[models.SchedulerItem]:
     """The schedule types (A1111's `GET /sdapi/v1/schedulers`): lower-case name, label, aliases."""
-    from modules import sd_samplers  # noqa: PLC0415
-
-    names = {label: alias for alias, label in sd_samplers.SCHEDULE_ALIASES.items()}
+    names = {label: alias for alias, label in sampler_table.SCHEDULE_ALIASES.items()}
     return [models.SchedulerItem(name=names.get(label, label.lower().replace(" ", "_")), label=label)
-            for label in sd_samplers.schedule_type_names()]
+            for label in sampler_table.schedule_type_names()]
 
 
 def _html_info(text: str) -> str:

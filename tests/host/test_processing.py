@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modules import sd_samplers
+from modules import sampler_table, sd_samplers
 from modules.extra_networks import ExtraNetwork
 from modules.host import WebUI
 from modules.images import read_info_from_image
@@ -94,7 +94,7 @@ def reference_pipeline_image(model, sampler: str, steps: int, seed: int, cfg: fl
     encoder = PromptEncoder(model)
     cond, uncond = encoder.encode(["a photo of a cat"]), encoder.encode(["blurry"], is_negative=True)
     noise, _ = image_noise((4, SIZE // 8, SIZE // 8), seed)
-    scheduler = sd_samplers.create_scheduler(sd_samplers.find_sampler(sampler), model.scheduler_config,
+    scheduler = sd_samplers.create_scheduler(sampler_table.find_sampler(sampler), model.scheduler_config,
                                              model.prediction_type)
     common = {"latents": noise[None], "num_inference_steps": steps, "guidance_scale": cfg, "height": SIZE,
               "width": SIZE, "output_type": "np", "prompt_embeds": cond.hidden, "negative_prompt_embeds": uncond.hidden}
@@ -129,7 +129,7 @@ def test_random_seed_is_resolved_and_reported(webui):
     assert params_of(result.infotexts[0])["Seed"] == str(result.seed)
 
 
-@pytest.mark.parametrize("sampler", sd_samplers.sampler_names())
+@pytest.mark.parametrize("sampler", sampler_table.sampler_names())
 def test_every_sampler_generates(webui, sampler):
     result = process_images(webui, request(sampler_name=sampler, steps=2))
     image = pixels(result.images[0])
