@@ -103,6 +103,14 @@ def normaliser(models_dir: Path) -> Any:
     return validate
 
 
+def stored_selection(options: Any) -> list[str]:
+    """The selection stored in `options` (relative names); [] where the option is not registered."""
+    try:
+        return list(options.get(OPTION) or [])
+    except KeyError:
+        return []
+
+
 def selected_paths(models_dir: Path, names: Sequence[str] | None) -> list[Path]:
     """The files of a stored selection (relative names), in order."""
     return [Path(models_dir) / name for name in names or ()]

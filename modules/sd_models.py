@@ -544,7 +544,7 @@ class ModelManager:
                     info.sha256 = checkpoint_sha256(Path(info.path), self.cache)
                 except OSError as exc:
                     raise ModelLoadError(f"{info.path}: cannot read the file to hash it ({exc})") from exc
-            names = tuple(self._module_names() if modules is None else modules)
+            names = tuple(forge_modules.stored_selection(self.options) if modules is None else modules)
             log.info("loading checkpoint %s", info.path)
             model = load_checkpoint(info, self.device, self.dtype, Path(self.paths.models_dir),
                                     forge_modules.selected_paths(Path(self.paths.models_dir), names))
@@ -593,12 +593,6 @@ class ModelManager:
             self._current = None
 
     # -- options ------------------------------------------------------------------------------------------------
-
-    def _module_names(self) -> list[str]:
-        try:
-            return list(self.options.get(forge_modules.OPTION) or [])
-        except KeyError:
-            return []
 
     def _option_value(self) -> str:
         try:

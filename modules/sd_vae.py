@@ -192,13 +192,9 @@ class VaeManager:
         if self.models_dir is None or model.is_flux:
             return None
         if modules is None:
-            try:
-                modules = list(self.options.get(forge_modules.OPTION) or [])
-            except KeyError:
-                return None
+            modules = forge_modules.stored_selection(self.options)
         latent = int(getattr(model.vae.config, "latent_channels", 4))
-        for name in modules:
-            path = forge_modules.selected_paths(self.models_dir, [name])[0]
+        for name, path in zip(modules, forge_modules.selected_paths(self.models_dir, modules)):
             if name.startswith(f"{forge_modules.FOLDERS[0]}/") and flux_model.vae_latent_channels(path) == latent:
                 return VaeFile(path.name, path)
         return None

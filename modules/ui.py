@@ -227,7 +227,7 @@ def _module_choices(webui: Any) -> list[str]:
 def _module_value(webui: Any) -> list[str]:
     from modules import forge_modules  # noqa: PLC0415
 
-    return list(webui.options.get(forge_modules.OPTION) or [])
+    return forge_modules.stored_selection(webui.options)
 
 
 def _modules_message(webui: Any) -> str:

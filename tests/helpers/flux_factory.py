@@ -6,6 +6,8 @@
   `scheduler/`, `model_index.json` (all by `save_pretrained`).
 * `write_bfl_file(path, seed, comfy=False, bundled=False)`: the transformer in BFL names (ComfyUI's
   `model.diffusion_model.` prefix with `comfy`; plus `vae.` and `text_encoders.*` with `bundled`).
+* `write_picker_models(models_dir)`: the models folder of the "VAE / Text Encoder" tests: a tiny Flux BFL file and a
+  tiny SD1 checkpoint in `Stable-diffusion/`, the companions, and a second Flux VAE `VAE/ae2.safetensors`.
 * `write_companions(models_dir, seed)`: `text_encoder/clip_l.safetensors`, `text_encoder/t5xxl.safetensors`,
   `text_encoder/t5_tokenizer/`, `VAE/ae.safetensors` (Forge's folders).
 * `write_vae_file(path, seed)`: the seed's 16-channel VAE alone, in BFL's `ae.safetensors` (LDM) names.
@@ -191,3 +193,17 @@ def bfl_linear_modules(model: Any) -> dict[str, int]:
         else:
             rows[target] = module.weight.shape[0]
     return rows
+
+
+def write_picker_models(models_dir: str | Path) -> Path:
+    """The models folder the "VAE / Text Encoder" tests share (see the module docstring); returns it."""
+    from tests.helpers.model_factory import write_single_file  # noqa: PLC0415
+
+    models_dir = Path(models_dir)
+    checkpoints = models_dir / "Stable-diffusion"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    write_bfl_file(checkpoints / "tiny-flux-bfl.safetensors", seed=2)
+    write_single_file(checkpoints / "sd1.safetensors", "SD1", seed=0)
+    write_companions(models_dir, seed=2)
+    write_vae_file(models_dir / "VAE" / "ae2.safetensors", seed=5)
+    return models_dir

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from modules.host import WebUI
 from modules.webui_server import ServerThread, create_app
 from tests.helpers import flux_factory
-from tests.helpers.model_factory import tiny_vae_states, write_single_file
+from tests.helpers.model_factory import tiny_vae_states
 
 OPTION = "forge_additional_modules"
 
@@ -33,13 +33,7 @@ OPTION = "forge_additional_modules"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("forge-modules")
-    models = home / "models"
-    ckpt = models / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    flux_factory.write_bfl_file(ckpt / "tiny-flux-bfl.safetensors", seed=2)
-    write_single_file(ckpt / "sd1.safetensors", "SD1", seed=0)
-    flux_factory.write_companions(models, seed=2)
-    flux_factory.write_vae_file(models / "VAE" / "ae2.safetensors", seed=5)
+    models = flux_factory.write_picker_models(home / "models")
     ldm, diffusers_vae = tiny_vae_states("SD1", 7)
     save_file(ldm, str(models / "VAE" / "sd-vae.safetensors"))
     save_file({"lora_unet_x.lora_down.weight": torch.ones(2, 2)}, str(models / "VAE" / "not-a-vae.safetensors"))

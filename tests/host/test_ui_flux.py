@@ -18,7 +18,6 @@ from PIL import Image
 from modules.host import WebUI
 from modules.webui_server import ServerThread, create_app
 from tests.helpers import flux_factory
-from tests.helpers.model_factory import write_single_file
 from tests.helpers.paths import ROOT
 from tests.helpers.servers import CHROMIUM, CHROMIUM_ARGS
 
@@ -33,13 +32,7 @@ MODULE_FILES = ["VAE/ae.safetensors", "VAE/ae2.safetensors", "text_encoder/clip_
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("flux-ui")
-    models = home / "models"
-    ckpt = models / "Stable-diffusion"
-    ckpt.mkdir(parents=True)
-    flux_factory.write_bfl_file(ckpt / "tiny-flux-bfl.safetensors", seed=2)
-    write_single_file(ckpt / "sd1.safetensors", "SD1", seed=0)
-    flux_factory.write_companions(models, seed=2)
-    flux_factory.write_vae_file(models / "VAE" / "ae2.safetensors", seed=5)
+    flux_factory.write_picker_models(home / "models")
     webui = WebUI.create(["--data-dir", str(home), "--no-embedded-default"])
     webui.models.load("tiny-flux-bfl.safetensors")
     thread = ServerThread(create_app(webui), host="127.0.0.1", port=0).start()
